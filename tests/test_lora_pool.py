@@ -103,6 +103,10 @@ def _edit_tensor(adapter_dir, key_part, fn):
     save_file(tensors, f)
 
 
+def _with_nan(t):
+    return np.where(np.arange(t.size).reshape(t.shape) == 3, np.nan, t)
+
+
 def test_bad_adapters_get_one_line_errors(tmp_path, llama_with_pool):
     base_dir, adapter_dirs, base = llama_with_pool
     cfg = load_config(base_dir)
@@ -118,13 +122,15 @@ def test_bad_adapters_get_one_line_errors(tmp_path, llama_with_pool):
         load_pool([adapter_dirs[0], other_rank], cfg)
 
     nan = _copy(adapter_dirs[0], tmp_path / "nan")
-    _edit_tensor(nan, "layers.1.mlp.up_proj.lora_B", lambda t: np.where(np.arange(t.size).reshape(t.shape) == 3, np.nan, t))
-    with pytest.raises(EvoMergeInputError, match=r"nan: non-finite values .* 'base_model\.model\.model\.layers\.1\.mlp\.up_proj\.lora_B"):
+    _edit_tensor(nan, "layers.1.mlp.up_proj.lora_B", _with_nan)
+    key = r"'base_model\.model\.model\.layers\.1\.mlp\.up_proj\.lora_B"
+    with pytest.raises(EvoMergeInputError, match=r"nan: non-finite values .* " + key):
         load_pool([nan], cfg)
 
     wrong_shape = _copy(adapter_dirs[0], tmp_path / "wrong_shape")
     _edit_tensor(wrong_shape, "layers.0.self_attn.q_proj.lora_A", lambda t: np.zeros((4, 63), np.float32))
-    with pytest.raises(EvoMergeInputError, match=r"wrong_shape: .*q_proj.* has shape \(4, 63\), the base model's q_proj needs \(4, 64\)"):
+    expected = r"wrong_shape: .*q_proj.* has shape \(4, 63\), the base model's q_proj needs \(4, 64\)"
+    with pytest.raises(EvoMergeInputError, match=expected):
         load_pool([wrong_shape], cfg)
 
     bad_config = _copy(adapter_dirs[0], tmp_path / "bad_config")

@@ -86,7 +86,9 @@ def read_adapter(path: str | Path, base: ModelConfig) -> AdapterFile:
             for key in keys:
                 m = _KEY.match(key)
                 if m is None:
-                    raise EvoMergeInputError(f"{path}: unsupported tensor {key!r} (only LoRA A/B of q,k,v,o,gate,up,down)")
+                    raise EvoMergeInputError(
+                        f"{path}: unsupported tensor {key!r} (only LoRA A/B of q,k,v,o,gate,up,down)"
+                    )
                 layer, _, proj, which = int(m[1]), m[2], m[3], m[4]
                 if proj not in PROJECTIONS or layer >= base.num_hidden_layers:
                     raise EvoMergeInputError(f"{path}: tensor {key!r} names no module of the base model")

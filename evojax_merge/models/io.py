@@ -64,7 +64,9 @@ def model_from_weights(cfg: ModelConfig, weights: dict[str, jax.Array], where: s
             raise EvoMergeInputError(f"{where}: missing tensor {name!r}")
         w = weights[name]
         if tuple(w.shape) != tuple(var.shape):
-            raise EvoMergeInputError(f"{where}: tensor {name!r} has shape {tuple(w.shape)}, config needs {tuple(var.shape)}")
+            raise EvoMergeInputError(
+                f"{where}: tensor {name!r} has shape {tuple(w.shape)}, config needs {tuple(var.shape)}"
+            )
         leaves.append((path, var.replace(jnp.asarray(w, dtype=dt))))
     return nnx.merge(graphdef, nnx.from_flat_state(leaves))
 

@@ -1,0 +1,25 @@
+"""Fold a dense weight update into the base: ``W' = W + ΔW`` (task-vector baselines, export)."""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from evojax_merge.lora.adapter import LoraAdapter
+
+
+def dense_delta(adapter: LoraAdapter) -> dict[str, jax.Array]:
+    """``ΔW^m = s · B^m A^m`` for every module of the adapter."""
+    return {m: adapter.scale * (adapter.B[m] @ adapter.A[m]) for m in adapter.A}
+
+
+def fold_into_params(params: nnx.State, delta: dict[str, jax.Array]) -> nnx.State:
+    """Base parameters (an ``nnx.State`` of the model) with ``delta[m]`` added to module m's weight."""
+    leaves = []
+    for path, var in nnx.to_flat_state(params):
+        name = ".".join(str(p) for p in path)
+        if name.startswith("model.") and name.endswith(".weight") and name[6:-7] in delta:
+            w = var[...]
+            var = var.replace((w + delta[name[6:-7]].astype(w.dtype)).astype(w.dtype))
+        leaves.append((path, var))
+    return nnx.from_flat_state(leaves)

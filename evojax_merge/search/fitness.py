@@ -1,0 +1,163 @@
+"""The provider side: a whole population merged and evaluated in one jit-compiled call.
+
+    ce = jit(vmap(lambda alpha, beta: mean_b CE(forward(W, merge(pool, alpha, beta), batch_b))))
+
+The base parameters, the pool and the sorted magnitudes are shared by every candidate
+(``in_axes=None``); each candidate is one rank-r adapter applied in factor form. The validation
+set lives on the device, padded to one bucketed length, so a whole search compiles once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from evojax_merge.errors import EvoMergeInputError
+from evojax_merge.lora.adapter import LoraAdapter, LoraStack
+from evojax_merge.merge import evo_merge, stack_magnitudes
+from evojax_merge.models.delta import fold_into_params
+from evojax_merge.models.llama import LlamaForCausalLM
+from evojax_merge.models.loss import causal_lm_loss
+from evojax_merge.search.genome import check_population
+
+
+class Evaluator(Protocol):
+    """What the search needs from a provider: losses for a population of control vectors."""
+
+    num_adapters: int
+
+    def evaluate(self, alpha: np.ndarray, beta: np.ndarray, generation: int = 0) -> np.ndarray:
+        """Validation CE of each candidate ``(alpha[p], beta[p])``: ``[P]``."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationConfig:
+    """How the validation loss is sampled (paper: 20 batches of 15 examples)."""
+
+    batch_size: int = 15
+    num_batches: int = 20
+    resample: bool = False  # the reference code draws new batches every evaluation
+    seed: int = 0
+
+
+def _population_mesh() -> Mesh | None:
+    devices = jax.devices()
+    return Mesh(np.array(devices), ("pop",)) if len(devices) > 1 else None
+
+
+class MergeEvaluator:
+    """In-process evaluator over a model, a pool and tokenized validation examples."""
+
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        stack: LoraStack,
+        examples: Mapping[str, np.ndarray],
+        validation: ValidationConfig = ValidationConfig(),
+        prune: str = "A",
+    ):
+        for key in ("input_ids", "attention_mask", "labels"):
+            if key not in examples:
+                raise EvoMergeInputError(f"validation examples: missing {key!r}")
+        num_examples = int(examples["input_ids"].shape[0])
+        if num_examples == 0:
+            raise EvoMergeInputError("validation examples: empty validation set")
+        self.validation = validation
+        self.num_adapters = stack.num_adapters
+        self.prune = prune
+        self.stack = stack
+        self.graphdef, self.params = nnx.split(model)
+        which = {"A": ("A",), "B": ("B",), "both": ("A", "B"), "none": ()}[prune]
+        self.magnitudes = stack_magnitudes(stack, which=which)  # sorted once, never in the search
+        self.data = {k: jnp.asarray(examples[k]) for k in ("input_ids", "attention_mask", "labels")}
+        self.num_examples = num_examples
+        self.batch_size = min(validation.batch_size, num_examples)
+        self.num_batches = max(1, min(validation.num_batches, num_examples // self.batch_size))
+        self._fixed_index = self._draw_index(np.random.default_rng(validation.seed))
+        self.mesh = _population_mesh()
+        self._population_ce = jax.jit(self._build_population_ce())
+        self._params_ce = jax.jit(self._build_params_ce())
+
+    # -- batches -------------------------------------------------------------------------------
+    def _draw_index(self, rng: np.random.Generator) -> np.ndarray:
+        """``[num_batches, batch_size]`` example indices: a seeded subset, no repeats."""
+        take = self.num_batches * self.batch_size
+        return rng.permutation(self.num_examples)[:take].reshape(self.num_batches, self.batch_size)
+
+    def batch_index(self, generation: int) -> np.ndarray:
+        if not self.validation.resample:
+            return self._fixed_index
+        return self._draw_index(np.random.default_rng((self.validation.seed, generation)))
+
+    # -- the compiled functions ------------------------------------------------------------------
+    def _mean_batch_ce(self, params, adapter: LoraAdapter | None, data, index):
+        model = nnx.merge(self.graphdef, params)
+
+        def one_batch(_, rows):
+            logits, _ = model(data["input_ids"][rows], data["attention_mask"][rows], lora=adapter)
+            return None, causal_lm_loss(logits, data["labels"][rows])
+
+        _, losses = jax.lax.scan(one_batch, None, index)
+        return losses.mean()
+
+    def _build_population_ce(self):
+        prune = self.prune
+
+        def population_ce(params, stack, magnitudes, data, index, alpha, beta):
+            def candidate_ce(a, b):
+                adapter = evo_merge(stack, magnitudes, a, b, prune=prune)
+                return self._mean_batch_ce(params, adapter, data, index)
+
+            return jax.vmap(candidate_ce)(alpha, beta)
+
+        return population_ce
+
+    def _build_params_ce(self):
+        def params_ce(params, delta, adapter, data, index):
+            return self._mean_batch_ce(fold_into_params(params, delta), adapter, data, index)
+
+        return params_ce
+
+    # -- public API --------------------------------------------------------------------------
+    def _shard(self, x: np.ndarray) -> tuple[jax.Array, int]:
+        """Pad the population to a multiple of the device count and shard it over the 'pop' axis."""
+        p = x.shape[0]
+        if self.mesh is None:
+            return jnp.asarray(x), p
+        n = self.mesh.devices.size
+        padded = -(-p // n) * n
+        if padded != p:  # repeat the last candidate; its losses are dropped
+            x = np.concatenate([x, np.repeat(x[-1:], padded - p, axis=0)])
+        return jax.device_put(x, NamedSharding(self.mesh, PartitionSpec("pop"))), p
+
+    def evaluate(self, alpha, beta, generation: int = 0) -> np.ndarray:
+        """Validation CE ``[P]`` of the merged adapters ``evo_merge(pool, alpha[p], beta[p])``."""
+        n = self.num_adapters
+        alpha = check_population(alpha, n, name="alpha")
+        beta = check_population(beta, n, name="beta")
+        if alpha.shape != beta.shape:
+            raise EvoMergeInputError(f"alpha {alpha.shape} and beta {beta.shape}: population sizes differ")
+        a, p = self._shard(alpha)
+        b, _ = self._shard(beta)
+        ce = self._population_ce(
+            self.params, self.stack, self.magnitudes, self.data, jnp.asarray(self.batch_index(generation)), a, b
+        )
+        return np.asarray(ce)[:p]
+
+    def evaluate_adapter(self, adapter: LoraAdapter | None, generation: int = 0) -> float:
+        """Validation CE of one adapter (None: the base model alone)."""
+        return self.evaluate_dense({}, adapter, generation)
+
+    def evaluate_dense(self, delta: Mapping[str, jax.Array], adapter: LoraAdapter | None = None,
+                       generation: int = 0) -> float:
+        """Validation CE with ``delta[m]`` folded into the base weights (task-vector baselines)."""
+        index = jnp.asarray(self.batch_index(generation))
+        return float(self._params_ce(self.params, dict(delta), adapter, self.data, index))
