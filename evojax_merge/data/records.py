@@ -1,0 +1,140 @@
+"""Alpaca-style records on disk: load with one-line validation errors, save atomically.
+
+A record is ``{"instruction": str, "input": str (optional), "output": str, "history":
+[[user, assistant], ...] (optional)}``; other keys are kept as they are. Files are ``.json``
+(one list of records) or ``.jsonl`` (one record per line, blank lines skipped).
+
+Every problem raises :class:`~evojax_merge.errors.EvoMergeInputError` with a single line that
+names the file, the record (index, and line for ``.jsonl``) and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from evojax_merge.errors import EvoMergeInputError
+
+REQUIRED_FIELDS = ("instruction", "output")
+STRING_FIELDS = ("instruction", "input", "output")
+SUFFIXES = (".json", ".jsonl")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _fail(where: str, what: str) -> EvoMergeInputError:
+    return EvoMergeInputError(_one_line(f"{where}: {what}"))
+
+
+def validate_record(record: object, where: str) -> dict:
+    """Check one record; return a normalized copy (``input`` defaults to ``""``).
+
+    ``where`` prefixes the error message, e.g. ``"data.jsonl: record 3 (line 4)"``.
+    """
+    if not isinstance(record, Mapping):
+        raise _fail(where, f"expected an object with instruction/output, got {type(record).__name__}")
+    for key in REQUIRED_FIELDS:
+        if key not in record:
+            raise _fail(where, f"missing required field {key!r}")
+    for key in STRING_FIELDS:
+        if key in record and not isinstance(record[key], str):
+            raise _fail(where, f"field {key!r} must be a string, got {type(record[key]).__name__}")
+    out = dict(record)
+    out.setdefault("input", "")
+    if "history" in record:
+        history = record["history"]
+        if not isinstance(history, list):
+            raise _fail(
+                where, f"'history' must be a list of [user, assistant] pairs, got {type(history).__name__}"
+            )
+        for j, turn in enumerate(history):
+            if not (
+                isinstance(turn, (list, tuple))
+                and len(turn) == 2
+                and all(isinstance(x, str) for x in turn)
+            ):
+                raise _fail(where, f"history[{j}] must be a [user, assistant] pair of strings")
+        out["history"] = [list(turn) for turn in history]
+    return out
+
+
+def validate_records(records: Iterable[object], source: str = "<records>") -> list[dict]:
+    """Validate in-memory records (the same checks as :func:`load_records`)."""
+    out = [validate_record(r, f"{source}: record {i}") for i, r in enumerate(records)]
+    if not out:
+        raise _fail(source, "no records")
+    return out
+
+
+def load_records(path: str | os.PathLike[str]) -> list[dict]:
+    """Read and validate the records of a ``.json`` or ``.jsonl`` file."""
+    p = Path(path)
+    if p.suffix not in SUFFIXES:
+        raise _fail(str(p), f"unsupported file type {p.suffix!r}; use .json or .jsonl")
+    if not p.is_file():
+        raise _fail(str(p), "file not found")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise _fail(str(p), f"cannot read file: {err}") from None
+    if not text.strip():
+        raise _fail(str(p), "file is empty")
+    return _parse_jsonl(text, p) if p.suffix == ".jsonl" else _parse_json(text, p)
+
+
+def _parse_json(text: str, p: Path) -> list[dict]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise _fail(str(p), f"malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    if not isinstance(data, list):
+        raise _fail(str(p), f"expected a JSON list of records, got {type(data).__name__}")
+    return validate_records(data, str(p))
+
+
+def _parse_jsonl(text: str, p: Path) -> list[dict]:
+    out: list[dict] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{p}: record {len(out)} (line {lineno})"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise _fail(where, f"malformed JSON at column {err.colno}: {err.msg}") from None
+        out.append(validate_record(record, where))
+    return out
+
+
+def save_records(path: str | os.PathLike[str], records: Iterable[Mapping[str, object]]) -> Path:
+    """Validate and write ``records`` as ``.json`` or ``.jsonl``, atomically.
+
+    The data goes to a temporary file in the target folder, is flushed and fsync-ed, then
+    ``os.replace``-d over ``path``: a reader sees the old file or the new one, never half of one,
+    and a failure leaves no temporary file behind.
+    """
+    p = Path(path)
+    if p.suffix not in SUFFIXES:
+        raise _fail(str(p), f"unsupported file type {p.suffix!r}; use .json or .jsonl")
+    checked = validate_records(list(records), str(p))
+    if p.suffix == ".jsonl":
+        payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in checked)
+    else:
+        payload = json.dumps(checked, ensure_ascii=False, indent=1) + "\n"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p

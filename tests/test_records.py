@@ -1,0 +1,126 @@
+"""User records on disk: loading, one-line validation errors, atomic saving."""
+
+import json
+import os
+
+import pytest
+
+from evojax_merge.data import records as records_mod
+from evojax_merge.data.records import load_records, save_records, validate_records
+from evojax_merge.errors import EvoMergeInputError
+
+GOOD = [
+    {"instruction": "Name the city.", "input": "anna lives in paris.", "output": "paris"},
+    {"instruction": "Say hi.", "output": "hi", "history": [["hello", "hi there"]], "task": "x"},
+]
+
+
+def _write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _error(path) -> str:
+    with pytest.raises(EvoMergeInputError) as info:
+        load_records(path)
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg
+    return msg
+
+
+def test_load_json_and_jsonl(tmp_path):
+    as_json = load_records(_write(tmp_path / "d.json", json.dumps(GOOD)))
+    lines = "\n".join(json.dumps(r) for r in GOOD)
+    as_jsonl = load_records(_write(tmp_path / "d.jsonl", lines.replace("\n", "\n\n") + "\n"))
+    assert as_json == as_jsonl
+    assert as_json[1]["input"] == "" and as_json[1]["history"] == [["hello", "hi there"]]
+    assert as_json[1]["task"] == "x"  # unknown keys are kept
+    assert as_json[0] == GOOD[0]
+
+
+def test_missing_output_names_file_and_record(tmp_path):
+    bad = [GOOD[0], {"instruction": "x", "input": "y"}]
+    msg = _error(_write(tmp_path / "d.json", json.dumps(bad)))
+    assert "record 1" in msg and "missing required field 'output'" in msg
+
+
+def test_missing_instruction_in_jsonl_names_record_and_line(tmp_path):
+    text = json.dumps(GOOD[0]) + "\n\n" + json.dumps({"output": "z"}) + "\n"
+    msg = _error(_write(tmp_path / "d.jsonl", text))
+    assert "record 1 (line 3)" in msg and "'instruction'" in msg
+
+
+def test_non_list_history(tmp_path):
+    bad = [{"instruction": "a", "output": "b", "history": "hello"}]
+    msg = _error(_write(tmp_path / "d.json", json.dumps(bad)))
+    assert "record 0" in msg and "'history' must be a list" in msg and "got str" in msg
+
+
+def test_history_turn_that_is_not_a_pair(tmp_path):
+    bad = [GOOD[0], GOOD[0], {"instruction": "a", "output": "b", "history": [["u", "a"], ["only"]]}]
+    msg = _error(_write(tmp_path / "d.json", json.dumps(bad)))
+    assert "record 2" in msg and "history[1]" in msg
+
+
+def test_non_string_field(tmp_path):
+    bad = [{"instruction": "a", "output": 3}]
+    msg = _error(_write(tmp_path / "d.jsonl", json.dumps(bad[0])))
+    assert "record 0" in msg and "'output' must be a string, got int" in msg
+
+
+@pytest.mark.parametrize("name,text", [("e.json", ""), ("e.jsonl", "  \n\n"), ("e.json", "\n")])
+def test_empty_file(tmp_path, name, text):
+    assert "file is empty" in _error(_write(tmp_path / name, text))
+
+
+def test_empty_list(tmp_path):
+    assert "no records" in _error(_write(tmp_path / "d.json", "[]"))
+
+
+def test_malformed_json(tmp_path):
+    msg = _error(_write(tmp_path / "d.json", '[{"instruction": "a",\n "output": }]'))
+    assert "malformed JSON at line 2" in msg
+    text = json.dumps(GOOD[0]) + "\n{not json\n"
+    msg = _error(_write(tmp_path / "d.jsonl", text))
+    assert "record 1 (line 2)" in msg and "malformed JSON" in msg
+
+
+def test_wrong_top_level_and_record_types(tmp_path):
+    assert "expected a JSON list" in _error(_write(tmp_path / "d.json", json.dumps(GOOD[0])))
+    msg = _error(_write(tmp_path / "l.jsonl", "[1, 2]\n"))
+    assert "record 0" in msg and "expected an object" in msg
+
+
+def test_missing_file_and_bad_suffix(tmp_path):
+    assert "file not found" in _error(tmp_path / "nope.jsonl")
+    assert "unsupported file type '.csv'" in _error(_write(tmp_path / "d.csv", "a,b"))
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_save_round_trips_and_leaves_no_temp_files(tmp_path, suffix):
+    path = tmp_path / "sub" / f"out{suffix}"
+    save_records(path, GOOD)
+    save_records(path, GOOD[:1])  # overwrite in place
+    assert load_records(path) == validate_records(GOOD[:1])
+    assert sorted(os.listdir(path.parent)) == [path.name]
+
+
+def test_save_rejects_bad_records_and_keeps_old_file(tmp_path):
+    path = save_records(tmp_path / "d.jsonl", GOOD)
+    before = path.read_bytes()
+    with pytest.raises(EvoMergeInputError, match="record 0: missing required field 'output'"):
+        save_records(path, [{"instruction": "a"}])
+    assert path.read_bytes() == before
+
+
+def test_failed_replace_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
+    path = save_records(tmp_path / "d.json", GOOD)
+    before = path.read_bytes()
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(records_mod.os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_records(path, GOOD[:1])
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["d.json"]
