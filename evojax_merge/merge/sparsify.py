@@ -1,6 +1,6 @@
 """Sparsity-based denoising ``S_a`` of Evo-Merging (methods.md §1): magnitude pruning of one tensor.
 
-    k   = max(1, round(a · numel(x)))            round half to even, of the exact product
+    k   = max(1, round(a · numel(x)))            round half to even (jnp.round)
     thr = k-th largest |x|                        a gather into magnitudes sorted ONCE
     S_a(x) = x · [|x| >= thr]                     survivors are NOT rescaled (this is not DARE)
     S_0(x) = 0,  S_1(x) = x
@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.lora.adapter import LoraStack
@@ -34,39 +33,23 @@ def sorted_magnitudes(x: jax.Array) -> jax.Array:
     return jnp.flip(jnp.sort(mags, axis=-1), axis=-1)
 
 
-def _split_hi_lo(a: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Split float32 ``a = hi + lo`` exactly, each part with at most 12 significant bits."""
-    bits = lax.bitcast_convert_type(a, jnp.uint32)
-    hi = lax.bitcast_convert_type(bits & jnp.uint32(0xFFFFF000), jnp.float32)
-    return hi, a - hi  # a - hi is exact (Sterbenz-like: same exponent range, fewer bits)
-
-
 def keep_count(a: jax.Array | float, numel: int) -> jax.Array:
     """Number of entries to keep: ``k = clip(max(1, round(a · numel)), 1, numel)`` (int32).
 
-    ``round`` is round-half-to-even of the EXACT real product ``a · numel`` for the given
-    (float32) ``a``, i.e. Python's ``round(float(a) * numel)``; ``a`` is clipped to [0, 1] first.
-    A plain float32 ``jnp.round(a * numel)`` would be off by one whenever the product rounds onto a
-    half-integer (e.g. float32(0.7) · 45 = 31.4999995 -> 31.5 -> 32), so the rounding error of the
-    product is recovered exactly (Dekker two-product) and used to break such ties.
+    ``round`` is round-half-to-even (``jnp.round``, Python's ``round``) of the product computed in
+    ``a``'s floating dtype (float32 unless x64): bitwise what numpy gives for
+    ``round(np.float32(a) * numel)``, and Python's ``round(a * numel)`` for a float64 ``a``. Why
+    not the exact real product of the float32 value: a config's ``alpha = 0.7`` is stored as
+    0.69999999; the float32 product ``· 5`` rounds back onto 3.5 -> 4, as the decimal (and
+    Python's float64) intends, where the exact product 3.4999999 would give 3.
     """
     a = jnp.asarray(a)
-    if a.dtype == jnp.float64 or numel >= 2**24:
-        # float64 (x64 mode): one IEEE multiply, bitwise what Python computes.
-        # Huge numel cannot be split exactly in float32; plain rounding is the best available.
-        k = jnp.round(jnp.clip(a, 0.0, 1.0) * numel)
-        return jnp.clip(jnp.maximum(k, 1), 1, numel).astype(jnp.int32)
-    a = jnp.clip(a.astype(jnp.float32), 0.0, 1.0)
-    n_hi, n_lo = float(numel & ~0xFFF), float(numel & 0xFFF)  # each < 2^12 significant bits
-    a_hi, a_lo = _split_hi_lo(a)
-    p = a * jnp.float32(numel)
-    # Two-product: every partial product is exact (<= 24 bits), so err = a·numel - p exactly.
-    err = ((a_hi * n_hi - p) + a_hi * n_lo + a_lo * n_hi) + a_lo * n_lo
-    fl = jnp.floor(p)
-    on_half = (p - fl) == 0.5
-    # p is a half-integer only if the exact product is within half an ulp of it: err decides.
-    k = jnp.where(on_half & (err > 0), fl + 1, jnp.where(on_half & (err < 0), fl, jnp.round(p)))
-    return jnp.clip(jnp.maximum(k, 1), 1, numel).astype(jnp.int32)
+    if a.dtype not in (jnp.float32, jnp.float64):
+        a = a.astype(jnp.float32)  # ints, and bf16/f16 (8-11 bit products would be far off)
+    k = jnp.round(a * jnp.asarray(numel, a.dtype))
+    # NaN/negative/> 1 fractions still give a valid index; sparsify zeroes a <= 0 (and NaN).
+    k = jnp.where(jnp.isnan(k), 1, k)
+    return jnp.clip(k, 1, numel).astype(jnp.int32)
 
 
 def keep_threshold(sorted_desc: jax.Array, a: jax.Array | float) -> jax.Array:
@@ -93,9 +76,7 @@ def sparsify(x: jax.Array, sorted_desc: jax.Array, a: jax.Array | float) -> jax.
     return jnp.where(keep, x, jnp.zeros((), x.dtype))
 
 
-def stack_magnitudes(
-    stack: LoraStack, which: Sequence[str] = ("A",)
-) -> dict[str, dict[str, jax.Array]]:
+def stack_magnitudes(stack: LoraStack, which: Sequence[str] = ("A",)) -> dict[str, dict[str, jax.Array]]:
     """Sorted magnitudes of a stack's factors, computed once when the pool loads.
 
     ``out[f][m] = sorted_magnitudes(stack.f[m])``, shape ``[N, numel]``, for each factor
