@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from functools import partial
 from typing import Protocol
 
 import jax
@@ -53,6 +54,39 @@ def _population_mesh() -> Mesh | None:
     return Mesh(np.array(devices), ("pop",)) if len(devices) > 1 else None
 
 
+def _mean_batch_ce(graphdef, params, adapter: LoraAdapter | None, data, index) -> jax.Array:
+    """Mean over validation batches of the answer-only CE (transformers' loss per batch)."""
+    model = nnx.merge(graphdef, params)
+
+    def one_batch(_, rows):
+        logits, _ = model(data["input_ids"][rows], data["attention_mask"][rows], lora=adapter)
+        return None, causal_lm_loss(logits, data["labels"][rows])
+
+    _, losses = jax.lax.scan(one_batch, None, index)
+    return losses.mean()
+
+
+@partial(jax.jit, static_argnames=("graphdef", "prune", "out_sharding"))
+def population_ce(graphdef, prune: str, out_sharding, params, stack, magnitudes, data, index, alpha, beta):
+    """``[P]`` CE of the candidates ``evo_merge(stack, alpha[p], beta[p])``: one compiled call.
+
+    Module-level, so evaluators of equal shapes (the targets of an experiment) share one compile.
+    """
+
+    def candidate_ce(a, b):
+        adapter = evo_merge(stack, magnitudes, a, b, prune=prune)
+        return _mean_batch_ce(graphdef, params, adapter, data, index)
+
+    ce = jax.vmap(candidate_ce)(alpha, beta)
+    return ce if out_sharding is None else jax.lax.with_sharding_constraint(ce, out_sharding)
+
+
+@partial(jax.jit, static_argnames=("graphdef",))
+def params_ce(graphdef, params, delta, adapter, data, index):
+    """CE of one model: the base with ``delta`` folded in, plus an optional adapter."""
+    return _mean_batch_ce(graphdef, fold_into_params(params, delta), adapter, data, index)
+
+
 class MergeEvaluator:
     """In-process evaluator over a model, a pool and tokenized validation examples."""
 
@@ -83,8 +117,9 @@ class MergeEvaluator:
         self.num_batches = max(1, min(validation.num_batches, num_examples // self.batch_size))
         self._fixed_index = self._draw_index(np.random.default_rng(validation.seed))
         self.mesh = _population_mesh()
-        self._population_ce = jax.jit(self._build_population_ce())
-        self._params_ce = jax.jit(self._build_params_ce())
+        # Losses come back replicated: on a multi-host mesh a 'pop'-sharded result spans devices of other
+        # processes and could not be fetched with np.asarray.
+        self._out_sharding = None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
 
     # -- batches -------------------------------------------------------------------------------
     def _draw_index(self, rng: np.random.Generator) -> np.ndarray:
@@ -96,35 +131,6 @@ class MergeEvaluator:
         if not self.validation.resample:
             return self._fixed_index
         return self._draw_index(np.random.default_rng((self.validation.seed, generation)))
-
-    # -- the compiled functions ------------------------------------------------------------------
-    def _mean_batch_ce(self, params, adapter: LoraAdapter | None, data, index):
-        model = nnx.merge(self.graphdef, params)
-
-        def one_batch(_, rows):
-            logits, _ = model(data["input_ids"][rows], data["attention_mask"][rows], lora=adapter)
-            return None, causal_lm_loss(logits, data["labels"][rows])
-
-        _, losses = jax.lax.scan(one_batch, None, index)
-        return losses.mean()
-
-    def _build_population_ce(self):
-        prune = self.prune
-
-        def population_ce(params, stack, magnitudes, data, index, alpha, beta):
-            def candidate_ce(a, b):
-                adapter = evo_merge(stack, magnitudes, a, b, prune=prune)
-                return self._mean_batch_ce(params, adapter, data, index)
-
-            return jax.vmap(candidate_ce)(alpha, beta)
-
-        return population_ce
-
-    def _build_params_ce(self):
-        def params_ce(params, delta, adapter, data, index):
-            return self._mean_batch_ce(fold_into_params(params, delta), adapter, data, index)
-
-        return params_ce
 
     # -- public API --------------------------------------------------------------------------
     def _shard(self, x: np.ndarray) -> tuple[jax.Array, int]:
@@ -147,9 +153,8 @@ class MergeEvaluator:
             raise EvoMergeInputError(f"alpha {alpha.shape} and beta {beta.shape}: population sizes differ")
         a, p = self._shard(alpha)
         b, _ = self._shard(beta)
-        ce = self._population_ce(
-            self.params, self.stack, self.magnitudes, self.data, jnp.asarray(self.batch_index(generation)), a, b
-        )
+        ce = population_ce(self.graphdef, self.prune, self._out_sharding, self.params, self.stack, self.magnitudes,
+                           self.data, jnp.asarray(self.batch_index(generation)), a, b)
         return np.asarray(ce)[:p]
 
     def evaluate_adapter(self, adapter: LoraAdapter | None, generation: int = 0) -> float:
@@ -160,4 +165,4 @@ class MergeEvaluator:
                        generation: int = 0) -> float:
         """Validation CE with ``delta[m]`` folded into the base weights (task-vector baselines)."""
         index = jnp.asarray(self.batch_index(generation))
-        return float(self._params_ce(self.params, dict(delta), adapter, self.data, index))
+        return float(params_ce(self.graphdef, self.params, dict(delta), adapter, self.data, index))

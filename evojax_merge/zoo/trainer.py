@@ -1,0 +1,137 @@
+"""Training for the built-in zoo: the base LM from scratch, then all LoRA adapters at once.
+
+The adapters are trained together: one optax step updates a ``LoraStack`` of N adapters, each on
+its own task's batch, through a ``vmap`` over the adapter axis with the base shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from evojax_merge.lora.adapter import LoraAdapter, LoraStack, module_path
+from evojax_merge.models.llama import LlamaForCausalLM
+from evojax_merge.models.loss import causal_lm_loss
+
+Batch = dict[str, np.ndarray]  # input_ids, attention_mask, labels: [B, T]
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False)
+
+
+def _schedule(lr: float, steps: int) -> optax.Schedule:
+    warmup = max(1, steps // 20)
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), lr * 0.05)
+
+
+def pretrain(
+    model: LlamaForCausalLM,
+    batches: Iterator[Batch],
+    steps: int,
+    lr: float = 3e-3,
+    weight_decay: float = 0.01,
+    progress: bool = True,
+) -> tuple[LlamaForCausalLM, list[float]]:
+    """Full-parameter AdamW on ``batches``; returns the trained model and the loss curve."""
+    graphdef, params = nnx.split(model)
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(_schedule(lr, steps), weight_decay=weight_decay))
+    opt_state = opt.init(params)
+
+    @jax.jit
+    def step(params, opt_state, batch):
+        def loss_fn(p):
+            logits, _ = nnx.merge(graphdef, p)(batch["input_ids"], batch["attention_mask"])
+            return causal_lm_loss(logits, batch["labels"])
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    losses = []
+    bar = _progress(steps, "pretrain base", progress)
+    for _ in range(steps):
+        batch = {k: jnp.asarray(v) for k, v in next(batches).items()}
+        params, opt_state, loss = step(params, opt_state, batch)
+        losses.append(float(loss))
+        if bar is not None:
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return nnx.merge(graphdef, params), losses
+
+
+def init_lora_stack(
+    model: LlamaForCausalLM, num_adapters: int, rank: int, lora_alpha: float, key: jax.Array,
+    projections: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+) -> LoraStack:
+    """PEFT's initialisation: A ~ kaiming-uniform(a=√5), i.e. U(±1/√d_in); B = 0 (so ΔW starts at 0)."""
+    cfg = model.config
+    A, B = {}, {}
+    for layer in range(cfg.num_hidden_layers):
+        for proj in projections:
+            d_out, d_in = cfg.module_shapes()[proj]
+            key, sub = jax.random.split(key)
+            bound = 1.0 / np.sqrt(d_in)
+            m = module_path(layer, proj)
+            A[m] = jax.random.uniform(sub, (num_adapters, rank, d_in), minval=-bound, maxval=bound)
+            B[m] = jnp.zeros((num_adapters, d_out, rank))
+    return LoraStack(A=A, B=B, scale=jnp.full((num_adapters,), lora_alpha / rank, jnp.float32))
+
+
+def train_adapters(
+    model: LlamaForCausalLM,
+    stack: LoraStack,
+    batches: Callable[[int], Batch],
+    steps: int,
+    lr: float = 5e-3,
+    progress: bool = True,
+) -> tuple[LoraStack, np.ndarray]:
+    """Train every adapter of ``stack`` on its own task in one vmapped optax step.
+
+    ``batches(step)`` returns arrays shaped ``[N, B, T]``: row n is adapter n's batch. The loss is
+    the sum over adapters of each adapter's own mean CE, so adapters do not interact.
+    """
+    graphdef, params = nnx.split(model)
+    trainable = {"A": stack.A, "B": stack.B}
+    # Adam is per-parameter and there is no global clipping, so the adapters stay independent.
+    opt = optax.adam(_schedule(lr, steps))
+    opt_state = opt.init(trainable)
+
+    def adapter_loss(a, b, scale, ids, mask, labels):
+        logits, _ = nnx.merge(graphdef, params)(ids, mask, lora=LoraAdapter(A=a, B=b, scale=scale))
+        return causal_lm_loss(logits, labels)
+
+    @jax.jit
+    def step(trainable, opt_state, batch):
+        def loss_fn(t):
+            losses = jax.vmap(adapter_loss)(t["A"], t["B"], stack.scale, batch["input_ids"],
+                                            batch["attention_mask"], batch["labels"])
+            return losses.sum(), losses
+
+        (_, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        updates, opt_state = opt.update(grads, opt_state, trainable)
+        return optax.apply_updates(trainable, updates), opt_state, losses
+
+    curve = []
+    bar = _progress(steps, f"train {stack.num_adapters} adapters", progress)
+    for i in range(steps):
+        batch = {k: jnp.asarray(v) for k, v in batches(i).items()}
+        trainable, opt_state, losses = step(trainable, opt_state, batch)
+        curve.append(np.asarray(losses))
+        if bar is not None:
+            bar.set_postfix(mean_loss=f"{float(np.mean(curve[-1])):.3f}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return LoraStack(A=trainable["A"], B=trainable["B"], scale=stack.scale), np.stack(curve)
