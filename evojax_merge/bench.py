@@ -68,14 +68,14 @@ def best_time(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
-def build(cfg: ModelConfig, n: int, rank: int, batch: int, seq: int
+def build(cfg: ModelConfig, n: int, rank: int, batch: int, seq: int, chunk: int | None = None
           ) -> tuple[LlamaForCausalLM, LoraStack, MergeEvaluator]:
     from flax import nnx
 
     model = LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))
     stack = random_stack(cfg, n, rank)
     evaluator = MergeEvaluator(model, stack, random_examples(cfg, batch, seq),
-                               ValidationConfig(batch_size=batch, num_batches=1))
+                               ValidationConfig(batch_size=batch, num_batches=1), population_chunk=chunk)
     return model, stack, evaluator
 
 
@@ -141,10 +141,10 @@ def time_torch_peft(model: LlamaForCausalLM, stack: LoraStack, examples, alpha, 
 
 
 def scaling_table(cfg: ModelConfig, rank: int, batch: int, seq: int, sizes: list[int], pops: list[int],
-                  repeats: int) -> dict[int, dict[int, float]]:
+                  repeats: int, chunk: int | None) -> dict[int, dict[int, float]]:
     table: dict[int, dict[int, float]] = {}
     for n in sizes:
-        _, _, evaluator = build(cfg, n, rank, batch, seq)
+        _, _, evaluator = build(cfg, n, rank, batch, seq, chunk)
         table[n] = {}
         for p in pops:
             alpha, beta = random_genomes(n, p)
@@ -171,6 +171,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-scaling", action="store_true", help="skip the N x P scaling table")
     ap.add_argument("--scaling-adapters", type=int, nargs="+", default=[10, 50, 100, 200])
     ap.add_argument("--scaling-population", type=int, nargs="+", default=[5, 20, 80])
+    ap.add_argument("--population-chunk", type=int, default=None,
+                    help="candidates vmapped at a time inside the batched call (None: the whole population)")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args(argv)
 
@@ -180,9 +182,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"device: {jax.devices()[0].device_kind} x{len(jax.devices())}  backend: {jax.default_backend()}")
     print(f"model: hidden {args.hidden}, {args.layers} layers, {args.heads} heads / {args.kv_heads} KV, "
           f"intermediate {args.intermediate}, vocab {args.vocab}, {args.dtype}")
+    print(f"population chunk inside the batched call: {args.population_chunk or 'whole population'}")
     print(f"pool: N={args.adapters} adapters, r={args.rank}, 7 projections; P={args.population}; "
           f"batch {args.batch} x {args.seq} tokens")
-    model, stack, evaluator = build(cfg, args.adapters, args.rank, args.batch, args.seq)
+    model, stack, evaluator = build(cfg, args.adapters, args.rank, args.batch, args.seq, args.population_chunk)
     alpha, beta = random_genomes(args.adapters, args.population)
     out: dict = {"config": vars(args)}
     out["a_batched"] = time_batched(evaluator, alpha, beta, args.repeats)
@@ -208,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if not args.no_scaling:
         table = scaling_table(cfg, args.rank, args.batch, args.seq, args.scaling_adapters,
-                              args.scaling_population, args.repeats)
+                              args.scaling_population, args.repeats, args.population_chunk)
         out["scaling"] = {str(n): {str(p): t for p, t in row.items()} for n, row in table.items()}
         pops = args.scaling_population
         print("\n(a) seconds per candidate over pool size N (rows) and population P (columns)")

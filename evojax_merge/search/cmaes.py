@@ -7,6 +7,7 @@ it and a resumed run continues bit-identically.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -53,8 +54,15 @@ class StageResult:
         return [dict(zip(HISTORY_COLUMNS, map(float, row), strict=True)) for row in self.history]
 
 
+@functools.lru_cache(maxsize=64)
+def _cma_es(population_size: int, num_dims: int) -> CMA_ES:
+    # One instance per shape: evosax jits ask/tell with the instance static, so stages and runs of
+    # the same shape share their compiles.
+    return CMA_ES(population_size=population_size, solution=jnp.zeros(num_dims))
+
+
 def _strategy(spec: StageSpec) -> tuple[CMA_ES, object]:
-    strategy = CMA_ES(population_size=spec.population_size, solution=jnp.zeros(spec.layout.length))
+    strategy = _cma_es(spec.population_size, spec.layout.length)
     params = strategy.default_params.replace(std_init=jnp.asarray(spec.sigma0, jnp.float32))
     return strategy, params
 
@@ -86,8 +94,6 @@ def run_stage(
     state after every generation (logging, checkpoints) and may raise to stop the run.
     """
     strategy, params = _strategy(spec)
-    ask = jax.jit(lambda k, s: strategy.ask(k, s, params))
-    tell = jax.jit(lambda k, pop, fit, s: strategy.tell(k, pop, fit, s, params))
     bar = None
     start = int(state.generation)
     if progress:
@@ -96,10 +102,10 @@ def run_stage(
         bar = tqdm(total=spec.generations, initial=start, desc=spec.name, leave=False, dynamic_ncols=True)
     for g in range(start, spec.generations):
         key, ask_key, tell_key = jax.random.split(state.key, 3)
-        population, es_state = ask(ask_key, state.es_state)
+        population, es_state = strategy.ask(ask_key, state.es_state, params)
         population = spec.layout.clip(population)  # bounds: clip, then evaluate and tell the clipped
         fitness = jnp.asarray(fitness_fn(np.asarray(population), g), jnp.float32)
-        es_state, _ = tell(tell_key, population, fitness, es_state)
+        es_state, _ = strategy.tell(tell_key, population, fitness, es_state, params)
         i = jnp.argmin(fitness)
         improved = fitness[i] < state.best_fitness
         best_fitness = jnp.where(improved, fitness[i], state.best_fitness)

@@ -66,18 +66,24 @@ def _mean_batch_ce(graphdef, params, adapter: LoraAdapter | None, data, index) -
     return losses.mean()
 
 
-@partial(jax.jit, static_argnames=("graphdef", "prune", "out_sharding"))
-def population_ce(graphdef, prune: str, out_sharding, params, stack, magnitudes, data, index, alpha, beta):
+@partial(jax.jit, static_argnames=("graphdef", "prune", "out_sharding", "chunk"))
+def population_ce(graphdef, prune: str, out_sharding, params, stack, magnitudes, data, index, alpha, beta,
+                  chunk: int | None = None):
     """``[P]`` CE of the candidates ``evo_merge(stack, alpha[p], beta[p])``: one compiled call.
 
-    Module-level, so evaluators of equal shapes (the targets of an experiment) share one compile.
+    ``chunk`` vmaps that many candidates at a time inside the call (``lax.map``), which keeps the
+    working set in cache on a CPU; None vmaps the whole population (accelerators). Module-level,
+    so evaluators of equal shapes (the targets of an experiment) share one compile.
     """
 
     def candidate_ce(a, b):
         adapter = evo_merge(stack, magnitudes, a, b, prune=prune)
         return _mean_batch_ce(graphdef, params, adapter, data, index)
 
-    ce = jax.vmap(candidate_ce)(alpha, beta)
+    if chunk is None or chunk >= alpha.shape[0]:
+        ce = jax.vmap(candidate_ce)(alpha, beta)
+    else:
+        ce = jax.lax.map(lambda ab: candidate_ce(*ab), (alpha, beta), batch_size=chunk)
     return ce if out_sharding is None else jax.lax.with_sharding_constraint(ce, out_sharding)
 
 
@@ -97,6 +103,7 @@ class MergeEvaluator:
         examples: Mapping[str, np.ndarray],
         validation: ValidationConfig = ValidationConfig(),
         prune: str = "A",
+        population_chunk: int | None = None,
     ):
         for key in ("input_ids", "attention_mask", "labels"):
             if key not in examples:
@@ -107,6 +114,7 @@ class MergeEvaluator:
         self.validation = validation
         self.num_adapters = stack.num_adapters
         self.prune = prune
+        self.population_chunk = population_chunk
         self.stack = stack
         self.graphdef, self.params = nnx.split(model)
         which = {"A": ("A",), "B": ("B",), "both": ("A", "B"), "none": ()}[prune]
@@ -154,7 +162,8 @@ class MergeEvaluator:
         a, p = self._shard(alpha)
         b, _ = self._shard(beta)
         ce = population_ce(self.graphdef, self.prune, self._out_sharding, self.params, self.stack, self.magnitudes,
-                           self.data, jnp.asarray(self.batch_index(generation)), a, b)
+                           self.data, jnp.asarray(self.batch_index(generation)), a, b,
+                           None if self.mesh is not None else self.population_chunk)
         return np.asarray(ce)[:p]
 
     def evaluate_adapter(self, adapter: LoraAdapter | None, generation: int = 0) -> float:

@@ -53,8 +53,9 @@ def preselect(losses: np.ndarray, top_k: int) -> list[int]:
     return sorted(order[: top_k if top_k > 0 else len(order)].tolist())
 
 
-@partial(jax.jit, static_argnames=("method",))
-def _merge_dense(tv, method: str, lam, density, key):
+@partial(jax.jit, static_argnames=("method", "density"))
+def _merge_dense(tv, method: str, lam, density: float, key):
+    # density is static: TIES trims floor(density * numel) entries, computed in float64 as peft does
     if method == "task_arithmetic":
         return task_arithmetic(tv, lam)
     if method == "ties":
@@ -86,7 +87,7 @@ def grid_search(
     key = jax.random.key(cfg.seed)
     table, best = [], None
     for lam, density in itertools.product(lambdas, densities):
-        delta = _merge_dense(tv, method, jnp.float32(lam), jnp.float32(density), key)
+        delta = _merge_dense(tv, method, jnp.float32(lam), float(density), key)
         ce = evaluator.evaluate_dense(delta)
         point = {"lambda": lam, "density": density, "val_ce": ce}
         table.append(point)

@@ -44,7 +44,6 @@ class ProviderState:
     datasets: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
     compute_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     tokenizer_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    compiled: dict = dataclasses.field(default_factory=dict)  # prune mode -> shared population fn
 
 
 def parse_named(specs: Sequence[str], default_name: str = "default") -> dict[str, str]:
@@ -97,30 +96,12 @@ def tokenize_validation(state: ProviderState, records: Sequence[Mapping], max_le
         raise FieldError("records", str(e)) from None
 
 
-def _shared_population_ce(state: ProviderState, prune: str):
-    """One jitted population function per prune mode, shared by every session of this model.
-
-    ``MergeEvaluator`` jits a fresh closure per instance, so each session would compile again
-    (seconds on a toy model, minutes on an 8B one). That closure depends only on the model's
-    graphdef and the prune mode (everything else is an argument), so it is built once from a
-    stand-in holding just those two, and jax's cache then serves every session with the same
-    shapes. Remote == in-process is what the service tests check, so any drift here shows there.
-    """
-    if prune not in state.compiled:
-        holder = object.__new__(MergeEvaluator)
-        holder.graphdef, holder.prune = nnx.graphdef(state.model), prune
-        state.compiled[prune] = jax.jit(MergeEvaluator._build_population_ce(holder))
-    return state.compiled[prune]
-
-
 def build_evaluator(state: ProviderState, pool: LoraPool, examples: Mapping[str, np.ndarray],
                     validation: ValidationConfig, prune: str) -> MergeEvaluator:
     """The same evaluator an in-process search builds, so remote and local losses agree exactly."""
     with state.compute_lock:
-        evaluator = MergeEvaluator(state.model, pool.stack, examples, validation, prune=prune)
-        if hasattr(evaluator, "_population_ce"):
-            evaluator._population_ce = _shared_population_ce(state, prune)
-        return evaluator
+        # the population function is jitted at module level, so sessions of equal shapes share a compile
+        return MergeEvaluator(state.model, pool.stack, examples, validation, prune=prune)
 
 
 def evaluate(state: ProviderState, evaluator: MergeEvaluator, alpha: np.ndarray, beta: np.ndarray,
