@@ -117,7 +117,6 @@ def stage_runner_factory(cfg: DictConfig, out_dir: Path, tracker):
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     from evojax_merge.lora.export import save_peft_adapter
     from evojax_merge.runner.experiment import run_experiment
-    from evojax_merge.runner.report import results_table, write_results
     from evojax_merge.search.fitness import ValidationConfig
     from evojax_merge.tracking import make_tracker
 
@@ -126,8 +125,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     validation = ValidationConfig(**OmegaConf.to_container(cfg.data.validation, resolve=True))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config_resolved.json").write_text(json.dumps(resolved, indent=2))
+    shown = {**resolved, "service": {k: ("***" if k == "api_key" else v) for k, v in resolved["service"].items()}}
+    (out_dir / "config_resolved.json").write_text(json.dumps(shown, indent=2))
 
+    if cfg.service.kind == "remote":
+        return run_remote(cfg, spec, settings, validation, resolved, out_dir)
+    if cfg.service.kind != "local":
+        raise EvoMergeInputError(f"service.kind: {cfg.service.kind!r} is not local or remote")
     t0 = time.perf_counter()
     world = load_world(cfg)
     world_s = time.perf_counter() - t0
@@ -148,12 +152,45 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     results["timings"] = {"world_s": world_s, "experiment_s": time.perf_counter() - t0}
     results["zoo"] = {k: world.info[k] for k in ("zoo_root", "timings", "adapter_test") if k in world.info}
     results["config"] = resolved
+    return finish(results, spec, out_dir, tracker)
+
+
+def finish(results: dict, spec, out_dir: Path, tracker) -> dict:
+    from evojax_merge.runner.report import results_table, write_results
+
     table = results_table(results)
     write_results(out_dir, results, f"{spec.name}: {spec.setting} setting")
     tracker.log_results(results, table)
     tracker.finish()
     print(f"\n{spec.name} ({spec.setting}), test F1 x100:\n{table}\n\nwritten to {out_dir}")
     return results
+
+
+def user_records(cfg: DictConfig) -> dict:
+    """The task records on the user's side: the zoo's (regenerated from its seed) or files."""
+    if cfg.data.source == "zoo":
+        from evojax_merge.zoo.tasks import generate_zoo
+
+        return generate_zoo(zoo_config(cfg).tasks)
+    from evojax_merge.data.records import load_records
+
+    return {t: {split: load_records(p) for split, p in splits.items()}
+            for t, splits in OmegaConf.to_container(cfg.data.tasks, resolve=True).items()}
+
+
+def run_remote(cfg: DictConfig, spec, settings, validation, resolved: dict, out_dir: Path) -> dict:
+    """The same search through a merge service: only control vectors leave this process."""
+    from evojax_merge.runner.remote import run_remote_experiment
+    from evojax_merge.tracking import make_tracker
+
+    tracker = make_tracker(OmegaConf.to_container(cfg.logger, resolve=True), resolved, out_dir, spec.name)
+    t0 = time.perf_counter()
+    results = run_remote_experiment(user_records(cfg), spec, settings, validation,
+                                    OmegaConf.to_container(cfg.service, resolve=True),
+                                    stage_runner_factory(cfg, out_dir, tracker))
+    results["timings"] = {"experiment_s": time.perf_counter() - t0}
+    results["config"] = {**resolved, "service": {**resolved["service"], "api_key": "***"}}
+    return finish(results, spec, out_dir, tracker)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -64,17 +64,17 @@ class Run:
     num_val: int | None = None
 
 
-def pick_targets(world: World, spec: ExperimentSpec) -> list[str]:
+def pick_targets(task_names, spec: ExperimentSpec) -> list[str]:
     """Named targets, or ``num_targets`` tasks spread over task types and domains."""
-    tasks = sorted(world.records)
+    tasks = sorted(task_names)
     if spec.targets:
-        unknown = [t for t in spec.targets if t not in world.records]
+        unknown = [t for t in spec.targets if t not in tasks]
         if unknown:
             raise EvoMergeInputError(f"experiment.targets: unknown task {unknown[0]!r}")
         return list(spec.targets)
     by_type: dict[str, list[str]] = {}
     for t in tasks:
-        by_type.setdefault(world.task_type(t), []).append(t)
+        by_type.setdefault(t.split("_", 1)[0], []).append(t)
     types = sorted(by_type)
     picked = []
     for i in range(min(spec.num_targets, len(tasks))):
@@ -90,7 +90,7 @@ def plan_runs(world: World, spec: ExperimentSpec) -> list[Run]:
     rng = np.random.default_rng(spec.seed)
     runs: list[Run] = []
     if spec.setting == "ood":
-        targets = pick_targets(world, spec)
+        targets = pick_targets(world.records, spec)
         for target in targets:
             own = world.own_adapter(target)
             ood_idx = [i for i, n in enumerate(names) if n != own]

@@ -59,7 +59,7 @@ class MergeSearchResult:
     alpha: np.ndarray
     beta: np.ndarray
     stages: list[StageResult]
-    adapter: LoraAdapter
+    adapter: LoraAdapter | None  # None when the pool's weights are not ours (a remote search)
     best_fitness: float
 
     @property
@@ -89,8 +89,11 @@ def stage_fitness(evaluator: Evaluator, layout: GenomeLayout, fixed: np.ndarray,
     return fitness
 
 
-def merged_adapter(stack: LoraStack, alpha: np.ndarray, beta: np.ndarray, prune: str = "A") -> LoraAdapter:
-    """The rank-r adapter a genome stands for (host side, e.g. for export)."""
+def merged_adapter(stack: LoraStack | None, alpha: np.ndarray, beta: np.ndarray, prune: str = "A"
+                   ) -> LoraAdapter | None:
+    """The rank-r adapter a genome stands for (host side, e.g. for export); None without a stack."""
+    if stack is None:
+        return None
     which = {"A": ("A",), "B": ("B",), "both": ("A", "B"), "none": ()}[prune]
     return evo_merge(stack, stack_magnitudes(stack, which=which), alpha, beta, prune=prune)
 
@@ -101,7 +104,7 @@ def _stage_key(seed: int, stage: int) -> jax.Array:
 
 def evo_merging_search(
     evaluator: Evaluator,
-    stack: LoraStack,
+    stack: LoraStack | None,
     cfg: EvoMergingConfig = EvoMergingConfig(),
     seed: int = 0,
     prune: str = "A",
@@ -137,7 +140,7 @@ def evo_merging_search(
 
 def lorahub_search(
     evaluator: Evaluator,
-    stack: LoraStack,
+    stack: LoraStack | None,
     cfg: LoraHubConfig = LoraHubConfig(),
     seed: int = 0,
     runner: StageRunner | None = None,

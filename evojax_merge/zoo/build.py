@@ -120,6 +120,21 @@ def _encode_texts(texts: list[str], tokenizer, length: int) -> dict[str, np.ndar
     return {"input_ids": ids, "attention_mask": mask, "labels": np.where(mask == 1, ids, IGNORE_INDEX)}
 
 
+TRAIN_BUCKETS = (32, 48, 64, 80, 96, 112, 128, 160, 192, 256)
+
+
+def _trim_to_bucket(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Cut right padding down to the smallest bucket that holds the batch's longest row.
+
+    Rows are padded to the model's max length once; each step only pays for a few compiles
+    (one per bucket) instead of the full length.
+    """
+    longest = int(batch["attention_mask"].sum(-1).max())
+    width = batch["input_ids"].shape[-1]
+    t = next((b for b in TRAIN_BUCKETS if b >= longest), width)
+    return {k: v[..., : min(t, width)] for k, v in batch.items()}
+
+
 def _pretrain_batches(cfg: ZooBuildConfig, tokenizer, rng: np.random.Generator):
     corpus = pretraining_corpus(cfg.tasks, n_texts=cfg.pretrain.num_texts, n_records=cfg.pretrain.num_records,
                                 seed=cfg.seed)
@@ -130,7 +145,7 @@ def _pretrain_batches(cfg: ZooBuildConfig, tokenizer, rng: np.random.Generator):
     while True:  # alternate plain text and format records; two shapes, two compiles
         source = texts if step % 2 == 0 else records
         idx = rng.integers(0, source["input_ids"].shape[0], b)
-        yield {k: v[idx] for k, v in source.items()}
+        yield _trim_to_bucket({k: v[idx] for k, v in source.items()})
         step += 1
 
 
@@ -142,7 +157,7 @@ def _adapter_batches(train: dict[str, np.ndarray], batch_size: int, seed: int):
         rng = np.random.default_rng((seed, step))
         idx = rng.integers(0, m, (n, batch_size))
         rows = np.arange(n)[:, None]
-        return {k: v[rows, idx] for k, v in train.items()}
+        return _trim_to_bucket({k: v[rows, idx] for k, v in train.items()})
 
     return batches
 

@@ -1,0 +1,95 @@
+"""The Hydra entry point end to end on the smoke zoo, and its one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from evojax_merge.runner.methods import METHODS
+
+
+def _train(tmp_path, *overrides, cache=None):
+    env = {**os.environ, "EVOJAX_MERGE_CACHE": str(cache or tmp_path / "cache"), "WANDB_MODE": "offline"}
+    return subprocess.run(
+        [sys.executable, "-m", "evojax_merge.train", *overrides, "progress=false"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("smoke")
+    out = tmp / "run"
+    proc = _train(tmp, "+experiment=smoke", f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_smoke_writes_results_for_every_method(smoke_run):
+    out, proc = smoke_run
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods"]) == set(METHODS) - {"dare_ties"}
+    for res in results["methods"].values():
+        assert set(res) >= {"precision", "recall", "f1", "per_task"}
+        assert len(res["per_task"]) == 2
+        assert all(0.0 <= res[k] <= 1.0 for k in ("precision", "recall", "f1"))
+    evo = results["methods"]["evo_merging"]["per_task"]
+    for cell in evo.values():
+        assert len(cell["alpha"]) == cell["pool_size"] == 8  # smoke zoo: 9 tasks, OOD pool of 8
+        assert set(cell["stages"]) == {"stage1_denoise", "stage2_scale"}
+    assert (out / "results.md").read_text().count("|") > 20
+    assert "test F1" in proc.stdout
+    merged = sorted(p.name for p in (out / "merged_adapters").iterdir())
+    assert len(merged) == 4 and all((out / "merged_adapters" / m / "adapter_config.json").is_file() for m in merged)
+
+
+def test_impossible_config_is_one_line_error(tmp_path):
+    proc = _train(tmp_path, "+experiment=smoke", "strategy.evo_merging.population_size=1",
+                  f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "error: strategy.evo_merging.population_size must be >= 2"
+
+
+def test_unknown_target_names_the_key(tmp_path, smoke_run):
+    out, _ = smoke_run
+    cache = json.loads((out / "results.json").read_text())["zoo"]["zoo_root"]
+    proc = _train(tmp_path, "+experiment=smoke", "experiment.targets=[ner_nowhere]",
+                  f"hydra.run.dir={tmp_path / 'run'}", cache=os.path.dirname(cache))
+    assert proc.returncode == 2
+    assert "experiment.targets: unknown task 'ner_nowhere'" in proc.stderr
+
+
+def test_remote_run_through_a_real_service(tmp_path, smoke_run):
+    """service=remote: the same search over HTTP on 127.0.0.1; no weights on the client side."""
+    from pathlib import Path
+
+    from evojax_merge.service.app import create_app
+    from evojax_merge.service.provider import load_provider
+    from evojax_merge.service.server import ServerThread
+    from evojax_merge.service.settings import ServiceSettings
+
+    out, _ = smoke_run
+    local = json.loads((out / "results.json").read_text())
+    zoo_root = Path(local["zoo"]["zoo_root"])
+    key = "test-key-0123456789abcdef"
+    provider = load_provider(zoo_root / "base", {"default": str(zoo_root / "adapters" / "*")})
+    with ServerThread(create_app(provider, ServiceSettings(api_keys=(key,)))) as srv:
+        run_dir = tmp_path / "remote"
+        env_cache = tmp_path / "empty-cache"  # the client never builds or reads the zoo's weights
+        proc = subprocess.run(
+            [sys.executable, "-m", "evojax_merge.train", "+experiment=smoke", "service=remote",
+             f"service.url={srv.url}", "method=evo_lorahub", f"hydra.run.dir={run_dir}", "progress=false"],
+            capture_output=True, text=True, timeout=600,
+            env={**os.environ, "EVOJAX_MERGE_API_KEY": key, "EVOJAX_MERGE_CACHE": str(env_cache)},
+        )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not env_cache.exists()
+    remote = json.loads((run_dir / "results.json").read_text())
+    assert set(remote["methods"]) == {"evo_merging", "lorahub", "uniform"}
+    for method in ("evo_merging", "uniform"):
+        for target, cell in remote["methods"][method]["per_task"].items():
+            ref = local["methods"][method]["per_task"][target]
+            assert abs(cell["val_fitness"] - ref["val_fitness"]) < 1e-4
+    assert key not in (run_dir / "config_resolved.json").read_text()
