@@ -77,3 +77,20 @@ def test_missing_weights_names_the_directory(tmp_path):
     (tmp_path / "m" / "model.safetensors").unlink()
     with pytest.raises(EvoMergeInputError, match="no model.safetensors"):
         load_model(tmp_path / "m")
+
+
+def test_logits_at_answer_positions_give_the_same_loss(tmp_path):
+    """answer_loss on logits taken only at the answer positions == the full answer-only CE."""
+    from evojax_merge.models.loss import answer_loss, answer_targets
+
+    hf = build_hf_model("llama", tmp_path / "m", seed=7)
+    ids, mask = random_batch(hf.config.vocab_size, batch=3, length=11, seed=4)
+    labels = np.where(mask == 1, ids, -100)
+    labels[:, :5] = -100
+    model = load_model(tmp_path / "m")
+    full, _ = model(jnp.asarray(ids), jnp.asarray(mask))
+    t = answer_targets(labels, k=6)
+    at, _ = model(jnp.asarray(ids), jnp.asarray(mask), logits_at=jnp.asarray(t["answer_pos"]))
+    assert at.shape == (3, 6, hf.config.vocab_size)
+    ref = float(causal_lm_loss(full, jnp.asarray(labels)))
+    assert abs(float(answer_loss(at, t["answer_tgt"], t["answer_mask"])) - ref) <= 1e-6

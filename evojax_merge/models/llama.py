@@ -175,8 +175,12 @@ class LlamaForCausalLM(nnx.Module):
         positions: jax.Array | None = None,
         cache: list[KVCache] | None = None,
         key_valid: jax.Array | None = None,
+        logits_at: jax.Array | None = None,
     ) -> tuple[jax.Array, list[KVCache] | None]:
-        """Logits ``[B, T, V]`` (and the updated cache).
+        """Logits ``[B, T, V]`` (and the updated cache); ``[B, K, V]`` at ``logits_at [B, K]`` if given.
+
+        ``logits_at`` skips the vocabulary projection where no loss is taken (the prompt), which
+        is most of the sequence in answer-only training and scoring.
 
         Without a cache the keys are the T inputs and ``attention_mask [B, T]`` marks the real
         ones. With a cache of S slots the T inputs are written at ``positions[:, 0]`` onwards and
@@ -204,6 +208,8 @@ class LlamaForCausalLM(nnx.Module):
             x, c = layer(x, cos, sin, mask, lora, None if cache is None else cache[i], write_pos)
             if cache is not None:
                 new_cache.append(c)
+        if logits_at is not None:
+            x = jnp.take_along_axis(x, logits_at[..., None], axis=1)
         x = self.model.norm(x)
         head = self.model.embed_tokens.embedding[...] if self.lm_head is None else self.lm_head[...]
         return (x @ head.T).astype(jnp.float32), new_cache

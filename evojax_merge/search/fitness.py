@@ -25,7 +25,7 @@ from evojax_merge.lora.adapter import LoraAdapter, LoraStack
 from evojax_merge.merge import evo_merge, stack_magnitudes
 from evojax_merge.models.delta import fold_into_params
 from evojax_merge.models.llama import LlamaForCausalLM
-from evojax_merge.models.loss import causal_lm_loss
+from evojax_merge.models.loss import answer_loss, answer_targets
 from evojax_merge.search.genome import check_population
 
 
@@ -59,8 +59,10 @@ def _mean_batch_ce(graphdef, params, adapter: LoraAdapter | None, data, index) -
     model = nnx.merge(graphdef, params)
 
     def one_batch(_, rows):
-        logits, _ = model(data["input_ids"][rows], data["attention_mask"][rows], lora=adapter)
-        return None, causal_lm_loss(logits, data["labels"][rows])
+        # logits only where the loss is taken: the vocabulary projection of the prompt is skipped
+        logits, _ = model(data["input_ids"][rows], data["attention_mask"][rows], lora=adapter,
+                          logits_at=data["answer_pos"][rows])
+        return None, answer_loss(logits, data["answer_tgt"][rows], data["answer_mask"][rows])
 
     _, losses = jax.lax.scan(one_batch, None, index)
     return losses.mean()
@@ -119,7 +121,9 @@ class MergeEvaluator:
         self.graphdef, self.params = nnx.split(model)
         which = {"A": ("A",), "B": ("B",), "both": ("A", "B"), "none": ()}[prune]
         self.magnitudes = stack_magnitudes(stack, which=which)  # sorted once, never in the search
-        self.data = {k: jnp.asarray(examples[k]) for k in ("input_ids", "attention_mask", "labels")}
+        arrays = {k: np.asarray(examples[k]) for k in ("input_ids", "attention_mask")}
+        arrays.update(answer_targets(np.asarray(examples["labels"])))
+        self.data = {k: jnp.asarray(v) for k, v in arrays.items()}
         self.num_examples = num_examples
         self.batch_size = min(validation.batch_size, num_examples)
         self.num_batches = max(1, min(validation.num_batches, num_examples // self.batch_size))

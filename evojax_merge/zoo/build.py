@@ -33,6 +33,7 @@ from evojax_merge.lora.export import save_peft_adapter
 from evojax_merge.models.config import ModelConfig
 from evojax_merge.models.io import save_model
 from evojax_merge.models.llama import LlamaForCausalLM
+from evojax_merge.models.loss import answer_targets
 from evojax_merge.zoo.tasks import ZooConfig, generate_zoo, parse_task_name, pretraining_corpus
 from evojax_merge.zoo.tokenizer import build_zoo_tokenizer, save_tokenizer
 from evojax_merge.zoo.trainer import init_lora_stack, pretrain, train_adapters
@@ -123,6 +124,9 @@ def _encode_texts(texts: list[str], tokenizer, length: int) -> dict[str, np.ndar
 TRAIN_BUCKETS = (32, 48, 64, 80, 96, 112, 128, 160, 192, 256)
 
 
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "labels")
+
+
 def _trim_to_bucket(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Cut right padding down to the smallest bucket that holds the batch's longest row.
 
@@ -131,15 +135,20 @@ def _trim_to_bucket(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """
     longest = int(batch["attention_mask"].sum(-1).max())
     width = batch["input_ids"].shape[-1]
-    t = next((b for b in TRAIN_BUCKETS if b >= longest), width)
-    return {k: v[..., : min(t, width)] for k, v in batch.items()}
+    t = min(next((b for b in TRAIN_BUCKETS if b >= longest), width), width)
+    return {k: v[..., :t] if k in SEQUENCE_KEYS else v for k, v in batch.items()}
+
+
+def _with_answer_targets(encoded: dict[str, np.ndarray], k: int | None = None) -> dict[str, np.ndarray]:
+    return {**encoded, **answer_targets(encoded["labels"], k)}
 
 
 def _pretrain_batches(cfg: ZooBuildConfig, tokenizer, rng: np.random.Generator):
     corpus = pretraining_corpus(cfg.tasks, n_texts=cfg.pretrain.num_texts, n_records=cfg.pretrain.num_records,
                                 seed=cfg.seed)
-    texts = _encode_texts(corpus["texts"], tokenizer, 48)
-    records = encode_examples(corpus["records"], tokenizer, max_len=cfg.model.max_len, pad_to=cfg.model.max_len)
+    texts = _with_answer_targets(_encode_texts(corpus["texts"], tokenizer, 48))
+    records = _with_answer_targets(
+        encode_examples(corpus["records"], tokenizer, max_len=cfg.model.max_len, pad_to=cfg.model.max_len))
     b = cfg.pretrain.batch_size
     step = 0
     while True:  # alternate plain text and format records; two shapes, two compiles
@@ -227,7 +236,9 @@ def _build_into(out: Path, cfg: ZooBuildConfig, progress: bool) -> dict:
 
     t0 = time.perf_counter()
     encoded = [encode_examples(data[t]["train"], tokenizer, max_len=spec.max_len, pad_to=spec.max_len) for t in tasks]
-    train = {k: np.stack([e[k] for e in encoded]) for k in encoded[0]}
+    k = max(int((e["labels"] != IGNORE_INDEX).sum(1).max()) for e in encoded)  # longest answer of all tasks
+    encoded = [_with_answer_targets(e, k) for e in encoded]
+    train = {key: np.stack([e[key] for e in encoded]) for key in encoded[0]}
     a = cfg.adapters
     stack = init_lora_stack(model, len(tasks), a.rank, a.lora_alpha, jax.random.key(cfg.seed + 1))
     stack, curve = train_adapters(model, stack, _adapter_batches(train, a.batch_size, cfg.seed), a.steps, a.lr,

@@ -16,9 +16,18 @@ from flax import nnx
 
 from evojax_merge.lora.adapter import LoraAdapter, LoraStack, module_path
 from evojax_merge.models.llama import LlamaForCausalLM
-from evojax_merge.models.loss import causal_lm_loss
+from evojax_merge.models.loss import answer_loss, causal_lm_loss
 
-Batch = dict[str, np.ndarray]  # input_ids, attention_mask, labels: [B, T]
+Batch = dict[str, np.ndarray]  # input_ids, attention_mask, labels: [B, T] (+ answer_pos/tgt/mask: [B, K])
+
+
+def batch_loss(model: LlamaForCausalLM, batch: Batch, lora: LoraAdapter | None = None) -> jax.Array:
+    """Answer-only CE; with precomputed answer positions the prompt's vocabulary projection is skipped."""
+    if "answer_pos" in batch:
+        logits, _ = model(batch["input_ids"], batch["attention_mask"], lora=lora, logits_at=batch["answer_pos"])
+        return answer_loss(logits, batch["answer_tgt"], batch["answer_mask"])
+    logits, _ = model(batch["input_ids"], batch["attention_mask"], lora=lora)
+    return causal_lm_loss(logits, batch["labels"])
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -50,8 +59,7 @@ def pretrain(
     @jax.jit
     def step(params, opt_state, batch):
         def loss_fn(p):
-            logits, _ = nnx.merge(graphdef, p)(batch["input_ids"], batch["attention_mask"])
-            return causal_lm_loss(logits, batch["labels"])
+            return batch_loss(nnx.merge(graphdef, p), batch)
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = opt.update(grads, opt_state, params)
@@ -108,15 +116,13 @@ def train_adapters(
     opt = optax.adam(_schedule(lr, steps))
     opt_state = opt.init(trainable)
 
-    def adapter_loss(a, b, scale, ids, mask, labels):
-        logits, _ = nnx.merge(graphdef, params)(ids, mask, lora=LoraAdapter(A=a, B=b, scale=scale))
-        return causal_lm_loss(logits, labels)
+    def adapter_loss(a, b, scale, batch):
+        return batch_loss(nnx.merge(graphdef, params), batch, LoraAdapter(A=a, B=b, scale=scale))
 
     @jax.jit
     def step(trainable, opt_state, batch):
         def loss_fn(t):
-            losses = jax.vmap(adapter_loss)(t["A"], t["B"], stack.scale, batch["input_ids"],
-                                            batch["attention_mask"], batch["labels"])
+            losses = jax.vmap(adapter_loss)(t["A"], t["B"], stack.scale, batch)
             return losses.sum(), losses
 
         (_, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
