@@ -95,21 +95,37 @@ def load_world(cfg: DictConfig):
                            OmegaConf.to_container(cfg.data.tasks, resolve=True), cfg.model.dtype)
 
 
-def stage_runner_factory(cfg: DictConfig, out_dir: Path, tracker):
-    """``label -> StageRunner``: checkpointing (resume after preemption) and per-generation logging."""
+def _fingerprint(resolved: dict, label: str) -> dict:
+    """What must not change between a run and its resume (not: resume, checkpointing, logging)."""
+    skip = {"resume", "checkpoint", "hydra", "logger", "progress", "service", "distributed"}
+    return {"label": label, **{k: v for k, v in resolved.items() if k not in skip}}
+
+
+def stage_runner_factory(cfg: DictConfig, out_dir: Path, tracker, guard, resolved: dict):
+    """``label -> StageRunner``: orbax checkpoints (resume after preemption) and per-generation logging."""
+    from evojax_merge.search.checkpoint import CheckpointRunner
     from evojax_merge.search.cmaes import HISTORY_COLUMNS, init_stage, run_stage
 
     def runner_for(label: str):
-        def on_generation(spec, state):
+        def log_generation(spec, state, step=None):
             g = int(state.generation) - 1
             row = dict(zip(HISTORY_COLUMNS, map(float, np.asarray(state.history[g])), strict=True))
             tracker.log_generation(label, spec.name, g, row, np.asarray(state.best_genome))
 
-        def run(spec, fitness_fn, key):
-            return run_stage(spec, fitness_fn, init_stage(spec, key), on_generation=on_generation,
-                             progress=cfg.progress)
+        if not cfg.checkpoint.enabled:
+            def run(spec, fitness_fn, key):
+                return run_stage(spec, fitness_fn, init_stage(spec, key), on_generation=log_generation,
+                                 progress=cfg.progress)
 
-        return run
+            return run
+        safe = "".join(ch if ch.isalnum() or ch in "-_.@=" else "_" for ch in label)
+        runner = CheckpointRunner(out_dir / "checkpoints" / safe, interval=cfg.checkpoint.interval,
+                                  max_to_keep=cfg.checkpoint.max_to_keep, resume=cfg.resume,
+                                  fingerprint=_fingerprint(resolved, label), preemption=guard,
+                                  on_generation=log_generation, progress=cfg.progress)
+        if runner.resumed_from is not None:
+            log.info("%s: resumed from checkpoint step %d", label, runner.resumed_from)
+        return runner
 
     return runner_for
 
@@ -118,6 +134,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from evojax_merge.lora.export import save_peft_adapter
     from evojax_merge.runner.experiment import run_experiment
     from evojax_merge.search.fitness import ValidationConfig
+    from evojax_merge.search.preemption import PreemptionGuard
+    from evojax_merge.search.result_io import search_result_record
     from evojax_merge.tracking import make_tracker
 
     validate(cfg)
@@ -138,8 +156,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     log.info("world ready in %.1fs: %d adapters, %d tasks", world_s, world.pool.num_adapters, len(world.records))
     tracker = make_tracker(OmegaConf.to_container(cfg.logger, resolve=True), resolved, out_dir, spec.name)
     adapters_dir = out_dir / "merged_adapters"
+    searches: dict[str, dict] = {}
 
     def on_result(r, outcome, cell):
+        if outcome.search is not None:
+            searches[f"{r.target}/{r.label}"] = search_result_record(outcome.search, target=r.target, label=r.label)
         if outcome.adapter is not None and r.method in ("evo_merging", "lorahub"):
             d = save_peft_adapter(outcome.adapter, adapters_dir / f"{r.target}__{r.label}",
                                   base_model_name_or_path=str(world.base_dir),
@@ -147,12 +168,33 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             tracker.log_adapter(f"{r.target}-{r.label}", d)
 
     t0 = time.perf_counter()
-    results = run_experiment(world, spec, settings, validation, stage_runner_factory(cfg, out_dir, tracker),
-                             on_result)
+    with PreemptionGuard() as guard:
+        runner_for = stage_runner_factory(cfg, out_dir, tracker, guard, resolved)
+        results = run_experiment(world, spec, settings, validation, runner_for, on_result)
+    write_search_results(out_dir, searches, int(cfg.seed))
     results["timings"] = {"world_s": world_s, "experiment_s": time.perf_counter() - t0}
     results["zoo"] = {k: world.info[k] for k in ("zoo_root", "timings", "adapter_test") if k in world.info}
     results["config"] = resolved
     return finish(results, spec, out_dir, tracker)
+
+
+def write_search_results(out_dir: Path, searches: dict[str, dict], seed: int) -> None:
+    """``result.json``: every search's best genome, fitness and generations; the first at the top level.
+
+    SLURM templates requeue a job whose run directory has no result.json yet.
+    """
+    import jax
+
+    from evojax_merge.search.result_io import write_json_atomic
+
+    if jax.process_index() != 0:
+        return
+    first = next(iter(searches.values()), {"best_genome": [], "best_fitness": None, "generations_done": 0})
+    write_json_atomic(out_dir / "result.json", {
+        "best_genome": first["best_genome"], "best_fitness": first["best_fitness"],
+        "generations_done": sum(s["generations_done"] for s in searches.values()), "seed": seed,
+        "searches": searches,
+    })
 
 
 def finish(results: dict, spec, out_dir: Path, tracker) -> dict:
@@ -184,10 +226,13 @@ def run_remote(cfg: DictConfig, spec, settings, validation, resolved: dict, out_
     from evojax_merge.tracking import make_tracker
 
     tracker = make_tracker(OmegaConf.to_container(cfg.logger, resolve=True), resolved, out_dir, spec.name)
+    from evojax_merge.search.preemption import PreemptionGuard
+
     t0 = time.perf_counter()
-    results = run_remote_experiment(user_records(cfg), spec, settings, validation,
-                                    OmegaConf.to_container(cfg.service, resolve=True),
-                                    stage_runner_factory(cfg, out_dir, tracker))
+    with PreemptionGuard() as guard:
+        results = run_remote_experiment(user_records(cfg), spec, settings, validation,
+                                        OmegaConf.to_container(cfg.service, resolve=True),
+                                        stage_runner_factory(cfg, out_dir, tracker, guard, resolved))
     results["timings"] = {"experiment_s": time.perf_counter() - t0}
     results["config"] = {**resolved, "service": {**resolved["service"], "api_key": "***"}}
     return finish(results, spec, out_dir, tracker)
@@ -195,12 +240,20 @@ def run_remote(cfg: DictConfig, spec, settings, validation, resolved: dict, out_
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    from evojax_merge.distributed import maybe_initialize_distributed
+    from evojax_merge.search.preemption import Preempted
+
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    logging.captureWarnings(True)  # checkpoint fallbacks are warnings: into Hydra's log too
     try:
+        maybe_initialize_distributed(bool(cfg.distributed))
         run(cfg, out_dir)
     except EvoMergeInputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Preempted as stop:  # the checkpoint is on disk; a rerun in the same directory resumes
+        print(f"{stop}; rerun in {out_dir} to resume", flush=True)
+        sys.exit(0)
 
 
 if __name__ == "__main__":

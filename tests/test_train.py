@@ -91,5 +91,5 @@ def test_remote_run_through_a_real_service(tmp_path, smoke_run):
     for method in ("evo_merging", "uniform"):
         for target, cell in remote["methods"][method]["per_task"].items():
             ref = local["methods"][method]["per_task"][target]
-            assert abs(cell["val_fitness"] - ref["val_fitness"]) < 1e-4
+            assert abs(cell["val_fitness"] - ref["val_fitness"]) < 1e-4, (method, target, cell, ref)
     assert key not in (run_dir / "config_resolved.json").read_text()

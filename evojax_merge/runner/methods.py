@@ -46,6 +46,7 @@ class Outcome:
     delta: dict[str, jax.Array] | None = None
     val_fitness: float | None = None
     details: dict = dataclasses.field(default_factory=dict)
+    search: object | None = None  # the MergeSearchResult of a CMA-ES method
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,10 +88,12 @@ def run_method(
         if prune != evaluator.prune:
             raise EvoMergeInputError(f"variant {variant!r} prunes {prune} but the evaluator prunes {evaluator.prune}")
         result = evo_merging_search(evaluator, stack, cfg, seed=settings.seed, prune=prune, runner=runner)
-        return Outcome(method, adapter=result.adapter, val_fitness=result.best_fitness, details=_history(result))
+        return Outcome(method, adapter=result.adapter, val_fitness=result.best_fitness, details=_history(result),
+                       search=result)
     if method == "lorahub":
         result = lorahub_search(evaluator, stack, settings.lorahub, seed=settings.seed, runner=runner)
-        return Outcome(method, adapter=result.adapter, val_fitness=result.best_fitness, details=_history(result))
+        return Outcome(method, adapter=result.adapter, val_fitness=result.best_fitness, details=_history(result),
+                       search=result)
     if method == "uniform":  # factor-wise average: alpha = 1, beta = 1/N ("neither")
         alpha, beta = np.ones(n, np.float32), np.full(n, 1.0 / n, np.float32)
         ce = float(evaluator.evaluate(alpha[None], beta[None])[0])

@@ -74,7 +74,7 @@ def run_remote_experiment(records: dict, spec: ExperimentSpec, settings: MethodS
         adapters = [a for a in names if a != target]  # OOD: the target's own adapter is left out
         test = records[target]["test"][: spec.test_examples]
         with RemoteMergeService(url, key, pool_id, records=records[target]["validation"], adapters=adapters,
-                                validation=validation, prune=settings.prune) as service:
+                                validation=validation, prune=settings.prune, max_len=spec.max_len) as service:
             for method in methods:
                 runner = runner_for(f"{target}/{method}") if runner_for else None
                 alpha, beta, fitness, details = _remote_vectors(method, service, settings, runner)

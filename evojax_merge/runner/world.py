@@ -41,7 +41,8 @@ def load_zoo_world(zoo_cfg, cache_dir: str | None, dtype: str = "float32", progr
 
     zoo = build_zoo(zoo_cfg, cache_dir=cache_dir, progress=progress)
     model = load_model(zoo.base_dir, dtype=dtype)
-    pool = load_pool([zoo.adapter_dir(t) for t in zoo.task_names], model.config)
+    # the same sorted glob a merge service uses, so local and remote genomes line up
+    pool = load_pool(str(zoo.root / "adapters" / "*"), model.config)
     records = {t: zoo.records(t) for t in zoo.task_names}
     return World(model, AutoTokenizer.from_pretrained(zoo.base_dir), pool, records,
                  {t: t for t in zoo.task_names}, zoo.base_dir, {"zoo_root": str(zoo.root), **zoo.manifest})
