@@ -13,7 +13,8 @@ import numpy as np
 
 
 class NullTracker:
-    def log_generation(self, run: str, stage: str, generation: int, row: dict, genome: np.ndarray | None) -> None:
+    def log_generation(self, run: str, stage: str, generation: int, row: dict, genome: np.ndarray | None,
+                       genome_name: str = "genome") -> None:
         pass
 
     def log_results(self, results: dict, table_md: str) -> None:
@@ -36,11 +37,13 @@ class WandbTracker(NullTracker):
                               config=config, dir=str(run_dir), name=name, reinit="finish_previous")
         self._step = 0
 
-    def log_generation(self, run: str, stage: str, generation: int, row: dict, genome: np.ndarray | None) -> None:
+    def log_generation(self, run: str, stage: str, generation: int, row: dict, genome: np.ndarray | None,
+                       genome_name: str = "genome") -> None:
+        """One history row per generation: best/mean/std fitness, sigma, a histogram of the best genome."""
         data = {f"{run}/{stage}/{k}": v for k, v in row.items()}
         data[f"{run}/{stage}/generation"] = generation
         if genome is not None:
-            data[f"{run}/{stage}/genome"] = self._wandb.Histogram(np.asarray(genome))
+            data[f"{run}/{stage}/{genome_name}"] = self._wandb.Histogram(np.asarray(genome))
         self.run.log(data, step=self._step)
         self._step += 1
 
@@ -49,7 +52,7 @@ class WandbTracker(NullTracker):
         table = self._wandb.Table(columns=["method", "precision", "recall", "f1"])
         for label, res in methods.items():
             table.add_data(label, res["precision"], res["recall"], res["f1"])
-        self.run.log({"results": table})
+        self.run.summary["results"] = table  # the summary, so the history stays one row per generation
         for label, res in methods.items():
             self.run.summary[f"{label}/f1"] = res["f1"]
         self.run.summary["results_md"] = table_md

@@ -110,7 +110,7 @@ def stage_runner_factory(cfg: DictConfig, out_dir: Path, tracker, guard, resolve
         def log_generation(spec, state, step=None):
             g = int(state.generation) - 1
             row = dict(zip(HISTORY_COLUMNS, map(float, np.asarray(state.history[g])), strict=True))
-            tracker.log_generation(label, spec.name, g, row, np.asarray(state.best_genome))
+            tracker.log_generation(label, spec.name, g, row, np.asarray(state.best_genome), spec.layout.searched)
 
         if not cfg.checkpoint.enabled:
             def run(spec, fitness_fn, key):

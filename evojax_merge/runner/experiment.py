@@ -204,7 +204,8 @@ def run_experiment(
         for r in group:
             t0 = time.perf_counter()
             prune = EVO_VARIANTS.get(r.variant, {}).get("prune", settings.prune) if r.method == "evo_merging" else "A"
-            stage_runner = runner_for(f"{target}/{r.label}") if runner_for else None
+            searches = r.method in ("evo_merging", "lorahub")  # only CMA-ES runs have stages to checkpoint
+            stage_runner = runner_for(f"{target}/{r.label}") if runner_for and searches else None
             o = run_method(r.method, evaluator_for(prune), r.pool, settings, stage_runner, r.variant, singles)
             o.details["search_s"] = time.perf_counter() - t0
             outcomes.append(o)
