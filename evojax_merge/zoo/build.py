@@ -44,17 +44,17 @@ ZOO_FORMAT_VERSION = 1
 
 @dataclasses.dataclass(frozen=True)
 class BaseModelSpec:
-    hidden_size: int = 128
-    num_hidden_layers: int = 4
+    hidden_size: int = 96
+    num_hidden_layers: int = 3
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
-    intermediate_size: int = 352
+    intermediate_size: int = 264
     max_len: int = 128  # tokens per training row (prompt + answer)
 
 
 @dataclasses.dataclass(frozen=True)
 class PretrainSpec:
-    steps: int = 600
+    steps: int = 1000
     batch_size: int = 32
     lr: float = 3e-3
     num_texts: int = 20000
@@ -65,9 +65,9 @@ class PretrainSpec:
 class AdapterSpec:
     rank: int = 8
     lora_alpha: float = 16.0
-    steps: int = 150
+    steps: int = 250
     batch_size: int = 8
-    lr: float = 5e-3
+    lr: float = 1e-2
     eval_examples: int = 50  # test examples per task for the adapter F1 check
 
 
