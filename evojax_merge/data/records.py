@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from evojax_merge.errors import EvoMergeInputError
+from evojax_merge.fileio import write_text_atomic
 
 REQUIRED_FIELDS = ("instruction", "output")
 STRING_FIELDS = ("instruction", "input", "output")
@@ -126,15 +126,4 @@ def save_records(path: str | os.PathLike[str], records: Iterable[Mapping[str, ob
         payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in checked)
     else:
         payload = json.dumps(checked, ensure_ascii=False, indent=1) + "\n"
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return write_text_atomic(p, payload)

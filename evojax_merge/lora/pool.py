@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob as globlib
-import json
 import logging
 import math
 import re
@@ -21,6 +20,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from evojax_merge.errors import EvoMergeInputError
+from evojax_merge.fileio import read_json
 from evojax_merge.lora.adapter import PROJECTIONS, LoraStack, module_path
 from evojax_merge.models.config import ModelConfig
 
@@ -51,12 +51,7 @@ class AdapterFile:
 
 def _read_adapter_config(path: Path) -> dict:
     cfg_file = path / ADAPTER_CONFIG
-    if not cfg_file.is_file():
-        raise EvoMergeInputError(f"{path}: missing {ADAPTER_CONFIG}")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise EvoMergeInputError(f"{cfg_file}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    cfg = read_json(cfg_file, missing=f"{path}: missing {ADAPTER_CONFIG}")
     if cfg.get("peft_type", "LORA") != "LORA":
         raise EvoMergeInputError(f"{path}: peft_type {cfg.get('peft_type')!r} is not LORA")
     for key, what in (("use_dora", "DoRA"), ("rank_pattern", "rank_pattern"), ("alpha_pattern", "alpha_pattern")):

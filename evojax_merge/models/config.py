@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from evojax_merge.errors import EvoMergeInputError
+from evojax_merge.fileio import read_json
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
 
@@ -185,10 +185,5 @@ def _dtype_name(name: str | None) -> str:
 def load_config(model_dir: str | Path, dtype: str | None = None) -> ModelConfig:
     """Read ``model_dir/config.json``."""
     path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        raise EvoMergeInputError(f"{path}: missing config.json")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise EvoMergeInputError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    raw = read_json(path, missing=f"{path}: missing config.json")
     return config_from_hf_dict(raw, where=str(path), dtype=dtype)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from evojax_merge.fileio import write_text_atomic
 
 
 def results_table(results: dict) -> str:
@@ -21,19 +21,11 @@ def results_table(results: dict) -> str:
     return "\n".join(rows)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def write_results(out_dir: str | Path, results: dict, title: str) -> tuple[Path, Path]:
     """``results.json`` (everything) and ``results.md`` (the table), written atomically."""
     out_dir = Path(out_dir)
     json_path, md_path = out_dir / "results.json", out_dir / "results.md"
-    _atomic_write(json_path, json.dumps(results, indent=2, default=float))
+    write_text_atomic(json_path, json.dumps(results, indent=2, default=float))
     md = f"# {title}\n\nTest F1 (x100) per target; averages of precision, recall and F1.\n\n{results_table(results)}\n"
-    _atomic_write(md_path, md)
+    write_text_atomic(md_path, md)
     return json_path, md_path

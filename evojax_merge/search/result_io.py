@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from evojax_merge.fileio import write_text_atomic
 from evojax_merge.search.cmaes import HISTORY_COLUMNS, StageResult
 
 
@@ -57,22 +57,10 @@ def search_result_record(result: Any, **extra: Any) -> dict:
 
 
 def write_json_atomic(path: str | Path, payload: Mapping[str, Any]) -> Path:
-    """Write ``payload`` to ``path`` via a temporary file in the same directory and ``os.replace``:
-    a reader (or a run killed mid-write) sees the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write ``payload`` as JSON atomically (see :func:`evojax_merge.fileio.write_text_atomic`), then make
+    the rename itself durable."""
+    path = write_text_atomic(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)

@@ -7,11 +7,11 @@ provider runs ``python -m evojax_merge.service export``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
 from evojax_merge.errors import EvoMergeInputError
+from evojax_merge.fileio import read_json
 from evojax_merge.lora import load_pool, save_peft_adapter
 from evojax_merge.merge import PRUNE_MODES
 from evojax_merge.models import load_config
@@ -22,12 +22,7 @@ from evojax_merge.service.validation import FieldError, check_adapter_names, che
 def read_genome(path: str | Path) -> dict:
     """A genome document: ``{"alpha": [N], "beta": [N], "adapters"?: [names], "prune"?: "A"}``."""
     path = Path(path)
-    if not path.is_file():
-        raise EvoMergeInputError(f"{path}: genome file not found")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise EvoMergeInputError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    doc = read_json(path, missing=f"{path}: genome file not found")
     if not isinstance(doc, dict) or "alpha" not in doc or "beta" not in doc:
         raise EvoMergeInputError(f"{path}: expected an object with 'alpha' and 'beta'")
     return doc
