@@ -170,7 +170,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     t0 = time.perf_counter()
     with PreemptionGuard() as guard:
         runner_for = stage_runner_factory(cfg, out_dir, tracker, guard, resolved)
-        results = run_experiment(world, spec, settings, validation, runner_for, on_result)
+        results = run_experiment(world, spec, settings, validation, runner_for, on_result,
+                                 population_chunk=cfg.population_chunk)
     write_search_results(out_dir, searches, int(cfg.seed))
     results["timings"] = {"world_s": world_s, "experiment_s": time.perf_counter() - t0}
     results["zoo"] = {k: world.info[k] for k in ("zoo_root", "timings", "adapter_test") if k in world.info}

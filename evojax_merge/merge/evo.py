@@ -18,15 +18,10 @@ import jax.numpy as jnp
 
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.lora.adapter import LoraAdapter, LoraStack
-from evojax_merge.merge.sparsify import sparsify
+from evojax_merge.merge.sparsify import keep_threshold
 
 PruneMode = Literal["A", "B", "both", "none"]
 PRUNE_MODES: tuple[str, ...] = ("A", "B", "both", "none")
-
-# Full float32 contractions: XLA's default on GPU/TPU would use TF32/bf16 passes for f32 dots,
-# which would make the merged weights (and the search) depend on the backend.
-_HIGHEST = jax.lax.Precision.HIGHEST
-
 
 def _check_genome(stack: LoraStack, name: str, x: jax.Array) -> None:
     n = stack.scale.shape[0]
@@ -35,13 +30,31 @@ def _check_genome(stack: LoraStack, name: str, x: jax.Array) -> None:
 
 
 def _combine(coef: jax.Array, x: jax.Array) -> jax.Array:
-    """``Σ_i coef_i · x_i`` over the leading adapter axis, as one contraction."""
-    return jnp.tensordot(coef, x, axes=(0, 0), precision=_HIGHEST)
+    """``Σ_i coef_i · x_i`` as one contraction (a GEMM over the population under vmap).
+
+    Full float32 (HIGHEST): the default on GPU/TPU would use TF32/bf16 passes for f32 dots, which
+    would make the merged weights (and the search) depend on the backend.
+    """
+    return jnp.tensordot(coef, x, axes=(0, 0), precision=jax.lax.Precision.HIGHEST)
 
 
-def _sparsify_stack(x: jax.Array, mags: jax.Array, alpha: jax.Array) -> jax.Array:
-    """``S_{alpha_i}(x_i)`` for every adapter i: x [N, ...], mags [N, numel], alpha [N]."""
-    return jax.vmap(sparsify)(x, mags, alpha)
+def _combine_masked(coef: jax.Array, x: jax.Array, keep: jax.Array | None) -> jax.Array:
+    """``Σ_i coef_i · keep_i ⊙ x_i`` as one fused select-multiply-reduce (exact float32).
+
+    XLA fuses the mask into the reduction instead of writing the sparsified stack out first (the
+    merge is memory-bound). With ``keep=None`` it is the same sum in the same order, so alpha = 1
+    is bitwise the unpruned merge.
+    """
+    expand = (slice(None),) + (None,) * (x.ndim - 1)
+    terms = coef[expand] * x
+    return jnp.sum(terms if keep is None else jnp.where(keep, terms, jnp.zeros((), x.dtype)), axis=0)
+
+
+def _keep_mask(x: jax.Array, mags: jax.Array, alpha: jax.Array) -> jax.Array:
+    """``|x_i| >= thr_i`` (and alpha_i > 0) for every adapter i; thresholds are gathers, no sort."""
+    thr = jax.vmap(keep_threshold)(mags, alpha)
+    expand = (slice(None),) + (None,) * (x.ndim - 1)
+    return (jnp.abs(x) >= thr[expand]) & (alpha > 0)[expand]
 
 
 def evo_merge(
@@ -79,12 +92,11 @@ def evo_merge(
     coef_b = beta * (stack.scale / stack.scale[0])
 
     merged_a, merged_b = {}, {}
-    for m, a in stack.A.items():  # modules: a static Python loop; adapters: one contraction
-        if pruned["A"]:
-            a = _sparsify_stack(a, magnitudes["A"][m], alpha)
-        merged_a[m] = _combine(beta, a)
+    # modules: a static Python loop; adapters: one fused reduction (A, and a pruned B) or one GEMM (B)
+    for m, a in stack.A.items():
+        keep = _keep_mask(a, magnitudes["A"][m], alpha) if pruned["A"] else None
+        merged_a[m] = _combine_masked(beta, a, keep)
     for m, b in stack.B.items():
-        if pruned["B"]:
-            b = _sparsify_stack(b, magnitudes["B"][m], alpha)
-        merged_b[m] = _combine(coef_b, b)
+        pruned_b = _combine_masked(coef_b, b, _keep_mask(b, magnitudes["B"][m], alpha)) if pruned["B"] else None
+        merged_b[m] = pruned_b if pruned_b is not None else _combine(coef_b, b)
     return LoraAdapter(A=merged_a, B=merged_b, scale=stack.scale[0])

@@ -166,13 +166,14 @@ def _test_scores(world: World, target: str, outcomes: list[Outcome], spec: Exper
     return [score(texts[i], records, task_type) for i in range(len(outcomes))]
 
 
-def _evaluator_cache(world: World, pool: LoraPool, examples: dict, val: ValidationConfig):
+def _evaluator_cache(world: World, pool: LoraPool, examples: dict, val: ValidationConfig, chunk: int | None):
     """``prune -> MergeEvaluator`` for one (target, pool), built on first use."""
     evaluators: dict[str, MergeEvaluator] = {}
 
     def evaluator_for(prune: str) -> MergeEvaluator:
         if prune not in evaluators:
-            evaluators[prune] = MergeEvaluator(world.model, pool.stack, examples, val, prune=prune)
+            evaluators[prune] = MergeEvaluator(world.model, pool.stack, examples, val, prune=prune,
+                                               population_chunk=chunk)
         return evaluators[prune]
 
     return evaluator_for
@@ -185,6 +186,7 @@ def run_experiment(
     validation: ValidationConfig,
     runner_for: Callable[[str], object] | None = None,
     on_result: Callable[[Run, Outcome, dict], None] | None = None,
+    population_chunk: int | None = None,
 ) -> dict:
     """Run every planned cell; returns ``{"methods": {label: {precision, recall, f1, per_task}}}``."""
     runs = plan_runs(world, spec)
@@ -195,7 +197,7 @@ def run_experiment(
         groups.setdefault((r.target, id(r.pool), r.num_val), []).append(r)
     for (target, _, num_val), group in groups.items():
         examples, val = _validation_examples(world, target, spec, validation, num_val)
-        evaluator_for = _evaluator_cache(world, group[0].pool, examples, val)
+        evaluator_for = _evaluator_cache(world, group[0].pool, examples, val, population_chunk)
 
         singles = None
         if any(r.method in ("best_single", "ties", "task_arithmetic", "dare", "dare_ties") for r in group):

@@ -78,14 +78,17 @@ def population_ce(graphdef, prune: str, out_sharding, params, stack, magnitudes,
     so evaluators of equal shapes (the targets of an experiment) share one compile.
     """
 
-    def candidate_ce(a, b):
-        adapter = evo_merge(stack, magnitudes, a, b, prune=prune)
+    # Merge the whole population at once (B's merge is then one GEMM over the pool), then run the
+    # forward candidate by candidate (chunk) or all together.
+    adapters = jax.vmap(lambda a, b: evo_merge(stack, magnitudes, a, b, prune=prune))(alpha, beta)
+
+    def candidate_ce(adapter):
         return _mean_batch_ce(graphdef, params, adapter, data, index)
 
     if chunk is None or chunk >= alpha.shape[0]:
-        ce = jax.vmap(candidate_ce)(alpha, beta)
+        ce = jax.vmap(candidate_ce)(adapters)
     else:
-        ce = jax.lax.map(lambda ab: candidate_ce(*ab), (alpha, beta), batch_size=chunk)
+        ce = jax.lax.map(candidate_ce, adapters, batch_size=chunk)
     return ce if out_sharding is None else jax.lax.with_sharding_constraint(ce, out_sharding)
 
 
