@@ -34,6 +34,9 @@ from evojax_merge.zoo.tasks import ZooConfig, vocabulary_texts
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
 MODEL_MAX_LENGTH = 2048
+# the same special tokens and settings in memory and in tokenizer_config.json
+_TOKENIZER_SETTINGS = dict(pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK,
+                           model_max_length=MODEL_MAX_LENGTH, clean_up_tokenization_spaces=False)
 
 
 def _pipeline(tok: Tokenizer) -> Tokenizer:
@@ -63,15 +66,7 @@ def build_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
     )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token=PAD,
-        bos_token=BOS,
-        eos_token=EOS,
-        unk_token=UNK,
-        model_max_length=MODEL_MAX_LENGTH,
-        clean_up_tokenization_spaces=False,
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **_TOKENIZER_SETTINGS)
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | os.PathLike[str]) -> Path:
@@ -85,15 +80,7 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | os.PathLik
     tokenizer.save_pretrained(str(out))
     cfg_path = out / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
-    cfg.update(
-        tokenizer_class="PreTrainedTokenizerFast",
-        pad_token=PAD,
-        bos_token=BOS,
-        eos_token=EOS,
-        unk_token=UNK,
-        model_max_length=MODEL_MAX_LENGTH,
-        clean_up_tokenization_spaces=False,
-    )
+    cfg.update(tokenizer_class="PreTrainedTokenizerFast", **_TOKENIZER_SETTINGS)
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     return out
 
