@@ -199,7 +199,7 @@ def run_experiment(
         examples, val = _validation_examples(world, target, spec, validation, num_val)
         evaluator_for = _evaluator_cache(world, group[0].pool, examples, val, population_chunk)
 
-        singles = None
+        singles, tv_cache = None, {}  # shared by the group's runs: one pool, one validation set
         if any(r.method in ("best_single", "ties", "task_arithmetic", "dare", "dare_ties") for r in group):
             singles = single_adapter_losses(evaluator_for(settings.prune))
         outcomes = []
@@ -208,7 +208,8 @@ def run_experiment(
             prune = EVO_VARIANTS.get(r.variant, {}).get("prune", settings.prune) if r.method == "evo_merging" else "A"
             searches = r.method in ("evo_merging", "lorahub")  # only CMA-ES runs have stages to checkpoint
             stage_runner = runner_for(f"{target}/{r.label}") if runner_for and searches else None
-            o = run_method(r.method, evaluator_for(prune), r.pool, settings, stage_runner, r.variant, singles)
+            o = run_method(r.method, evaluator_for(prune), r.pool, settings, stage_runner, r.variant, singles,
+                           tv_cache)
             o.details["search_s"] = time.perf_counter() - t0
             outcomes.append(o)
         scores = _test_scores(world, target, outcomes, spec)

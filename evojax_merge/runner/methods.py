@@ -74,6 +74,7 @@ def run_method(
     runner: StageRunner | None = None,
     variant: str = "full",
     single_losses: np.ndarray | None = None,
+    tv_cache: dict | None = None,
 ) -> Outcome:
     """Run ``method`` on ``pool``, scoring candidates with ``evaluator`` (validation CE)."""
     stack = pool.stack
@@ -104,7 +105,7 @@ def run_method(
         return Outcome(method, adapter=stack.adapter(best), val_fitness=float(losses[best]),
                        details={"adapter": pool.names[best]})
     if method in ("ties", "task_arithmetic", "dare", "dare_ties"):
-        res = grid_search(evaluator, stack, method, settings.grid, single_losses)
+        res = grid_search(evaluator, stack, method, settings.grid, single_losses, tv_cache)
         return Outcome(method, delta=res.delta, val_fitness=res.val_ce,
                        details={"params": res.params, "selected": [pool.names[i] for i in res.selected],
                                 "grid": res.table})

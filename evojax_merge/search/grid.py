@@ -75,13 +75,22 @@ def grid_search(
     method: str,
     cfg: BaselineGridConfig = BaselineGridConfig(),
     single_losses: np.ndarray | None = None,
+    tv_cache: dict | None = None,
 ) -> GridResult:
-    """Pick λ (and density) for ``method`` by validation CE on the pre-selected adapters."""
+    """Pick λ (and density) for ``method`` by validation CE on the pre-selected adapters.
+
+    ``tv_cache`` (one dict per pool) keeps the dense task vectors of a pre-selection, so TA, TIES
+    and DARE on the same target build them once.
+    """
     if method not in GRID_METHODS:
         raise EvoMergeInputError(f"method: unknown grid method {method!r}; known: {', '.join(GRID_METHODS)}")
     losses = single_adapter_losses(evaluator) if single_losses is None else single_losses
     selected = preselect(losses, cfg.preselect_top_k)
-    tv = task_vectors(stack.take(selected))
+    cache = {} if tv_cache is None else tv_cache
+    key = tuple(selected)
+    if key not in cache:
+        cache[key] = task_vectors(stack.take(selected))
+    tv = cache[key]
     lambdas = cfg.lambdas if method != "uniform_dense" else (1.0,)
     densities = cfg.densities if method in ("ties", "dare", "dare_ties") else (1.0,)
     key = jax.random.key(cfg.seed)
