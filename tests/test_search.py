@@ -124,3 +124,54 @@ def test_searches_find_the_adapter_that_wrote_the_answers(setup):
     hub = lorahub_search(evaluator, stack, LoraHubConfig(population_size=10, generations=6, sigma0=0.5,
                                                          l1_weight=0.0), seed=0)
     assert hub.best_fitness < uniform and np.all(hub.alpha == 1.0)
+
+
+def test_a_nan_candidate_never_hides_the_generations_best():
+    """argmin([0.5, nan, 0.1]) is 1 in jax: without the NaN -> inf rule, 0.1 would be lost."""
+    spec = StageSpec("nan", GenomeLayout("beta", 2, -1.5, 1.5), (0.0, 0.0), sigma0=0.5, population_size=3,
+                     generations=1)
+
+    def fitness(pop, _g):
+        values = np.sum((pop - 1.0) ** 2, axis=1)
+        values[np.argsort(values)[1]] = np.nan  # the median candidate is NaN: not the best, not the worst
+        return values
+
+    state = init_stage(spec, jax.random.key(0))
+    result = run_stage(spec, fitness, state, progress=False)
+    assert np.isfinite(result.best_fitness)
+    np.testing.assert_allclose(result.best_fitness, np.sum((result.best_genome - 1.0) ** 2), rtol=1e-6)
+    row = result.history[0]
+    assert np.isfinite(row).all()  # mean and std over the finite fitnesses
+
+
+def test_a_stage_evaluates_x0_first_and_keeps_it_when_nothing_beats_it():
+    spec = StageSpec("x0", GenomeLayout("beta", 3, -1.5, 1.5), (0.2, -0.1, 0.4), sigma0=1.0, population_size=4,
+                     generations=3)
+    x0 = np.asarray(spec.x0, np.float32)
+
+    def fitness(pop, _g):  # x0 is the unique optimum; random candidates at sigma 1 never reach it exactly
+        return np.sum((pop - x0) ** 2, axis=1)
+
+    state = init_stage(spec, jax.random.key(0), fitness)
+    assert float(state.best_fitness) == 0.0
+    result = run_stage(spec, fitness, state, progress=False)
+    assert result.best_fitness == 0.0 and np.array_equal(result.best_genome, x0)
+
+
+def test_traced_stage_equals_host_stage(setup):
+    """The jitted, scanned generation and the host loop see the same populations and losses."""
+    from evojax_merge.search.evo_merging import stage_fitness
+
+    _, _, evaluator = setup
+    layout = GenomeLayout("alpha", 4, 0.0, 1.0)
+    spec = StageSpec("s", layout, (1.0,) * 4, sigma0=0.2, population_size=5, generations=4)
+    fixed = np.full(4, 0.25, np.float32)
+    traced = stage_fitness(evaluator, layout, fixed, 0.05, spec.generations)
+
+    def host(pop, g):
+        return evaluator.evaluate(pop, np.broadcast_to(fixed, pop.shape), g) + 0.05 * np.abs(pop).mean(1)
+
+    a = run_stage(spec, traced, init_stage(spec, jax.random.key(4), traced), progress=False, visit_every=4)
+    b = run_stage(spec, host, init_stage(spec, jax.random.key(4), host), progress=False)
+    np.testing.assert_allclose(a.history, b.history, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.best_genome, b.best_genome, rtol=1e-5, atol=1e-6)

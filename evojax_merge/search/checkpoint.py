@@ -325,11 +325,13 @@ class CheckpointRunner:
             _check_same_stage(saved_fp, fingerprint, index)
             self._finished.append((fingerprint, result))
             return result
-        state = init_stage(spec, key)
+        state = init_stage(spec, key)  # a template: a restored stage needs no x0 evaluation
         if restored is not None and index == restored.stage_index:  # in progress: continue from the save
             _check_same_stage(restored.stage_spec, fingerprint, index)
             state = state_from_host(state, restored.state_arrays, restored.state_layout)
             log.info("resuming stage %s at generation %d (step %d)", spec.name, int(state.generation), restored.step)
+        else:
+            state = init_stage(spec, key, fitness_fn)  # x0 is evaluated first and is the best to beat
         offset = sum(fp["generations"] for fp, _ in self._finished)  # global step = offset + generation
 
         def hook(spec: StageSpec, state: StageState) -> None:
@@ -344,7 +346,8 @@ class CheckpointRunner:
                 self._mngr.wait_until_finished()  # on disk before the process may exit
                 raise Preempted(self.preemption.signum, step, str(self.directory))
 
-        result = run_stage(spec, fitness_fn, state, on_generation=hook, progress=self.progress)
+        result = run_stage(spec, fitness_fn, state, on_generation=hook, progress=self.progress,
+                           visit_every=lambda g: (offset + g) % self.interval == 0)
         self._mngr.wait_until_finished()  # a finished stage is on disk when the runner returns, close() or not
         self._finished.append((fingerprint, result))
         return result

@@ -2,6 +2,17 @@
 
 The loop state is one pytree (``StageState``) of fixed shapes, so a checkpoint is a plain save of
 it and a resumed run continues bit-identically.
+
+Two kinds of fitness:
+
+- a :class:`TracedFitness` (the in-process evaluator): ask, clip, evaluate, penalty and tell are one
+  jitted generation, ``lax.scan``-ned over the generations between two host visits (checkpoints),
+  so the host sees the state only there;
+- a plain host function ``(population [P, D] numpy, generation) -> [P]`` (a remote service, a
+  test's numpy quadratic): the same generation, with the evaluation on the host.
+
+Every stage evaluates its start ``x0`` first, and keeps it as the best unless a candidate beats it.
+A NaN fitness counts as +inf everywhere: in CMA-ES's ranking and in the best-so-far.
 """
 
 from __future__ import annotations
@@ -33,12 +44,36 @@ class StageSpec:
     generations: int = 20
 
 
+@dataclasses.dataclass(frozen=True)
+class TracedFitness:
+    """A fitness that runs inside ``jit``: ``fn(args, population [P, D], generation) -> [P]``.
+
+    ``fn`` is static and hashable (a frozen dataclass of static settings), ``args`` a pytree of
+    arrays (the base, the pool, the validation data, the fixed vector). Arrays travel as arguments,
+    never as baked-in constants, so stages and targets of equal shapes share one compile.
+    """
+
+    fn: Callable[[object, jax.Array, jax.Array], jax.Array]
+    args: object
+
+    def __call__(self, population, generation):  # also usable as a host fitness
+        return np.asarray(_traced_call(self.fn, self.args, jnp.asarray(population), jnp.asarray(generation, jnp.int32)))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _traced_call(fn, args, population, generation):
+    return fn(args, population, generation)
+
+
+HostFitness = Callable[[np.ndarray, int], np.ndarray]
+
+
 @struct.dataclass
 class StageState:
     es_state: object
     key: jax.Array
     generation: jax.Array  # generations done
-    best_genome: jax.Array  # [D], best clipped candidate evaluated so far
+    best_genome: jax.Array  # [D], best clipped candidate evaluated so far (x0 before any beats it)
     best_fitness: jax.Array  # scalar
     history: jax.Array  # [generations, 4]: best-so-far, mean, std of fitness, sigma
 
@@ -67,7 +102,21 @@ def _strategy(spec: StageSpec) -> tuple[CMA_ES, object]:
     return strategy, params
 
 
-def init_stage(spec: StageSpec, key: jax.Array) -> StageState:
+def finite_or_inf(fitness: jax.Array) -> jax.Array:
+    """NaN -> +inf: a candidate whose loss is NaN ranks last and is never the best."""
+    return jnp.where(jnp.isnan(fitness), jnp.inf, fitness)
+
+
+def _evaluate_x0(spec: StageSpec, fitness: TracedFitness | HostFitness | None) -> jax.Array:
+    if fitness is None:
+        return jnp.asarray(jnp.inf, jnp.float32)
+    x0 = np.asarray(spec.x0, np.float32)[None]
+    value = fitness(x0, 0)
+    return finite_or_inf(jnp.asarray(value, jnp.float32).reshape(-1)[0])
+
+
+def init_stage(spec: StageSpec, key: jax.Array, fitness: TracedFitness | HostFitness | None = None) -> StageState:
+    """A fresh stage at ``x0``. With ``fitness``, x0 is evaluated first and is the best to beat."""
     strategy, params = _strategy(spec)
     key, init_key = jax.random.split(key)
     x0 = jnp.asarray(spec.x0, jnp.float32)
@@ -76,52 +125,88 @@ def init_stage(spec: StageSpec, key: jax.Array) -> StageState:
         key=key,
         generation=jnp.asarray(0, jnp.int32),
         best_genome=x0,
-        best_fitness=jnp.asarray(jnp.inf, jnp.float32),
+        best_fitness=_evaluate_x0(spec, fitness),
         history=jnp.full((spec.generations, len(HISTORY_COLUMNS)), jnp.nan, jnp.float32),
     )
 
 
+def _ask(spec: StageSpec, state: StageState):
+    strategy, params = _strategy(spec)
+    key, ask_key, tell_key = jax.random.split(state.key, 3)
+    population, es_state = strategy.ask(ask_key, state.es_state, params)
+    return spec.layout.clip(population), es_state, key, tell_key  # bounds: clip, evaluate and tell the clipped
+
+
+def _tell(spec: StageSpec, state: StageState, population, es_state, key, tell_key, fitness) -> StageState:
+    strategy, params = _strategy(spec)
+    fitness = finite_or_inf(jnp.asarray(fitness, jnp.float32))
+    es_state, _ = strategy.tell(tell_key, population, fitness, es_state, params)
+    i = jnp.argmin(fitness)
+    improved = fitness[i] < state.best_fitness
+    best_fitness = jnp.where(improved, fitness[i], state.best_fitness)
+    best_genome = jnp.where(improved, population[i], state.best_genome)
+    finite = jnp.isfinite(fitness)
+    count = jnp.maximum(finite.sum(), 1)
+    mean = jnp.where(finite, fitness, 0.0).sum() / count
+    std = jnp.sqrt(jnp.where(finite, (fitness - mean) ** 2, 0.0).sum() / count)
+    row = jnp.stack([best_fitness, mean, std, jnp.asarray(es_state.std, jnp.float32)])
+    return StageState(es_state=es_state, key=key, generation=state.generation + 1, best_genome=best_genome,
+                      best_fitness=best_fitness, history=state.history.at[state.generation].set(row))
+
+
+def _generation(spec: StageSpec, fn, args, state: StageState) -> StageState:
+    """One whole generation, traceable: ask, clip, evaluate (NaN -> inf), tell, best-so-far."""
+    population, es_state, key, tell_key = _ask(spec, state)
+    return _tell(spec, state, population, es_state, key, tell_key, fn(args, population, state.generation))
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "fn", "steps"))
+def advance(spec: StageSpec, fn, args, state: StageState, steps: int) -> StageState:
+    """``steps`` generations in one compiled call (``lax.scan``); the host sees only the end state."""
+    state, _ = jax.lax.scan(lambda s, _: (_generation(spec, fn, args, s), None), state, None, length=steps)
+    return state
+
+
+_ask_jit = jax.jit(_ask, static_argnums=0)
+_tell_jit = jax.jit(_tell, static_argnums=0)
+
+
 def run_stage(
     spec: StageSpec,
-    fitness_fn: Callable[[np.ndarray, int], np.ndarray],
+    fitness: TracedFitness | HostFitness,
     state: StageState,
     on_generation: Callable[[StageSpec, StageState], None] | None = None,
     progress: bool = True,
+    visit_every: int | Callable[[int], bool] = 1,
 ) -> StageResult:
     """Run ``spec`` from ``state`` (fresh or restored) to its last generation.
 
-    ``fitness_fn(population [P, D], generation) -> [P]`` is minimised. ``on_generation`` sees the
-    state after every generation (logging, checkpoints) and may raise to stop the run.
+    ``fitness`` is minimised. ``on_generation(spec, state)`` sees every state the host sees (logging,
+    checkpoints) and may raise to stop the run. With a :class:`TracedFitness` the host sees the state
+    after generation g only when ``visit_every(g)`` is true (an int n means every n-th generation)
+    and after the last; a host fitness is visited every generation.
     """
-    strategy, params = _strategy(spec)
+    visit = (lambda g, n=visit_every: g % n == 0) if isinstance(visit_every, int) else visit_every
     bar = None
     start = int(state.generation)
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=spec.generations, initial=start, desc=spec.name, leave=False, dynamic_ncols=True)
-    for g in range(start, spec.generations):
-        key, ask_key, tell_key = jax.random.split(state.key, 3)
-        population, es_state = strategy.ask(ask_key, state.es_state, params)
-        population = spec.layout.clip(population)  # bounds: clip, then evaluate and tell the clipped
-        fitness = jnp.asarray(fitness_fn(np.asarray(population), g), jnp.float32)
-        es_state, _ = strategy.tell(tell_key, population, fitness, es_state, params)
-        i = jnp.argmin(fitness)
-        improved = fitness[i] < state.best_fitness
-        best_fitness = jnp.where(improved, fitness[i], state.best_fitness)
-        best_genome = jnp.where(improved, population[i], state.best_genome)
-        row = jnp.stack([best_fitness, fitness.mean(), fitness.std(), jnp.asarray(es_state.std, jnp.float32)])
-        state = StageState(
-            es_state=es_state,
-            key=key,
-            generation=jnp.asarray(g + 1, jnp.int32),
-            best_genome=best_genome,
-            best_fitness=best_fitness,
-            history=state.history.at[g].set(row),
-        )
+    g = start
+    while g < spec.generations:
+        if isinstance(fitness, TracedFitness):
+            stop = next(n for n in range(g + 1, spec.generations + 1) if visit(n) or n == spec.generations)
+            state = advance(spec, fitness.fn, fitness.args, state, stop - g)
+        else:
+            population, es_state, key, tell_key = _ask_jit(spec, state)
+            values = fitness(np.asarray(population), g)
+            state = _tell_jit(spec, state, population, es_state, key, tell_key, jnp.asarray(values, jnp.float32))
+            stop = g + 1
         if bar is not None:
-            bar.set_postfix(best=f"{float(best_fitness):.4f}", sigma=f"{float(es_state.std):.4f}")
-            bar.update(1)
+            bar.set_postfix(best=f"{float(state.best_fitness):.4f}", sigma=f"{float(state.es_state.std):.4f}")
+            bar.update(stop - g)
+        g = stop
         if on_generation is not None:
             on_generation(spec, state)
     if bar is not None:

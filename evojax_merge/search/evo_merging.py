@@ -15,12 +15,13 @@ import dataclasses
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from evojax_merge.lora.adapter import LoraAdapter, LoraStack
 from evojax_merge.merge import evo_merge, stack_magnitudes
-from evojax_merge.search.cmaes import StageResult, StageSpec, init_stage, run_stage
-from evojax_merge.search.fitness import Evaluator
+from evojax_merge.search.cmaes import StageResult, StageSpec, TracedFitness, init_stage, run_stage
+from evojax_merge.search.fitness import Evaluator, PopulationCE
 from evojax_merge.search.genome import GenomeLayout, decode, l1_penalty
 
 
@@ -71,18 +72,47 @@ class MergeSearchResult:
 StageRunner = Callable[[StageSpec, Callable, jax.Array], StageResult]
 
 
-def default_stage_runner(progress: bool = True) -> StageRunner:
-    def run(spec: StageSpec, fitness_fn, key: jax.Array) -> StageResult:
-        return run_stage(spec, fitness_fn, init_stage(spec, key), progress=progress)
+def default_stage_runner(progress: bool = True, visit_every: int = 1) -> StageRunner:
+    def run(spec: StageSpec, fitness, key: jax.Array) -> StageResult:
+        return run_stage(spec, fitness, init_stage(spec, key, fitness), progress=progress, visit_every=visit_every)
 
     return run
 
 
-def stage_fitness(evaluator: Evaluator, layout: GenomeLayout, fixed: np.ndarray, l1_weight: float):
-    """``population -> CE + λ·mean|x|``, with the unsearched vector fixed."""
+@dataclasses.dataclass(frozen=True)
+class StageCE:
+    """``F(x) = CE(merge(pool, decode(x, fixed))) + λ · mean|x|`` inside jit (static part).
+
+    ``args``: ``{"eval": the evaluator's arrays, "fixed": [N], "index": [G, batches, batch size]}``;
+    generation g scores on ``index[g]`` (all equal unless the validation batches are resampled).
+    """
+
+    ce: PopulationCE
+    searched: str
+    l1_weight: float
+
+    def __call__(self, args, population, generation):
+        layout = GenomeLayout(self.searched, population.shape[1], 0.0, 0.0)
+        alpha, beta = decode(layout, population, args["fixed"])
+        index = args["index"][jnp.minimum(generation, args["index"].shape[0] - 1)]
+        return self.ce(args["eval"], alpha, beta, index) + l1_penalty(population, self.l1_weight)
+
+
+def stage_fitness(evaluator: Evaluator, layout: GenomeLayout, fixed: np.ndarray, l1_weight: float,
+                  generations: int = 1):
+    """``population -> CE + λ·mean|x|``, with the unsearched vector fixed.
+
+    An in-process evaluator gives a :class:`TracedFitness` (the whole generation is then one jitted
+    step); any other evaluator (a remote service) a host function.
+    """
+    fixed = np.asarray(fixed, np.float32)
+    if isinstance(getattr(evaluator, "ce_fn", None), PopulationCE):
+        args = {"eval": evaluator.ce_args, "fixed": jnp.asarray(fixed),
+                "index": jnp.asarray(evaluator.index_table(generations))}
+        return TracedFitness(StageCE(evaluator.ce_fn, layout.searched, float(l1_weight)), args)
 
     def fitness(population: np.ndarray, generation: int) -> np.ndarray:
-        alpha, beta = decode(layout, np.asarray(population), np.asarray(fixed, np.float32))
+        alpha, beta = decode(layout, np.asarray(population), fixed)
         ce = evaluator.evaluate(np.asarray(alpha), np.asarray(beta), generation)
         return ce + np.asarray(l1_penalty(population, l1_weight))
 
@@ -121,7 +151,8 @@ def evo_merging_search(
         layout = GenomeLayout("alpha", n, *cfg.alpha_bounds)
         spec = StageSpec("stage1_denoise", layout, tuple(alpha), cfg.sigma0, cfg.population_size,
                          cfg.stage1_generations)
-        result = runner(spec, stage_fitness(evaluator, layout, beta, cfg.l1_weight), _stage_key(seed, 1))
+        result = runner(spec, stage_fitness(evaluator, layout, beta, cfg.l1_weight, spec.generations),
+                        _stage_key(seed, 1))
         alpha, best_fitness = result.best_genome.astype(np.float32), result.best_fitness
         stages.append(result)
     if cfg.scale:
@@ -129,7 +160,8 @@ def evo_merging_search(
         layout = GenomeLayout("beta", n, lower if cfg.sign_flip else max(0.0, lower), upper)
         spec = StageSpec("stage2_scale", layout, tuple(beta), cfg.sigma0, cfg.population_size,
                          cfg.stage2_generations)
-        result = runner(spec, stage_fitness(evaluator, layout, alpha, cfg.l1_weight), _stage_key(seed, 2))
+        result = runner(spec, stage_fitness(evaluator, layout, alpha, cfg.l1_weight, spec.generations),
+                        _stage_key(seed, 2))
         beta, best_fitness = result.best_genome.astype(np.float32), result.best_fitness
         stages.append(result)
     if not stages:  # neither: the plain uniform average, scored with the same fitness
@@ -151,7 +183,8 @@ def lorahub_search(
     alpha = np.ones(n, np.float32)
     layout = GenomeLayout("beta", n, *cfg.bounds)
     spec = StageSpec("lorahub", layout, (0.0,) * n, cfg.sigma0, cfg.population_size, cfg.generations)
-    result = runner(spec, stage_fitness(evaluator, layout, alpha, cfg.l1_weight), _stage_key(seed, 3))
+    result = runner(spec, stage_fitness(evaluator, layout, alpha, cfg.l1_weight, spec.generations),
+                    _stage_key(seed, 3))
     beta = result.best_genome.astype(np.float32)
     return MergeSearchResult("lorahub", alpha, beta, [result], merged_adapter(stack, alpha, beta, "none"),
                              result.best_fitness)

@@ -68,28 +68,64 @@ def _mean_batch_ce(graphdef, params, adapter: LoraAdapter | None, data, index) -
     return losses.mean()
 
 
-@partial(jax.jit, static_argnames=("graphdef", "prune", "out_sharding", "chunk"))
-def population_ce(graphdef, prune: str, out_sharding, params, stack, magnitudes, data, index, alpha, beta,
-                  chunk: int | None = None):
-    """``[P]`` CE of the candidates ``evo_merge(stack, alpha[p], beta[p])``: one compiled call.
+@dataclasses.dataclass(frozen=True)
+class PopulationCE:
+    """``(args, alpha [P, N], beta [P, N], index) -> [P]`` CE of ``evo_merge(stack, alpha[p], beta[p])``.
 
-    ``chunk`` vmaps that many candidates at a time inside the call (``lax.map``), which keeps the
-    working set in cache on a CPU; None vmaps the whole population (accelerators). Module-level,
-    so evaluators of equal shapes (the targets of an experiment) share one compile.
+    Static and hashable (it is a jit static argument); the arrays come in ``args``:
+    ``{"params", "stack", "magnitudes", "data"}``. ``chunk`` vmaps that many candidates at a time
+    (``lax.map``), which keeps the working set in cache on a CPU; None vmaps the whole population
+    (accelerators). With a mesh the population is padded to a multiple of its size and sharded
+    over the ``pop`` axis; the losses come back replicated.
     """
 
-    # Merge the whole population at once (B's merge is then one GEMM over the pool), then run the
-    # forward candidate by candidate (chunk) or all together.
-    adapters = jax.vmap(lambda a, b: evo_merge(stack, magnitudes, a, b, prune=prune))(alpha, beta)
+    graphdef: object
+    prune: str = "A"
+    chunk: int | None = None
+    mesh: Mesh | None = None
 
-    def candidate_ce(adapter):
-        return _mean_batch_ce(graphdef, params, adapter, data, index)
+    def __call__(self, args, alpha, beta, index):
+        p = alpha.shape[0]
+        if self.mesh is not None:
+            n = self.mesh.devices.size
+            pad = -(-p // n) * n - p
+            if pad:  # repeat the last candidate; its losses are dropped
+                alpha = jnp.concatenate([alpha, jnp.repeat(alpha[-1:], pad, axis=0)])
+                beta = jnp.concatenate([beta, jnp.repeat(beta[-1:], pad, axis=0)])
+            spread = NamedSharding(self.mesh, PartitionSpec("pop"))
+            alpha = jax.lax.with_sharding_constraint(alpha, spread)
+            beta = jax.lax.with_sharding_constraint(beta, spread)
+        # Merge the whole population at once (B's merge is then one GEMM over the pool), then run the
+        # forward candidate by candidate (chunk) or all together.
+        stack, magnitudes = args["stack"], args["magnitudes"]
+        adapters = jax.vmap(lambda a, b: evo_merge(stack, magnitudes, a, b, prune=self.prune))(alpha, beta)
 
-    if chunk is None or chunk >= alpha.shape[0]:
-        ce = jax.vmap(candidate_ce)(adapters)
-    else:
-        ce = jax.lax.map(candidate_ce, adapters, batch_size=chunk)
-    return ce if out_sharding is None else jax.lax.with_sharding_constraint(ce, out_sharding)
+        def candidate_ce(adapter):
+            return _mean_batch_ce(self.graphdef, args["params"], adapter, args["data"], index)
+
+        if self.chunk is None or self.chunk >= alpha.shape[0]:
+            ce = jax.vmap(candidate_ce)(adapters)
+        else:
+            ce = jax.lax.map(candidate_ce, adapters, batch_size=self.chunk)
+        if self.mesh is not None:
+            ce = jax.lax.with_sharding_constraint(ce, NamedSharding(self.mesh, PartitionSpec()))
+        return ce[:p]
+
+
+@partial(jax.jit, static_argnums=0)
+def population_ce(fn: PopulationCE, args, alpha, beta, index):
+    """One compiled call for a whole population. Module-level, so evaluators of equal shapes (the
+    targets of an experiment) share one compile."""
+    return fn(args, alpha, beta, index)
+
+
+def resolve_population_chunk(chunk: int | str | None) -> int | None:
+    """``auto``: 1 on a CPU (a whole population's forward overflows its caches), all on an accelerator."""
+    if chunk == "auto":
+        return 1 if jax.default_backend() == "cpu" else None
+    if chunk is None or (isinstance(chunk, int) and chunk >= 1):
+        return chunk
+    raise EvoMergeInputError(f"population_chunk: {chunk!r} is not auto, null or a positive integer")
 
 
 @partial(jax.jit, static_argnames=("graphdef",))
@@ -108,7 +144,7 @@ class MergeEvaluator:
         examples: Mapping[str, np.ndarray],
         validation: ValidationConfig = ValidationConfig(),
         prune: str = "A",
-        population_chunk: int | None = None,
+        population_chunk: int | str | None = "auto",
     ):
         for key in ("input_ids", "attention_mask", "labels"):
             if key not in examples:
@@ -119,7 +155,7 @@ class MergeEvaluator:
         self.validation = validation
         self.num_adapters = stack.num_adapters
         self.prune = prune
-        self.population_chunk = population_chunk
+        self.population_chunk = resolve_population_chunk(population_chunk)
         self.stack = stack
         self.graphdef, self.params = nnx.split(model)
         which = {"A": ("A",), "B": ("B",), "both": ("A", "B"), "none": ()}[prune]
@@ -134,7 +170,9 @@ class MergeEvaluator:
         self.mesh = _population_mesh()
         # Losses come back replicated: on a multi-host mesh a 'pop'-sharded result spans devices of other
         # processes and could not be fetched with np.asarray.
-        self._out_sharding = None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
+        self.ce_fn = PopulationCE(self.graphdef, prune, None if self.mesh is not None else self.population_chunk,
+                                  self.mesh)
+        self.ce_args = {"params": self.params, "stack": stack, "magnitudes": self.magnitudes, "data": self.data}
 
     # -- batches -------------------------------------------------------------------------------
     def _draw_index(self, rng: np.random.Generator) -> np.ndarray:
@@ -148,16 +186,9 @@ class MergeEvaluator:
         return self._draw_index(np.random.default_rng((self.validation.seed, generation)))
 
     # -- public API --------------------------------------------------------------------------
-    def _shard(self, x: np.ndarray) -> tuple[jax.Array, int]:
-        """Pad the population to a multiple of the device count and shard it over the 'pop' axis."""
-        p = x.shape[0]
-        if self.mesh is None:
-            return jnp.asarray(x), p
-        n = self.mesh.devices.size
-        padded = -(-p // n) * n
-        if padded != p:  # repeat the last candidate; its losses are dropped
-            x = np.concatenate([x, np.repeat(x[-1:], padded - p, axis=0)])
-        return jax.device_put(x, NamedSharding(self.mesh, PartitionSpec("pop"))), p
+    def index_table(self, generations: int) -> np.ndarray:
+        """``[generations, num_batches, batch_size]``: the batches each generation sees (for a jitted loop)."""
+        return np.stack([self.batch_index(g) for g in range(max(1, generations))])
 
     def evaluate(self, alpha, beta, generation: int = 0) -> np.ndarray:
         """Validation CE ``[P]`` of the merged adapters ``evo_merge(pool, alpha[p], beta[p])``."""
@@ -166,12 +197,9 @@ class MergeEvaluator:
         beta = check_population(beta, n, name="beta")
         if alpha.shape != beta.shape:
             raise EvoMergeInputError(f"alpha {alpha.shape} and beta {beta.shape}: population sizes differ")
-        a, p = self._shard(alpha)
-        b, _ = self._shard(beta)
-        ce = population_ce(self.graphdef, self.prune, self._out_sharding, self.params, self.stack, self.magnitudes,
-                           self.data, jnp.asarray(self.batch_index(generation)), a, b,
-                           None if self.mesh is not None else self.population_chunk)
-        return np.asarray(ce)[:p]
+        ce = population_ce(self.ce_fn, self.ce_args, jnp.asarray(alpha), jnp.asarray(beta),
+                           jnp.asarray(self.batch_index(generation)))
+        return np.asarray(ce)
 
     def evaluate_adapter(self, adapter: LoraAdapter | None, generation: int = 0) -> float:
         """Validation CE of one adapter (None: the base model alone)."""
