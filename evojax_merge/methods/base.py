@@ -1,0 +1,99 @@
+"""The method protocol: given a world, a target and an evaluator, return an outcome.
+
+A method is one class, created from ``conf/method/<name>.yaml`` through Hydra's ``_target_``; its
+hyperparameters are the class's constructor arguments. The experiment engine knows no method by
+name: it builds a :class:`MergeTask` for each (target, pool, validation set) cell and calls
+``method.run(task)``.
+
+What a method yields decides how its test answers are generated:
+
+- ``Outcome.adapter``: one rank-r adapter (Evo-Merging, LoraHub, the uniform average, one adapter);
+- ``Outcome.genome``: the ``(alpha, beta)`` control vectors behind that adapter, which is all a
+  black-box service needs to generate with it;
+- ``Outcome.delta``: a dense update folded into the base weights (task arithmetic, TIES, DARE);
+- ``Outcome.model``: a whole model of its own (merges of full fine-tunes, data-flow merges);
+- none of these: the base model alone.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import jax
+import numpy as np
+
+from evojax_merge.lora.adapter import LoraAdapter, LoraStack
+from evojax_merge.search.fitness import Evaluator
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What a method found for one target: the thing to test, its validation scores, its record."""
+
+    method: str
+    adapter: LoraAdapter | None = None
+    genome: tuple[np.ndarray, np.ndarray] | None = None  # (alpha [N], beta [N])
+    prune: str = "A"  # the factor the genome's alpha sparsifies
+    delta: dict[str, jax.Array] | None = None
+    model: Any = None
+    val_ce: float | None = None  # validation cross-entropy of the result
+    val_fitness: float | None = None  # what the search minimised (CE plus its penalty)
+    details: dict = dataclasses.field(default_factory=dict)
+    search: object | None = None  # the MergeSearchResult of a CMA-ES method
+
+
+@dataclasses.dataclass
+class MergeTask:
+    """One cell of an experiment, as a method sees it.
+
+    ``evaluator_for(prune)`` scores populations of ``(alpha, beta)`` on the target's validation set
+    over this cell's pool, in-process or through a service. ``stack`` is the pool's weights, or None
+    when they are not ours (a remote run). ``cache`` is shared by every method of the cell, so work
+    such as the single-adapter losses is done once per cell.
+    """
+
+    target: str
+    pool_names: list[str]
+    evaluator_for: Callable[[str], Evaluator]
+    stack: LoraStack | None = None
+    world: Any = None  # the World when the run is local (methods that need more than the pool)
+    runner: Callable | None = None  # a StageRunner (checkpoints, logging) for CMA-ES stages
+    seed: int = 0
+    progress: bool = True
+    cache: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_adapters(self) -> int:
+        return len(self.pool_names)
+
+    def single_adapter_losses(self) -> np.ndarray:
+        """Validation CE of each adapter alone (alpha = 1, beta = e_i), computed once per cell."""
+        if "single_losses" not in self.cache:
+            n = self.num_adapters
+            self.cache["single_losses"] = np.asarray(
+                self.evaluator_for("A").evaluate(np.ones((n, n), np.float32), np.eye(n, dtype=np.float32)))
+        return self.cache["single_losses"]
+
+
+class MergeMethod(abc.ABC):
+    """Base class of every method. Subclasses set the class attributes and implement ``run``.
+
+    ``remote``: the method needs nothing but an evaluator, so it also runs against a black-box
+    service. ``searches``: it runs CMA-ES stages (and so gets a checkpointing stage runner).
+    ``prune``: the LoRA factor its evaluator sparsifies.
+    """
+
+    remote: ClassVar[bool] = False
+    searches: ClassVar[bool] = False
+    prune: str = "A"
+
+    @abc.abstractmethod
+    def run(self, task: MergeTask) -> Outcome:
+        """Find this method's merge for ``task.target``."""
+
+    def describe(self) -> dict:
+        """The method's hyperparameters, for results.json."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
