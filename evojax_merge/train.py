@@ -37,39 +37,33 @@ def zoo_config(cfg: DictConfig):
                           pretrain=PretrainSpec(**z["pretrain"]), adapters=AdapterSpec(**z["adapters"]), seed=z["seed"])
 
 
-def method_settings(cfg: DictConfig):
-    from evojax_merge.runner.methods import MethodSettings
-    from evojax_merge.search.evo_merging import EvoMergingConfig, LoraHubConfig
-    from evojax_merge.search.grid import BaselineGridConfig
-
-    s = OmegaConf.to_container(cfg.strategy, resolve=True)
-    try:
-        return MethodSettings(evo_merging=EvoMergingConfig(**_tuples(s["evo_merging"])), prune=s["prune"],
-                              lorahub=LoraHubConfig(**_tuples(s["lorahub"])),
-                              grid=BaselineGridConfig(**_tuples(s["grid"])), seed=int(cfg.seed))
-    except TypeError as e:
-        raise EvoMergeInputError(f"strategy: {e}") from None
-
-
 def experiment_spec(cfg: DictConfig):
     from evojax_merge.runner.experiment import ExperimentSpec
 
     e = _tuples(OmegaConf.to_container(cfg.experiment, resolve=True))
     try:
-        return ExperimentSpec(**e, methods=tuple(cfg.method.names), seed=int(cfg.seed))
+        return ExperimentSpec(**e, seed=int(cfg.seed))
     except TypeError as err:
         raise EvoMergeInputError(f"experiment: {err}") from None
 
 
+def methods_from_config(cfg: DictConfig) -> dict:
+    """``{label: MergeMethod}`` from ``cfg.method`` (each entry's ``_target_``), checked by key."""
+    from evojax_merge.methods.registry import build_methods
+
+    try:
+        method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
+    except Exception as e:  # an interpolation to a missing key, e.g. budget.*
+        raise EvoMergeInputError(f"method: {e}".splitlines()[0]) from None
+    return build_methods(method_cfg)
+
+
 def validate(cfg: DictConfig) -> None:
     """Impossible configs fail here, with the key named, before anything is built."""
-    evo = cfg.strategy.evo_merging
+    from evojax_merge.search.fitness import resolve_population_chunk
+
+    resolve_population_chunk(cfg.population_chunk)
     checks = [
-        (evo.population_size >= 2, "strategy.evo_merging.population_size must be >= 2"),
-        (evo.sigma0 > 0, "strategy.evo_merging.sigma0 must be > 0"),
-        (evo.alpha_bounds[0] < evo.alpha_bounds[1], "strategy.evo_merging.alpha_bounds must be [low, high]"),
-        (evo.beta_bounds[0] < evo.beta_bounds[1], "strategy.evo_merging.beta_bounds must be [low, high]"),
-        (cfg.strategy.prune in ("A", "B", "both", "none"), "strategy.prune must be A, B, both or none"),
         (cfg.data.validation.batch_size >= 1, "data.validation.batch_size must be >= 1"),
         (cfg.data.validation.num_batches >= 1, "data.validation.num_batches must be >= 1"),
         (cfg.model.dtype in ("float32", "bfloat16"), "model.dtype must be float32 or bfloat16"),
@@ -107,15 +101,20 @@ def stage_runner_factory(cfg: DictConfig, out_dir: Path, tracker, guard, resolve
     from evojax_merge.search.cmaes import HISTORY_COLUMNS, init_stage, run_stage
 
     def runner_for(label: str):
+        logged: dict[str, int] = {}  # stage -> generations logged (the host sees the state between chunks)
+
         def log_generation(spec, state, step=None):
-            g = int(state.generation) - 1
-            row = dict(zip(HISTORY_COLUMNS, map(float, np.asarray(state.history[g])), strict=True))
-            tracker.log_generation(label, spec.name, g, row, np.asarray(state.best_genome), spec.layout.searched)
+            done, history = int(state.generation), np.asarray(state.history)
+            for g in range(logged.get(spec.name, 0), done):
+                row = dict(zip(HISTORY_COLUMNS, map(float, history[g]), strict=True))
+                genome = np.asarray(state.best_genome) if g == done - 1 else None
+                tracker.log_generation(label, spec.name, g, row, genome, spec.layout.searched)
+            logged[spec.name] = done
 
         if not cfg.checkpoint.enabled:
             def run(spec, fitness_fn, key):
-                return run_stage(spec, fitness_fn, init_stage(spec, key), on_generation=log_generation,
-                                 progress=cfg.progress)
+                return run_stage(spec, fitness_fn, init_stage(spec, key, fitness_fn), on_generation=log_generation,
+                                 progress=cfg.progress, visit_every=cfg.checkpoint.interval)
 
             return run
         safe = "".join(ch if ch.isalnum() or ch in "-_.@=" else "_" for ch in label)
@@ -132,6 +131,7 @@ def stage_runner_factory(cfg: DictConfig, out_dir: Path, tracker, guard, resolve
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     from evojax_merge.lora.export import save_peft_adapter
+    from evojax_merge.runner.backends import LocalBackend
     from evojax_merge.runner.experiment import run_experiment
     from evojax_merge.search.fitness import ValidationConfig
     from evojax_merge.search.preemption import PreemptionGuard
@@ -139,7 +139,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from evojax_merge.tracking import make_tracker
 
     validate(cfg)
-    spec, settings = experiment_spec(cfg), method_settings(cfg)
+    spec, methods = experiment_spec(cfg), methods_from_config(cfg)
     validation = ValidationConfig(**OmegaConf.to_container(cfg.data.validation, resolve=True))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +147,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     (out_dir / "config_resolved.json").write_text(json.dumps(shown, indent=2))
 
     if cfg.service.kind == "remote":
-        return run_remote(cfg, spec, settings, validation, resolved, out_dir)
+        return run_remote(cfg, spec, methods, validation, resolved, out_dir)
     if cfg.service.kind != "local":
         raise EvoMergeInputError(f"service.kind: {cfg.service.kind!r} is not local or remote")
     t0 = time.perf_counter()
@@ -158,20 +158,21 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     adapters_dir = out_dir / "merged_adapters"
     searches: dict[str, dict] = {}
 
-    def on_result(r, outcome, cell):
+    def on_result(r, label, outcome, cell):
         if outcome.search is not None:
-            searches[f"{r.target}/{r.label}"] = search_result_record(outcome.search, target=r.target, label=r.label)
-        if outcome.adapter is not None and r.method in ("evo_merging", "lorahub"):
-            d = save_peft_adapter(outcome.adapter, adapters_dir / f"{r.target}__{r.label}",
-                                  base_model_name_or_path=str(world.base_dir),
-                                  metadata={"method": r.label, "target": r.target, "pool": list(r.pool.names)})
-            tracker.log_adapter(f"{r.target}-{r.label}", d)
+            searches[f"{r.target}/{label}"] = search_result_record(outcome.search, target=r.target, label=label)
+            if outcome.adapter is not None:  # the searched merges, as PEFT adapters
+                d = save_peft_adapter(outcome.adapter, adapters_dir / f"{r.target}__{label}",
+                                      base_model_name_or_path=str(world.base_dir),
+                                      metadata={"method": label, "target": r.target,
+                                                "pool": [world.pool.names[i] for i in r.pool_idx]})
+                tracker.log_adapter(f"{r.target}-{label}", d)
 
     t0 = time.perf_counter()
+    backend = LocalBackend(world, spec.max_new_tokens, cfg.population_chunk, progress=cfg.progress)
     with PreemptionGuard() as guard:
         runner_for = stage_runner_factory(cfg, out_dir, tracker, guard, resolved)
-        results = run_experiment(world, spec, settings, validation, runner_for, on_result,
-                                 population_chunk=cfg.population_chunk)
+        results = run_experiment(backend, spec, methods, validation, runner_for, on_result, progress=cfg.progress)
     write_search_results(out_dir, searches, int(cfg.seed))
     results["timings"] = {"world_s": world_s, "experiment_s": time.perf_counter() - t0}
     results["zoo"] = {k: world.info[k] for k in ("zoo_root", "timings", "adapter_test") if k in world.info}
@@ -221,25 +222,52 @@ def user_records(cfg: DictConfig) -> dict:
             for t, splits in OmegaConf.to_container(cfg.data.tasks, resolve=True).items()}
 
 
-def run_remote(cfg: DictConfig, spec, settings, validation, resolved: dict, out_dir: Path) -> dict:
-    """The same search through a merge service: only control vectors leave this process."""
-    from evojax_merge.runner.remote import run_remote_experiment
+def run_remote(cfg: DictConfig, spec, methods: dict, validation, resolved: dict, out_dir: Path) -> dict:
+    """The same experiment through a merge service: only control vectors leave this process."""
+    from evojax_merge.runner.backends import RemoteBackend
+    from evojax_merge.runner.experiment import check_methods, run_experiment
+    from evojax_merge.search.preemption import PreemptionGuard
     from evojax_merge.tracking import make_tracker
 
+    check_methods(methods, remote=True)  # before any request
+    service = OmegaConf.to_container(cfg.service, resolve=True)
+    backend = RemoteBackend(service, user_records(cfg), spec.max_new_tokens, service.get("adapter_tasks") or {})
     tracker = make_tracker(OmegaConf.to_container(cfg.logger, resolve=True), resolved, out_dir, spec.name)
-    from evojax_merge.search.preemption import PreemptionGuard
-
     t0 = time.perf_counter()
     with PreemptionGuard() as guard:
-        results = run_remote_experiment(user_records(cfg), spec, settings, validation,
-                                        OmegaConf.to_container(cfg.service, resolve=True),
-                                        stage_runner_factory(cfg, out_dir, tracker, guard, resolved))
+        results = run_experiment(backend, spec, methods, validation,
+                                 stage_runner_factory(cfg, out_dir, tracker, guard, resolved), progress=cfg.progress)
     results["timings"] = {"experiment_s": time.perf_counter() - t0}
+    results["remote"] = {"url": backend.url, "pool_id": backend.pool_id}
     results["config"] = {**resolved, "service": {**resolved["service"], "api_key": "***"}}
     return finish(results, spec, out_dir, tracker)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def config_dir() -> str:
+    """The Hydra config tree: inside the package when installed from a wheel, else the repo's conf/."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "conf"
+    return str(packaged if packaged.is_dir() else here.parent / "conf")
+
+
+def check_group_choices(argv: list[str], conf: str) -> None:
+    """``method=nope`` and the like: a one-line error naming the group, before Hydra composes anything."""
+    root = Path(conf)
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, _, value = arg.lstrip("+~").partition("=")
+        group = root / key
+        if "." in key or key.startswith("hydra") or not group.is_dir() or not value:
+            continue
+        known = sorted(p.stem for p in group.glob("*.yaml"))
+        for choice in value.split(","):  # a multirun sweep lists several
+            if choice not in known and choice != "null":
+                print(f"error: {key}: unknown option {choice!r} (known: {', '.join(known)})", file=sys.stderr)
+                sys.exit(2)
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def main(cfg: DictConfig) -> None:
     from evojax_merge.distributed import maybe_initialize_distributed
     from evojax_merge.search.preemption import Preempted
@@ -259,4 +287,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    check_group_choices(sys.argv[1:], config_dir())
     main()

@@ -15,3 +15,9 @@ def llama_with_pool(tmp_path_factory):
     base = build_hf_model("llama", root / "base", seed=0)
     adapters = [build_peft_adapter(base, root / f"adapter_{i}", seed=10 + i) for i in range(5)]
     return root / "base", adapters, base
+
+
+@pytest.fixture(scope="session")
+def smoke_cache(tmp_path_factory):
+    """One zoo cache for the whole session: the smoke zoo is built once, by its first user."""
+    return tmp_path_factory.mktemp("zoo-cache")

@@ -5,21 +5,28 @@ import os
 import subprocess
 import sys
 
+import pytest
 from wandb_offline import history_rows
 
-
-def _train(tmp_path, *overrides, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "evojax_merge.train", *overrides, "progress=false"],
-        capture_output=True, text=True, timeout=900,
-        env={**os.environ, "EVOJAX_MERGE_CACHE": str(tmp_path.parent / "harness-cache"), **(env or {})},
-    )
+pytestmark = pytest.mark.slow
 
 
-def test_wandb_offline_history_has_one_row_per_generation(tmp_path):
+@pytest.fixture
+def train(smoke_cache):
+    def run(*overrides, env=None):
+        return subprocess.run(
+            [sys.executable, "-m", "evojax_merge.train", *overrides, "progress=false"],
+            capture_output=True, text=True, timeout=900,
+            env={**os.environ, "EVOJAX_MERGE_CACHE": str(smoke_cache), **(env or {})},
+        )
+
+    return run
+
+
+def test_wandb_offline_history_has_one_row_per_generation(tmp_path, train):
     run_dir = tmp_path / "run"
-    proc = _train(tmp_path, "+experiment=smoke", "logger=wandb", "method=evo_lorahub", f"hydra.run.dir={run_dir}",
-                  env={"WANDB_MODE": "offline"})
+    proc = train("+experiment=smoke", "logger=wandb", "method=black_box", f"hydra.run.dir={run_dir}",
+                 env={"WANDB_MODE": "offline"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1
@@ -35,9 +42,9 @@ def test_wandb_offline_history_has_one_row_per_generation(tmp_path):
     assert len(alpha_rows) == 4
 
 
-def test_multirun_sweep_over_two_seeds(tmp_path):
+def test_multirun_sweep_over_two_seeds(tmp_path, train):
     sweep = tmp_path / "sweep"
-    proc = _train(tmp_path, "-m", "+experiment=smoke", "method=evo", "seed=0,1", f"hydra.sweep.dir={sweep}",
+    proc = train("-m", "+experiment=smoke", "method=evo", "seed=0,1", f"hydra.sweep.dir={sweep}",
                   "hydra/launcher=local")
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(p.parent for p in sweep.rglob("results.json"))

@@ -168,6 +168,24 @@ def test_generate(server, http):
         assert texts == remote.generate([1.0, 0.5, 1.0, 0.2], [0.7, -0.4, 0.1, 0.3], PROMPTS, max_new_tokens=5)
 
 
+def test_generate_decodes_exactly_like_a_local_run(server, provider, http):
+    """One decoding rule (cut at EOS, special tokens dropped, stripped) for the service and local runs."""
+    import jax
+
+    from evojax_merge.eval.evaluate import generate_for_population
+    from evojax_merge.search.evo_merging import merged_adapter
+
+    alpha = np.array([1.0, 0.5, 1.0, 0.2], np.float32)
+    beta = np.array([0.7, -0.4, 0.1, 0.3], np.float32)
+    with RemoteMergeService(server.url, KEY_A, "default", RECORDS, validation=VALIDATION, client=http) as remote:
+        texts = remote.generate(alpha, beta, RECORDS[:3], max_new_tokens=6)
+    adapter = merged_adapter(provider.pools["default"].stack, alpha, beta, "A")
+    local = generate_for_population(provider.model, provider.tokenizer, jax.tree.map(lambda x: x[None], adapter),
+                                    RECORDS[:3], max_len=256, max_new_tokens=6)[0]
+    assert texts == local
+    assert all(t == t.strip() for t in texts)
+
+
 def test_adapter_subset(server, http):
     info = _session(http, server, adapters=["adapter_2", "adapter_0"])
     assert info["num_adapters"] == 2 and info["adapters"] == ["adapter_2", "adapter_0"]

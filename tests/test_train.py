@@ -6,8 +6,11 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
-from evojax_merge.runner.methods import METHODS
+pytestmark = pytest.mark.slow
+ALL_METHODS = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "conf", "method", "all.yaml")))[
+    "defaults"]
 
 
 def _train(tmp_path, *overrides, cache=None):
@@ -19,10 +22,10 @@ def _train(tmp_path, *overrides, cache=None):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+def smoke_run(tmp_path_factory, smoke_cache):
     tmp = tmp_path_factory.mktemp("smoke")
     out = tmp / "run"
-    proc = _train(tmp, "+experiment=smoke", f"hydra.run.dir={out}")
+    proc = _train(tmp, "+experiment=smoke", f"hydra.run.dir={out}", cache=smoke_cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
 
@@ -30,7 +33,7 @@ def smoke_run(tmp_path_factory):
 def test_smoke_writes_results_for_every_method(smoke_run):
     out, proc = smoke_run
     results = json.loads((out / "results.json").read_text())
-    assert set(results["methods"]) == set(METHODS) - {"dare_ties"}
+    assert set(results["methods"]) == set(ALL_METHODS)
     for res in results["methods"].values():
         assert set(res) >= {"precision", "recall", "f1", "per_task"}
         assert len(res["per_task"]) == 2
@@ -42,14 +45,25 @@ def test_smoke_writes_results_for_every_method(smoke_run):
     assert (out / "results.md").read_text().count("|") > 20
     assert "test F1" in proc.stdout
     merged = sorted(p.name for p in (out / "merged_adapters").iterdir())
-    assert len(merged) == 4 and all((out / "merged_adapters" / m / "adapter_config.json").is_file() for m in merged)
+    assert len(merged) == 6 and all((out / "merged_adapters" / m / "adapter_config.json").is_file() for m in merged)
 
 
-def test_impossible_config_is_one_line_error(tmp_path):
-    proc = _train(tmp_path, "+experiment=smoke", "strategy.evo_merging.population_size=1",
-                  f"hydra.run.dir={tmp_path / 'run'}")
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == "error: strategy.evo_merging.population_size must be >= 2"
+@pytest.mark.parametrize("overrides, message", [
+    (["method.evo_merging.population_size=1"], "error: method.evo_merging: population_size must be >= 2"),
+    (["method=nope"], "error: method: unknown option 'nope'"),
+    (["method.ties._target_=evojax_merge.methods.nowhere.Ties"],
+     "error: method.ties._target_: evojax_merge.methods.nowhere.Ties does not import"),
+    (["+method.ties.learning_rate=0.1"], "error: method.ties.learning_rate: unknown key for Ties"),
+    (["population_chunk=0"], "error: population_chunk: 0 is not auto, null or a positive integer"),
+])
+def test_impossible_config_is_one_line_error(tmp_path, overrides, message):
+    run_dir = tmp_path / "run"
+    proc = _train(tmp_path, "+experiment=smoke", *overrides, f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(message), last
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "cache").exists()  # refused before any build
 
 
 def test_unknown_target_names_the_key(tmp_path, smoke_run):
@@ -80,7 +94,7 @@ def test_remote_run_through_a_real_service(tmp_path, smoke_run):
         env_cache = tmp_path / "empty-cache"  # the client never builds or reads the zoo's weights
         proc = subprocess.run(
             [sys.executable, "-m", "evojax_merge.train", "+experiment=smoke", "service=remote",
-             f"service.url={srv.url}", "method=evo_lorahub", f"hydra.run.dir={run_dir}", "progress=false"],
+             f"service.url={srv.url}", "method=black_box", f"hydra.run.dir={run_dir}", "progress=false"],
             capture_output=True, text=True, timeout=600,
             env={**os.environ, "EVOJAX_MERGE_API_KEY": key, "EVOJAX_MERGE_CACHE": str(env_cache)},
         )
@@ -93,3 +107,15 @@ def test_remote_run_through_a_real_service(tmp_path, smoke_run):
             ref = local["methods"][method]["per_task"][target]
             assert abs(cell["val_fitness"] - ref["val_fitness"]) < 1e-4, (method, target, cell, ref)
     assert key not in (run_dir / "config_resolved.json").read_text()
+    for method in ("evo_merging", "uniform"):  # the same merges answer the test questions alike
+        for target, cell in remote["methods"][method]["per_task"].items():
+            assert cell["f1"] == local["methods"][method]["per_task"][target]["f1"]
+
+
+def test_a_white_box_method_remotely_is_a_one_line_error(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "evojax_merge.train", "+experiment=smoke", "service=remote", "method=ties",
+         "service.url=http://127.0.0.1:9", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "EVOJAX_MERGE_API_KEY": "k" * 20})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: method.ties: needs the pool's weights")

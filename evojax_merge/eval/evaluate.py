@@ -34,11 +34,14 @@ def _generate_plain(model, prompt_ids, lengths, max_new_tokens, eos_id, pad_id):
     return greedy_generate(model, prompt_ids, lengths, max_new_tokens, eos_id, pad_id, None)
 
 
-def _decode(tokenizer, rows: np.ndarray, eos_id: int) -> list[str]:
+def decode_answers(tokenizer, rows, eos_id: int | None) -> list[str]:
+    """Generated token rows -> answer strings: cut at the first EOS, special tokens dropped, stripped.
+
+    The one decoding rule of local runs and the merge service, so both give identical strings."""
     out = []
     for row in rows:
-        ids = row.tolist()
-        if eos_id in ids:
+        ids = list(row.tolist() if hasattr(row, "tolist") else row)
+        if eos_id is not None and eos_id in ids:
             ids = ids[: ids.index(eos_id)]
         out.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
     return out
@@ -73,7 +76,7 @@ def generate_for_population(
         enc = encode_prompts(flat, tokenizer, max_len=max_len)
         toks = _generate_plain(model, jnp.asarray(enc["input_ids"]), jnp.asarray(enc["lengths"]),
                                max_new_tokens=max_new_tokens, eos_id=eos, pad_id=pad)
-        return [_decode(tokenizer, np.asarray(toks), eos)]
+        return [decode_answers(tokenizer, np.asarray(toks), eos)]
     num = int(jnp.asarray(adapters.scale).shape[0])
     per_candidate = records if records and not isinstance(records[0], Mapping) else [records] * num
     if len(per_candidate) != num:
@@ -97,7 +100,7 @@ def generate_for_population(
                                jnp.asarray(lengths[idx]), max_new_tokens=max_new_tokens, eos_id=eos, pad_id=pad)
         toks = np.asarray(toks)
         for j, p in enumerate(idx[: min(chunk, num - start)]):
-            outputs.append(_decode(tokenizer, toks[j][: len(per_candidate[p])], eos))
+            outputs.append(decode_answers(tokenizer, toks[j][: len(per_candidate[p])], eos))
     return outputs
 
 

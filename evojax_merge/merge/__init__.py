@@ -1,4 +1,4 @@
-"""Pure merge math: Evo-Merging, LoraHub and the task-vector baselines (methods.md §1-3).
+"""Pure merge math: Evo-Merging, LoraHub and the task-vector baselines (docs/methods.md §1-3).
 
 Every function here is a pure function of arrays (no I/O), jit- and vmap-able; static arguments
 (prune mode, sign method, rank) are plain Python values.

@@ -1,4 +1,4 @@
-"""Evo-Merging's factor-wise merge (methods.md §1): sparsify each adapter, then a signed sum.
+"""Evo-Merging's factor-wise merge (docs/methods.md §1): sparsify each adapter, then a signed sum.
 
     A_merged^m = Σ_i beta_i · S_{alpha_i}(A_i^m)                  [r, d_in]
     B_merged^m = Σ_i beta_i · (s_i / s_0) · B_i^m                 [d_out, r]

@@ -1,4 +1,4 @@
-"""LoraHub's factor-wise merge (methods.md §2): Evo-Merging's merge with alpha = 1.
+"""LoraHub's factor-wise merge (docs/methods.md §2): Evo-Merging's merge with alpha = 1.
 
 A^m = Σ_i w_i · A_i^m,   B^m = Σ_i w_i · (s_i / s_0) · B_i^m,   scale = s_0
 """

@@ -1,4 +1,4 @@
-"""Sparsity-based denoising ``S_a`` of Evo-Merging (methods.md §1): magnitude pruning of one tensor.
+"""Sparsity-based denoising ``S_a`` of Evo-Merging (docs/methods.md §1): magnitude pruning of one tensor.
 
     k   = max(1, round(a · numel(x)))            round half to even (jnp.round)
     thr = k-th largest |x|                        a gather into magnitudes sorted ONCE

@@ -1,4 +1,4 @@
-"""Task-vector baselines (methods.md §3) on dense updates ``τ_i^m = s_i · B_i^m A_i^m``.
+"""Task-vector baselines (docs/methods.md §3) on dense updates ``τ_i^m = s_i · B_i^m A_i^m``.
 
 Semantics follow ``peft.utils.merge_utils`` exactly (the test oracle), per module m, with the N task
 vectors stacked on axis 0 and per-task weights ``w`` (``w = λ · 1`` for the λ-forms below):

@@ -1,11 +1,13 @@
-"""Experiments: which (target, pool, method) runs to make, and their test scores as one table.
+"""Experiments: which (target, pool, validation set) cells to make, every method on each, and their
+test scores as one table. One engine for local and remote runs: the backend decides where.
 
     ood          for each target task: the full pool minus the target's own adapter
     id           a few experts (<= 10); each expert's task is a target, the pool is the experts
     distractors  id plus unrelated adapters in the pool
     pool_size    ood with random pools of N adapters, for each N
     val_size     ood with V validation examples, for each V
-    ablation     ood with the Evo-Merging variants of methods.md §1
+
+The methods are the registry's (``conf/method/``); a variant such as an ablation is one more method.
 """
 
 from __future__ import annotations
@@ -15,19 +17,12 @@ import logging
 import time
 from collections.abc import Callable
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from evojax_merge.data.batching import encode_examples
 from evojax_merge.errors import EvoMergeInputError
-from evojax_merge.eval.evaluate import generate_for_population, score
-from evojax_merge.lora.pool import LoraPool
-from evojax_merge.models.delta import fold_into_params
-from evojax_merge.runner.methods import EVO_VARIANTS, MethodSettings, Outcome, run_method
-from evojax_merge.runner.world import World
-from evojax_merge.search.fitness import MergeEvaluator, ValidationConfig
-from evojax_merge.search.grid import single_adapter_losses
+from evojax_merge.eval.evaluate import score
+from evojax_merge.methods.base import MergeMethod, MergeTask, Outcome
+from evojax_merge.search.fitness import ValidationConfig
 
 log = logging.getLogger(__name__)
 SETTINGS = ("ood", "id", "distractors")
@@ -41,9 +36,6 @@ class ExperimentSpec:
     num_targets: int = 6  # when targets is empty: spread over task types and domains
     experts: tuple[str, ...] = ()
     num_distractors: int = 0
-    methods: tuple[str, ...] = ("evo_merging", "lorahub", "ties", "task_arithmetic", "dare", "uniform",
-                                "best_single", "base")
-    variants: tuple[str, ...] = ("full",)  # Evo-Merging variants (ablation)
     pool_sizes: tuple[int, ...] = ()  # pool_size experiment; empty = the whole pool
     val_sizes: tuple[int, ...] = ()  # val_size experiment; empty = validation.num_batches x batch_size
     test_examples: int = 100
@@ -54,14 +46,13 @@ class ExperimentSpec:
 
 @dataclasses.dataclass
 class Run:
-    """One cell of the results table: a method (label) on one target with one pool."""
+    """One cell of the experiment: a target, its pool (indices into the backend's adapters), and the
+    validation size; every method runs on it. ``suffix`` tells cells of one target apart."""
 
-    label: str
-    method: str
     target: str
-    pool: LoraPool
-    variant: str = "full"
+    pool_idx: list[int]
     num_val: int | None = None
+    suffix: str = ""
 
 
 def pick_targets(task_names, spec: ExperimentSpec) -> list[str]:
@@ -83,142 +74,114 @@ def pick_targets(task_names, spec: ExperimentSpec) -> list[str]:
     return list(dict.fromkeys(picked))
 
 
-def plan_runs(world: World, spec: ExperimentSpec) -> list[Run]:
+def plan_runs(backend, spec: ExperimentSpec) -> list[Run]:
+    """The cells of ``spec`` over the backend's adapters and tasks."""
     if spec.setting not in SETTINGS:
         raise EvoMergeInputError(f"experiment.setting: {spec.setting!r} is not one of {', '.join(SETTINGS)}")
-    pool, names = world.pool, world.pool.names
+    names = backend.names
     rng = np.random.default_rng(spec.seed)
     runs: list[Run] = []
     if spec.setting == "ood":
-        targets = pick_targets(world.records, spec)
-        for target in targets:
-            own = world.own_adapter(target)
+        for target in pick_targets(backend.records, spec):
+            own = backend.own_adapter(target)
             ood_idx = [i for i, n in enumerate(names) if n != own]
-            sizes = spec.pool_sizes or (len(ood_idx),)
-            for size in sizes:
+            for size in spec.pool_sizes or (len(ood_idx),):
                 if size > len(ood_idx):
                     raise EvoMergeInputError(f"experiment.pool_sizes: {size} > the {len(ood_idx)} OOD adapters")
                 idx = sorted(rng.choice(ood_idx, size, replace=False).tolist()) if size < len(ood_idx) else ood_idx
-                sub = pool.subset(idx)
                 for v in spec.val_sizes or (None,):
-                    for method in spec.methods:
-                        for variant in spec.variants if method == "evo_merging" else ("full",):
-                            runs.append(Run(_label(method, variant, spec, size, v), method, target, sub, variant, v))
+                    suffix = (f"@N={size}" if spec.pool_sizes else "") + (f"@V={v}" if v is not None else "")
+                    runs.append(Run(target, idx, v, suffix))
         return runs
     experts = list(spec.experts)
     if not experts or len(experts) > 10:
         raise EvoMergeInputError(f"experiment.experts: the {spec.setting} setting needs 1 to 10 experts")
-    idx = [names.index(world.own_adapter(t) or t) for t in experts]
+    missing = [t for t in experts if (backend.own_adapter(t) or t) not in names]
+    if missing:
+        raise EvoMergeInputError(f"experiment.experts: no adapter for task {missing[0]!r}")
+    idx = [names.index(backend.own_adapter(t) or t) for t in experts]
     others = [i for i in range(len(names)) if i not in idx]
     if spec.num_distractors:
         idx += sorted(rng.choice(others, spec.num_distractors, replace=False).tolist())
-    sub = pool.subset(idx)
-    for target in experts:
-        for method in spec.methods:
-            for variant in spec.variants if method == "evo_merging" else ("full",):
-                runs.append(Run(_label(method, variant, spec, None, None), method, target, sub, variant))
-    return runs
+    return [Run(target, idx) for target in experts]
 
 
-def _label(method: str, variant: str, spec: ExperimentSpec, size: int | None, num_val: int | None) -> str:
-    label = method if variant == "full" else f"{method}[{variant}]"
-    if spec.pool_sizes:
-        label += f"@N={size}"
-    if num_val is not None:
-        label += f"@V={num_val}"
-    return label
+def check_methods(methods: dict[str, MergeMethod], remote: bool) -> None:
+    """A method a backend cannot honour is an error before anything runs, never a silent skip."""
+    if remote:
+        white_box = [label for label, m in methods.items() if not m.remote]
+        if white_box:
+            raise EvoMergeInputError(f"method.{white_box[0]}: needs the pool's weights; a remote run "
+                                     f"(service=remote) cannot run it (white-box: {', '.join(white_box)})")
 
 
-def _validation_examples(world: World, target: str, spec: ExperimentSpec, val: ValidationConfig,
-                         num_val: int | None) -> tuple[dict, ValidationConfig]:
-    records = world.records[target]["validation"]
+def _validation_records(backend, target: str, num_val: int | None, val: ValidationConfig
+                        ) -> tuple[list[dict], ValidationConfig]:
+    records = backend.records[target]["validation"]
     if num_val is not None:
         if num_val > len(records):
             raise EvoMergeInputError(f"experiment.val_sizes: {num_val} > {len(records)} validation records of {target}")
         records = records[:num_val]
         val = dataclasses.replace(val, num_batches=max(1, num_val // val.batch_size))
-    return encode_examples(records, world.tokenizer, max_len=spec.max_len), val
-
-
-def _test_scores(world: World, target: str, outcomes: list[Outcome], spec: ExperimentSpec) -> list[dict]:
-    """Generate on the target's test split for every outcome, batching the adapter ones."""
-    records = world.records[target]["test"][: spec.test_examples]
-    task_type = world.task_type(target)
-    texts: dict[int, list[str]] = {}
-    lora_idx = [i for i, o in enumerate(outcomes) if o.adapter is not None]
-    if lora_idx:
-        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[outcomes[i].adapter for i in lora_idx])
-        outs = generate_for_population(world.model, world.tokenizer, stacked, records, spec.max_len,
-                                       spec.max_new_tokens)
-        texts.update(zip(lora_idx, outs, strict=True))
-    graphdef_params = None
-    for i, o in enumerate(outcomes):
-        if o.adapter is not None:
-            continue
-        model = world.model
-        if o.delta is not None:
-            from flax import nnx
-
-            graphdef_params = graphdef_params or nnx.split(world.model)
-            model = nnx.merge(graphdef_params[0], fold_into_params(graphdef_params[1], o.delta))
-        texts[i] = generate_for_population(model, world.tokenizer, None, records, spec.max_len,
-                                           spec.max_new_tokens)[0]
-    return [score(texts[i], records, task_type) for i in range(len(outcomes))]
-
-
-def _evaluator_cache(world: World, pool: LoraPool, examples: dict, val: ValidationConfig, chunk: int | None):
-    """``prune -> MergeEvaluator`` for one (target, pool), built on first use."""
-    evaluators: dict[str, MergeEvaluator] = {}
-
-    def evaluator_for(prune: str) -> MergeEvaluator:
-        if prune not in evaluators:
-            evaluators[prune] = MergeEvaluator(world.model, pool.stack, examples, val, prune=prune,
-                                               population_chunk=chunk)
-        return evaluators[prune]
-
-    return evaluator_for
+    return records, val
 
 
 def run_experiment(
-    world: World,
+    backend,
     spec: ExperimentSpec,
-    settings: MethodSettings,
+    methods: dict[str, MergeMethod],
     validation: ValidationConfig,
     runner_for: Callable[[str], object] | None = None,
-    on_result: Callable[[Run, Outcome, dict], None] | None = None,
-    population_chunk: int | None = None,
+    on_result: Callable[[Run, str, Outcome, dict], None] | None = None,
+    progress: bool = True,
 ) -> dict:
-    """Run every planned cell; returns ``{"methods": {label: {precision, recall, f1, per_task}}}``."""
-    runs = plan_runs(world, spec)
-    log.info("%s: %d runs over %d targets", spec.name, len(runs), len({r.target for r in runs}))
+    """Every method on every planned cell; returns ``{"methods": {label: {precision, recall, f1, per_task}}}``."""
+    check_methods(methods, backend.remote)
+    runs = plan_runs(backend, spec)
+    for r in runs:  # every split is there before anything runs
+        for split in ("validation", "test"):
+            if split not in backend.records.get(r.target, {}):
+                raise EvoMergeInputError(f"data.tasks.{r.target}.{split}: missing (every target needs it)")
+    log.info("%s: %d cells x %d methods over %d targets", spec.name, len(runs), len(methods),
+             len({r.target for r in runs}))
     results: dict[str, dict] = {}
-    groups: dict[tuple, list[Run]] = {}
-    for r in runs:  # one evaluator (validation set, pool) per group; the pool is shared by its runs
-        groups.setdefault((r.target, id(r.pool), r.num_val), []).append(r)
-    for (target, _, num_val), group in groups.items():
-        examples, val = _validation_examples(world, target, spec, validation, num_val)
-        evaluator_for = _evaluator_cache(world, group[0].pool, examples, val, population_chunk)
-
-        singles, tv_cache = None, {}  # shared by the group's runs: one pool, one validation set
-        if any(r.method in ("best_single", "ties", "task_arithmetic", "dare", "dare_ties") for r in group):
-            singles = single_adapter_losses(evaluator_for(settings.prune))
-        outcomes = []
-        for r in group:
-            t0 = time.perf_counter()
-            prune = EVO_VARIANTS.get(r.variant, {}).get("prune", settings.prune) if r.method == "evo_merging" else "A"
-            searches = r.method in ("evo_merging", "lorahub")  # only CMA-ES runs have stages to checkpoint
-            stage_runner = runner_for(f"{target}/{r.label}") if runner_for and searches else None
-            o = run_method(r.method, evaluator_for(prune), r.pool, settings, stage_runner, r.variant, singles,
-                           tv_cache)
-            o.details["search_s"] = time.perf_counter() - t0
-            outcomes.append(o)
-        scores = _test_scores(world, target, outcomes, spec)
-        for r, o, s in zip(group, outcomes, scores, strict=True):
-            cell = {**s, "val_fitness": o.val_fitness, "pool_size": r.pool.num_adapters, **o.details}
-            results.setdefault(r.label, {"per_task": {}})["per_task"][target] = cell
-            log.info("%-28s %-18s F1 %.3f (val %.4f)", r.label, target, s["f1"], o.val_fitness or float("nan"))
+    for r in runs:
+        val_records, val = _validation_records(backend, r.target, r.num_val, validation)
+        cell = backend.open_cell(r.target, r.pool_idx, val_records, val, spec.max_len)
+        try:
+            task = MergeTask(target=r.target, pool_names=cell.pool_names, evaluator_for=cell.evaluator_for,
+                             stack=cell.stack, world=getattr(backend, "world", None), seed=spec.seed,
+                             progress=progress)
+            outcomes, labels = [], []
+            for label, method in methods.items():
+                full = label + r.suffix
+                task.runner = runner_for(f"{r.target}/{full}") if (runner_for and method.searches) else None
+                t0 = time.perf_counter()
+                try:
+                    outcome = method.run(task)
+                finally:
+                    if hasattr(task.runner, "close"):
+                        task.runner.close()
+                outcome.method = full
+                outcome.details["search_s"] = time.perf_counter() - t0
+                outcomes.append(outcome)
+                labels.append(full)
+            test = backend.records[r.target]["test"][: spec.test_examples]
+            texts = backend.answers(cell, outcomes, test, spec.max_len)
+        finally:
+            cell.close()
+        for label, outcome, answers in zip(labels, outcomes, texts, strict=True):
+            s = score(answers, test, backend.task_type(r.target))
+            cell_result = {**s, "val_ce": outcome.val_ce, "val_fitness": outcome.val_fitness,
+                           "pool_size": len(r.pool_idx), **outcome.details}
+            if outcome.genome is not None:
+                cell_result.setdefault("alpha", np.asarray(outcome.genome[0]).tolist())
+                cell_result.setdefault("beta", np.asarray(outcome.genome[1]).tolist())
+            results.setdefault(label, {"per_task": {}})["per_task"][r.target] = cell_result
+            log.info("%-28s %-18s F1 %.3f (val CE %s)", label, r.target, s["f1"],
+                     "n/a" if outcome.val_ce is None else f"{outcome.val_ce:.4f}")
             if on_result is not None:
-                on_result(r, o, cell)
+                on_result(r, label, outcome, cell_result)
     for res in results.values():
         cells = list(res["per_task"].values())
         for key in ("precision", "recall", "f1"):

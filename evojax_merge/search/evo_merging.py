@@ -1,4 +1,4 @@
-"""Evo-Merging's two-stage CMA-ES search and the LoraHub search (methods.md §1, §2).
+"""Evo-Merging's two-stage CMA-ES search and the LoraHub search (docs/methods.md §1, §2).
 
     F(x) = CE(base + merge(pool, alpha, beta)) + λ · mean_i |x_i|
 

@@ -1,6 +1,6 @@
 """Genome encodings: what vector CMA-ES searches, its bounds, and how it maps to (alpha, beta).
 
-Evo-Merging searches two vectors of length N in two stages (methods.md §1):
+Evo-Merging searches two vectors of length N in two stages (docs/methods.md §1):
 
     stage 1 (denoising):           x = alpha ∈ [0, 1]^N,       beta = 1/N fixed
     stage 2 (sign-aware scaling):  x = beta  ∈ [-1.5, 1.5]^N,  alpha = stage 1's best

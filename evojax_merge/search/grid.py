@@ -1,4 +1,4 @@
-"""White-box baselines given their best chance (methods.md §1): a pre-selection of the top
+"""White-box baselines given their best chance (docs/methods.md §1): a pre-selection of the top
 adapters on the validation set, then a grid over λ and density scored by validation loss.
 
     task arithmetic: λ · Σ τ_i                       λ ∈ lambdas

@@ -1,4 +1,4 @@
-"""The black-box merge service (methods.md §1): the provider holds the model and the pool, the
+"""The black-box merge service (docs/methods.md §1): the provider holds the model and the pool, the
 user sends control vectors and gets back losses or text, never a weight.
 
 - :func:`create_app` builds the FastAPI app over a :class:`ProviderState` and :class:`ServiceSettings`;

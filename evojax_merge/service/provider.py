@@ -22,6 +22,7 @@ from flax import nnx
 from evojax_merge.data.batching import encode_examples, encode_prompts, special_ids
 from evojax_merge.data.records import load_records
 from evojax_merge.errors import EvoMergeInputError
+from evojax_merge.eval.evaluate import decode_answers
 from evojax_merge.eval.generate import greedy_generate
 from evojax_merge.lora import LoraPool, load_pool
 from evojax_merge.merge import evo_merge
@@ -137,9 +138,4 @@ def generate_texts(state: ProviderState, session, alpha: np.ndarray, beta: np.nd
         tokens = _greedy(state.model, jnp.asarray(ids), jnp.asarray(lengths), max_new_tokens=_pow2(max_new_tokens),
                          eos_id=-1 if eos is None else int(eos), pad_id=pad, lora=adapter)
         tokens = np.asarray(tokens)[:b, :max_new_tokens]
-    texts = []
-    for row in tokens.tolist():
-        if eos is not None and eos in row:
-            row = row[: row.index(eos)]
-        texts.append(state.tokenizer.decode(row, skip_special_tokens=True))
-    return texts
+    return decode_answers(state.tokenizer, tokens, eos)

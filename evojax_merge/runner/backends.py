@@ -1,0 +1,167 @@
+"""Where an experiment's merges are evaluated: in this process (the weights are ours) or through a
+black-box merge service (only control vectors leave, only losses and texts come back).
+
+Both backends answer the same questions, so one experiment engine drives both:
+
+- the catalog: adapter names, which task each adapter was trained on, the task records;
+- ``open_cell(target, pool_idx, val_records, validation, max_len)``: a :class:`Cell` whose
+  ``evaluator_for(prune)`` scores populations of ``(alpha, beta)`` on that pool;
+- ``answers(cell, outcomes, records)``: each outcome's greedy test answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from evojax_merge.data.batching import encode_examples
+from evojax_merge.errors import EvoMergeInputError
+from evojax_merge.eval.evaluate import generate_for_population
+from evojax_merge.methods.base import Outcome
+from evojax_merge.models.delta import fold_into_params
+from evojax_merge.search.fitness import MergeEvaluator, ValidationConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Cell:
+    """One (target, pool, validation set): what its methods share."""
+
+    target: str
+    pool_idx: list[int]
+    pool_names: list[str]
+    evaluator_for: Callable[[str], object]
+    stack: object = None  # the pool's LoraStack when the weights are ours
+    close: Callable[[], None] = lambda: None
+
+
+class LocalBackend:
+    """The world's model and pool, in this process."""
+
+    remote = False
+
+    def __init__(self, world, max_new_tokens: int, population_chunk: int | str | None = "auto",
+                 progress: bool = True):
+        self.world = world
+        self.names = list(world.pool.names)
+        self.records = world.records
+        self.max_new_tokens = max_new_tokens
+        self.population_chunk = population_chunk
+        self.progress = progress
+
+    def own_adapter(self, task: str) -> str | None:
+        return self.world.own_adapter(task)
+
+    def task_type(self, task: str) -> str:
+        return self.world.task_type(task)
+
+    def open_cell(self, target: str, pool_idx: Sequence[int], val_records: list[dict],
+                  validation: ValidationConfig, max_len: int) -> Cell:
+        pool = self.world.pool.subset(list(pool_idx))
+        examples = encode_examples(val_records, self.world.tokenizer, max_len=max_len)
+        evaluators: dict[str, MergeEvaluator] = {}
+
+        def evaluator_for(prune: str) -> MergeEvaluator:
+            if prune not in evaluators:
+                evaluators[prune] = MergeEvaluator(self.world.model, pool.stack, examples, validation, prune=prune,
+                                                   population_chunk=self.population_chunk)
+            return evaluators[prune]
+
+        return Cell(target, list(pool_idx), list(pool.names), evaluator_for, pool.stack)
+
+    def answers(self, cell: Cell, outcomes: list[Outcome], records: list[dict], max_len: int) -> list[list[str]]:
+        """Greedy test answers of every outcome; the adapter ones in batched calls."""
+        world, texts = self.world, {}
+        lora_idx = [i for i, o in enumerate(outcomes) if o.adapter is not None and o.model is None]
+        if lora_idx:
+            stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[outcomes[i].adapter for i in lora_idx])
+            outs = generate_for_population(world.model, world.tokenizer, stacked, records, max_len,
+                                           self.max_new_tokens)
+            texts.update(zip(lora_idx, outs, strict=True))
+        split = None
+        for i, o in enumerate(outcomes):
+            if i in texts:
+                continue
+            model = world.model
+            if o.model is not None:
+                model = o.model
+            elif o.delta is not None:
+                from flax import nnx
+
+                split = split or nnx.split(world.model)
+                model = nnx.merge(split[0], fold_into_params(split[1], o.delta))
+            texts[i] = generate_for_population(model, world.tokenizer, None, records, max_len, self.max_new_tokens)[0]
+        return [texts[i] for i in range(len(outcomes))]
+
+
+class RemoteBackend:
+    """A merge service's pool. Adapter ``name`` was trained on task ``adapter_tasks.get(name, name)``."""
+
+    remote = True
+
+    def __init__(self, service_cfg: dict, records: dict, max_new_tokens: int,
+                 adapter_tasks: dict[str, str] | None = None):
+        from evojax_merge.service.client import list_pools
+
+        self.url, self.key = service_cfg["url"], service_cfg.get("api_key")
+        self.pool_id = service_cfg.get("pool_id", "default")
+        self.timeout = float(service_cfg.get("timeout_s", 600.0))
+        if not self.url:
+            raise EvoMergeInputError("service.url: missing (the merge service's address)")
+        if not self.key:
+            raise EvoMergeInputError("service.api_key: missing (set it or EVOJAX_MERGE_API_KEY)")
+        served = list_pools(self.url, self.key, timeout=self.timeout)
+        pools = {p["id"]: p for p in served["pools"]}
+        self.max_prompts = int(served.get("limits", {}).get("max_prompts", 64))  # per generate request
+        if self.pool_id not in pools:
+            raise EvoMergeInputError(f"service.pool_id: {self.pool_id!r} is not served (served: {', '.join(pools)})")
+        self.names = list(pools[self.pool_id]["adapters"])
+        self.adapter_tasks = {n: (adapter_tasks or {}).get(n, n) for n in self.names}
+        self.records = records
+        self.max_new_tokens = max_new_tokens
+
+    def own_adapter(self, task: str) -> str | None:
+        return next((a for a, t in self.adapter_tasks.items() if t == task), None)
+
+    def task_type(self, task: str) -> str:
+        return task.split("_", 1)[0]
+
+    def open_cell(self, target: str, pool_idx: Sequence[int], val_records: list[dict],
+                  validation: ValidationConfig, max_len: int) -> Cell:
+        from evojax_merge.service.client import RemoteMergeService
+
+        names = [self.names[i] for i in pool_idx]
+        sessions: dict[str, RemoteMergeService] = {}
+
+        def evaluator_for(prune: str) -> RemoteMergeService:
+            if prune not in sessions:
+                sessions[prune] = RemoteMergeService(self.url, self.key, self.pool_id, records=val_records,
+                                                     adapters=names, validation=validation, prune=prune,
+                                                     max_len=max_len, timeout=self.timeout)
+            return sessions[prune]
+
+        def close() -> None:
+            for s in sessions.values():
+                s.close()
+
+        return Cell(target, list(pool_idx), names, evaluator_for, None, close)
+
+    def answers(self, cell: Cell, outcomes: list[Outcome], records: list[dict], max_len: int) -> list[list[str]]:
+        out = []
+        for o in outcomes:
+            if o.genome is None:
+                raise EvoMergeInputError(f"method {o.method}: its result is not a control vector, "
+                                         "so a merge service cannot generate with it")
+            alpha, beta = (np.asarray(v, np.float32) for v in o.genome)
+            service, texts = cell.evaluator_for(o.prune), []
+            for start in range(0, len(records), self.max_prompts):  # within the service's request limit
+                texts += service.generate(alpha, beta, records[start: start + self.max_prompts],
+                                          max_new_tokens=self.max_new_tokens)
+            out.append(texts)
+        return out
