@@ -6,6 +6,8 @@ import sys
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # subprocesses
+
 EXPERIMENTS = ["ood", "id", "distractors", "pool_size", "val_size", "ablation", "smoke"]
 
 

@@ -102,6 +102,7 @@ def reference(tmp_path_factory, env) -> dict:
     return read_result(run_dir / "result.json")
 
 
+@pytest.mark.slow
 def test_sigkill_twice_then_resume_is_bit_identical(tmp_path, env, reference):
     rng = np.random.default_rng(2024)
     kill_1 = int(rng.integers(1, G1))  # inside stage 1
@@ -134,6 +135,7 @@ def sigterm_run(tmp_path_factory, env) -> tuple[Path, str, int]:
     return run_dir, out, target
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_zero_and_resumes(tmp_path, env, reference, sigterm_run):
     src, out, target = sigterm_run
     line = next(line for line in out.splitlines() if line.startswith("PREEMPTED "))
@@ -148,6 +150,7 @@ def test_sigterm_saves_exits_zero_and_resumes(tmp_path, env, reference, sigterm_
     _assert_identical(run_dir, reference)
 
 
+@pytest.mark.slow
 def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, env, reference, sigterm_run):
     src, _, _ = sigterm_run
     run_dir = tmp_path / "run"

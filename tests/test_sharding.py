@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # subprocesses
 
 DRIVER = Path(__file__).with_name("search_driver.py")
 

@@ -17,7 +17,7 @@ from evojax_merge.data.prompt import format_answer, format_prompt
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.eval.metrics import parse_output
 from evojax_merge.zoo.tasks import TASK_TYPES, ZooConfig, generate_task
-from evojax_merge.zoo.tokenizer import build_zoo_tokenizer, tidy_decoded
+from evojax_merge.zoo.tokenizer import build_zoo_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,6 @@ def test_answers_round_trip_through_decode(tok):
             assert tok.unk_token_id not in ids
             decoded = tok.decode(ids)
             assert parse_output(decoded, t) == parse_output(rec["output"], t)
-            assert tidy_decoded(decoded) == rec["output"]
 
 
 def test_prompt_template():

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 ANSWER_CUE = "Answer:"
-TEMPLATE_WORDS = ("User:", "Assistant:", "Instruction:", "Input:", ANSWER_CUE)
 
 
 def format_prompt(record: Mapping[str, object]) -> str:

@@ -5,13 +5,6 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from evojax_merge.lora.adapter import LoraAdapter
-
-
-def dense_delta(adapter: LoraAdapter) -> dict[str, jax.Array]:
-    """``ΔW^m = s · B^m A^m`` for every module of the adapter."""
-    return {m: adapter.scale * (adapter.B[m] @ adapter.A[m]) for m in adapter.A}
-
 
 def fold_into_params(params: nnx.State, delta: dict[str, jax.Array]) -> nnx.State:
     """Base parameters (an ``nnx.State`` of the model) with ``delta[m]`` added to module m's weight."""

@@ -12,15 +12,13 @@ far more easily than a copy of BPE pieces whose split depends on context.
   single letters, digits and ASCII punctuation, sorted: deterministic, no frequency cut.
 - Decoding joins tokens with single spaces: ``"person: john smith; city: paris"`` comes back
   as ``"person : john smith ; city : paris"``. :func:`evojax_merge.eval.metrics.canonical`
-  compares in exactly that spacing, so the parsed tuples are the same; :func:`tidy_decoded`
-  restores the written spacing for display.
+  compares in exactly that spacing, so the parsed tuples are the same.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import string
 from collections.abc import Iterable
 from pathlib import Path
@@ -102,9 +100,3 @@ def build_zoo_tokenizer(
     if out_dir is not None:
         save_tokenizer(tok, out_dir)
     return tok
-
-
-def tidy_decoded(text: str) -> str:
-    """Undo the word-level decoder's spacing: ``"( a , b ) ; c : d"`` -> ``"(a, b); c: d"``."""
-    text = re.sub(r"\s+([,;:.!?)])", r"\1", text)
-    return re.sub(r"\(\s+", "(", text).strip()
