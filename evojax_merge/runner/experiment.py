@@ -215,6 +215,8 @@ def run_experiment(
         scores = _test_scores(world, target, outcomes, spec)
         for r, o, s in zip(group, outcomes, scores, strict=True):
             cell = {**s, "val_fitness": o.val_fitness, "pool_size": r.pool.num_adapters, **o.details}
+            if "alpha" in cell:  # the report's heatmaps: which adapter each alpha/beta entry belongs to
+                cell["adapters"] = list(r.pool.names)
             results.setdefault(r.label, {"per_task": {}})["per_task"][target] = cell
             log.info("%-28s %-18s F1 %.3f (val %.4f)", r.label, target, s["f1"], o.val_fitness or float("nan"))
             if on_result is not None:
