@@ -99,7 +99,7 @@ def build_report(paths: Sequence[str | Path], out: str | Path | None = None, wan
     gaps = top_two_gaps(stats)
     out = Path(out) if out is not None else default_out(paths)
     first = runs[0]
-    title = f"{first.experiment} ({first.setting})"
+    title = f"{first.experiment} ({first.setting} setting)"
     common = os.path.commonpath([str(r.path) for r in runs])
     if len(runs) == 1:
         common = str(runs[0].path.parent)
@@ -110,7 +110,8 @@ def build_report(paths: Sequence[str | Path], out: str | Path | None = None, wan
     try:
         figures = _figures(runs, stats, title, staging / FIGURES)
         text = report_markdown(first.experiment, first.setting, stats, gaps, figures,
-                               provenance_section(runs, common, report_prov["command"], report_prov["git_commit"]))
+                               provenance_section(runs, common, report_prov["command"], report_prov["git_commit"],
+                                                  report_prov["git_dirty"]))
         (staging / "REPORT.md").write_text(text, encoding="utf-8")
         _install(staging, out)
     finally:

@@ -86,7 +86,8 @@ def size_table(stats: Mapping[str, LabelStats], param: str) -> str | None:
     return _table(["method", *[f"{param}={c}" for c in columns]], rows)
 
 
-def provenance_section(runs: Sequence, common: str, report_command: str, report_commit: str | None) -> str:
+def provenance_section(runs: Sequence, common: str, report_command: str, report_commit: str | None,
+                       report_dirty: bool | None = None) -> str:
     """Which commands and commits produced the runs (``unknown`` where a run did not record it)."""
     commits = {_commit(r) for r in runs}
     if len(commits) == 1:
@@ -96,7 +97,9 @@ def provenance_section(runs: Sequence, common: str, report_command: str, report_
     rows = [[str(r.seed), f"`{_rel(r.path, common)}`", f"`{r.command}`" if r.command else "unknown",
              r.command_source, _commit(r)] for r in sorted(runs, key=lambda r: (r.seed, str(r.path)))]
     table = _table(["seed", "run directory", "command", "command from", "commit"], rows)
-    made = f"`{report_commit[:12]}`" if report_commit else "unknown"
+    made = "unknown"
+    if report_commit:
+        made = f"`{report_commit[:12]}`" + (" with uncommitted changes" if report_dirty else "")
     return (f"{summary}\n\nRun directories under `{common}`:\n\n{table}\n\n"
             f"This report: `{report_command}` (commit {made}).")
 

@@ -137,8 +137,7 @@ def genome_figure(label: str, adapters: Sequence[str], targets: Sequence[str], a
     panels = ((ax_a, alpha, "viridis", {"vmin": a_lo, "vmax": a_hi}, "α (keep fraction)"),
               (ax_b, beta, "RdBu_r", {"norm": TwoSlopeNorm(0.0, -limit, limit)}, "β (signed scale)"))
     for ax, data, cmap_name, scale, title in panels:
-        cmap = matplotlib.colormaps[cmap_name].copy()
-        cmap.set_bad("0.85")
+        cmap = matplotlib.colormaps[cmap_name].with_extremes(bad="0.85")
         image = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap=cmap, interpolation="nearest", **scale)
         fig.colorbar(image, ax=ax, shrink=0.8)
         ax.set_title(title, fontsize=10)
@@ -168,9 +167,10 @@ def f1_bars(title: str, stats: Sequence[LabelStats], path: Path) -> Path:
     ax.bar(x, means, yerr=errors, capsize=4, color="C0", alpha=0.75, label="mean ± std over seeds")
     for i, s in enumerate(ordered):
         ys = list(s.per_seed.values())
-        ax.scatter([i] * len(ys), ys, color="black", s=10, zorder=3, label="one seed" if i == 0 else None)
+        ax.scatter([i] * len(ys), ys, color="black", s=10, zorder=3, label="each seed" if i == 0 else None)
         if s.vs_best_single is not None and s.vs_best_single.marked:
-            ax.annotate("*", (i, means[i] + errors[i]), ha="center", va="bottom", fontsize=14)
+            ax.annotate("*", (i, means[i] + errors[i]), xytext=(0, 3), textcoords="offset points", ha="center",
+                        va="bottom", fontsize=14)
     ax.set_xticks(x, [s.label for s in ordered], rotation=40, ha="right", fontsize=8)
     ax.set_ylabel("test F1 ×100")
     ax.set_ylim(bottom=0)

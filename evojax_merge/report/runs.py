@@ -49,6 +49,8 @@ class RunRecord:
 def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     """Each path is a run directory, or a folder (a Hydra multirun sweep) whose job directories are.
 
+    Runs keep the order of ``paths``: the first run is the reference the others must match.
+
     A job directory (it has ``.hydra/``) without ``results.json`` is an error: a failed or unfinished run.
     """
     found: list[Path] = []
@@ -69,8 +71,7 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
         if not runs:
             raise EvoMergeInputError(f"{root / RESULTS}: not found, and no run directory below {root}")
         found.extend(runs)
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return sorted(unique)
+    return list(dict.fromkeys(p.resolve() for p in found))  # the order given; sorted within a folder
 
 
 def _number(value: Any, where: str) -> float:
