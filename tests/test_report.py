@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -300,13 +301,15 @@ def test_cli_module_entry_point(tmp_path):
     assert "broken/results.json: malformed JSON" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_wandb_offline_gets_the_tables_and_images(tmp_path, monkeypatch):
+def test_wandb_offline_gets_the_tables_and_images(tmp_path):
     from wandb_offline import read_records
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "out"
-    build_report(three_seeds(tmp_path), out, wandb=True)
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    # a process of its own, as the CLI runs: its exit flushes the offline run file
+    proc = subprocess.run([sys.executable, "-m", "evojax_merge.report", *map(str, three_seeds(tmp_path)), "--out",
+                           str(out), "--wandb"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
     files = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1
     keys, summary = set(), {}
