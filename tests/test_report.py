@@ -122,6 +122,8 @@ def test_report_markdown_tables(tmp_path):
     assert "All runs come from commit `0123456789ab`." in text
     assert "`python -m evojax_merge.train +experiment=ood seed=1`" in text
     assert "Only" not in text
+    assert ("- Evo-Merging > LoraHub > TA/TIES: **held** (`evo_merging` 32.00, `lorahub` 30.00, `ties` 22.00)."
+            in text)
 
 
 def _check_png(path: Path) -> None:
@@ -204,6 +206,8 @@ def test_hydra_multirun_directory(tmp_path):
             "hydra:\n  overrides:\n    hydra:\n    - hydra.mode=MULTIRUN\n    task:\n    - +experiment=ood\n"
             f"    - seed={s}\n")
     assert [p.name for p in find_run_dirs([tmp_path / "multirun"])] == ["0_seed=0", "1_seed=1", "2_seed=2"]
+    assert [p.name for p in find_run_dirs([sweep / "2_seed=2" / "results.json", sweep])] == [
+        "2_seed=2", "0_seed=0", "1_seed=1"]  # a results.json names its run; the given order is kept, once each
     text = build_report([sweep], wandb=False).read_text()  # default out: <sweep>/report
     assert (sweep / "report" / "REPORT.md").is_file()
     assert "| `evo_merging` | 3 | 32.00 ± 2.00 | +10.00 ± 1.73 \\* |" in text
@@ -322,3 +326,28 @@ def test_wandb_offline_gets_the_tables_and_images(tmp_path):
     assert {"report/methods", "report/per_seed", "report/per_target", "report/f1_bars",
             "report/genome_evo_merging", "report/fitness_lorahub"} <= keys
     assert "report_md" in summary and "32.00 ± 2.00" in json.loads(summary["report_md"])
+
+
+def test_paper_predictions_held_or_not_by_hand():
+    from evojax_merge.report.predictions import check_predictions
+
+    def stats_of(f1: dict[str, tuple[float, ...]]):
+        return label_stats({s: {k: {"f1": v[s] / 100, "precision": 0.0, "recall": 0.0, "per_task": {}}
+                                for k, v in f1.items()} for s in range(3)})
+
+    checked = check_predictions(stats_of({
+        "evo_merging": (40, 42, 44), "best_single": (31, 30, 35), "lorahub": (35, 35, 35), "ties": (36, 30, 30),
+        "task_arithmetic": (20, 20, 20), "evo_merging[no_scale]": (10, 10, 10),
+        "evo_merging[no_denoise]": (20, 20, 20), "evo_merging[no_sign_flip]": (15, 16, 11)}))
+    # evo - best = 9 12 9: mean 10 (>= 10), std sqrt 3, SE 1; evo 42 > lorahub 35 > max(ties 32, TA 20); 10 < 14, 20
+    assert [(p.held, p.evidence) for p in checked] == [
+        (True, "gap +10.00 ± 1.00 SE (beyond 2 SE), seeds 0, 1, 2"),
+        (True, "`evo_merging` 42.00, `lorahub` 35.00, `task_arithmetic` 20.00, `ties` 32.00"),
+        (True, "`evo_merging[no_scale]` 10.00, `evo_merging[no_denoise]` 20.00, `evo_merging[no_sign_flip]` 14.00")]
+    checked = check_predictions(stats_of({
+        "evo_merging": (40, 41, 42), "best_single": (31, 32, 33), "lorahub": (30, 30, 30), "ties": (31, 31, 31),
+        "evo_merging[no_scale]": (15, 15, 15), "evo_merging[no_denoise]": (20, 20, 20),
+        "evo_merging[no_sign_flip]": (15, 15, 15)}))
+    # gap 9 < 10; lorahub 30 < ties 31; no_scale ties no_sign_flip: not strictly the worst
+    assert [p.held for p in checked] == [False, False, False]
+    assert check_predictions(stats_of({"uniform": (1, 2, 3), "base": (0, 0, 0)})) == []

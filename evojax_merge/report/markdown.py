@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from evojax_merge.report.predictions import check_predictions
 from evojax_merge.report.stats import BEST_SINGLE, Gap, LabelStats, Summary, split_label, suffix
 
 MARK = "\\*"  # Markdown-escaped asterisk
@@ -135,6 +136,11 @@ def report_markdown(experiment: str, setting: str, stats: Mapping[str, LabelStat
     parts += ["## Methods", methods_table(stats)]
     if gaps:
         parts.append(top_two_lines(gaps))
+    checked = check_predictions(stats)
+    if checked:
+        parts += ["## The paper's predictions", "Hypotheses this world tests, not targets: each held or not on the "
+                  "mean F1 over seeds.", "\n".join(f"- {p.claim}: **{'held' if p.held else 'not held'}** "
+                                                   f"({p.evidence})." for p in checked)]
     parts += ["## F1 per target", per_target_table(stats), "## F1 per seed", per_seed_table(stats)]
     for param, title in (("N", "Pool size"), ("V", "Validation size")):
         table = size_table(stats, param)

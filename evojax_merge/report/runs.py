@@ -56,6 +56,8 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     found: list[Path] = []
     for given in paths:
         root = Path(given)
+        if root.is_file() and root.name == RESULTS:  # a results.json itself: its run directory
+            root = root.parent
         if not root.is_dir():
             raise EvoMergeInputError(f"{root}: not a directory")
         runs = []
