@@ -44,8 +44,9 @@ def check_predictions(stats: Mapping[str, LabelStats]) -> list[Prediction]:
             g = evo.vs_best_single
             seeds = ", ".join(map(str, sorted(set(evo.per_seed) & set(best.per_seed))))
             beyond = "beyond" if g.marked else "within"
-            out.append(Prediction(f"Evo-Merging at least 10 F1 above the best single adapter{where}", g.mean >= 10 - EPS,
-                                  f"gap {g.mean:+.2f} ± {g.se:.2f} SE ({beyond} 2 SE), seeds {seeds}"))
+            evidence = f"gap {g.mean:+.2f} ± {g.se:.2f} SE ({beyond} 2 SE), seeds {seeds}"
+            out.append(Prediction(f"Evo-Merging at least 10 F1 above the best single adapter{where}",
+                                  g.mean >= 10 - EPS, evidence))
         baselines = [stats[b + key] for b in BASELINES if b + key in stats]
         if evo is not None and hub is not None and baselines:
             held = evo.f1.mean > hub.f1.mean > max(b.f1.mean for b in baselines)
