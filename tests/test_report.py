@@ -351,3 +351,13 @@ def test_paper_predictions_held_or_not_by_hand():
     # gap 9 < 10; lorahub 30 < ties 31; no_scale ties no_sign_flip: not strictly the worst
     assert [p.held for p in checked] == [False, False, False]
     assert check_predictions(stats_of({"uniform": (1, 2, 3), "base": (0, 0, 0)})) == []
+
+
+def test_provenance_is_this_checkout():
+    from evojax_merge.provenance import provenance
+
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    prov = provenance("evojax_merge.train", ["+experiment=smoke", "seed=1", "note=a b"])
+    assert prov["command"] == "python -m evojax_merge.train +experiment=smoke seed=1 'note=a b'"
+    assert prov["git_commit"] == head and isinstance(prov["git_dirty"], bool)

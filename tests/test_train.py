@@ -93,3 +93,21 @@ def test_remote_run_through_a_real_service(tmp_path, smoke_run):
             ref = local["methods"][method]["per_task"][target]
             assert abs(cell["val_fitness"] - ref["val_fitness"]) < 1e-4, (method, target, cell, ref)
     assert key not in (run_dir / "config_resolved.json").read_text()
+
+
+def test_report_on_the_smoke_run(smoke_run, tmp_path):
+    """The seeded report reads a real run: provenance, adapter names, fitness and genome figures."""
+    from evojax_merge.report import build_report
+
+    out, _ = smoke_run
+    results = json.loads((out / "results.json").read_text())
+    assert results["provenance"]["command"].startswith("python -m evojax_merge.train +experiment=smoke")
+    assert len(results["provenance"]["git_commit"]) == 40
+    for cell in results["methods"]["evo_merging"]["per_task"].values():
+        assert len(cell["adapters"]) == 8 and len(set(cell["adapters"])) == 8
+    text = build_report([out], tmp_path / "report", wandb=False).read_text()
+    assert "**Only 1 seed:**" in text and "| `evo_merging` | 1 |" in text
+    assert results["provenance"]["git_commit"][:12] in text
+    figures = {p.name for p in (tmp_path / "report" / "figures").iterdir()}
+    assert figures == {"f1_bars.png", "fitness_evo_merging.png", "fitness_lorahub.png", "genome_evo_merging.png",
+                       "genome_lorahub.png"}
