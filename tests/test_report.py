@@ -245,6 +245,9 @@ def test_bad_input_errors_name_the_file(tmp_path, capsys):
     empty.mkdir()
     assert f"{empty}/results.json: not found" in _error([str(empty), *out], capsys)
     assert "not a directory" in _error([str(tmp_path / "nope"), *out], capsys)
+    (tmp_path / "afile").write_text("x")
+    assert f"{tmp_path / 'afile'}: --out exists and is not a directory" in _error(
+        [*map(str, good), "--out", str(tmp_path / "afile")], capsys)
 
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
@@ -294,6 +297,7 @@ def test_cli_module_entry_point(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "o" / "REPORT.md").is_file()
+    assert "| `ties` | 3 | 22.00 ± 1.00 | +0.00 ± 1.53 |" in proc.stdout  # the methods table, printed
     bad = subprocess.run([sys.executable, "-m", "evojax_merge.report", str(tmp_path)], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)  # run0..2 plus the report dir o/: fine; add a corrupt run
     assert bad.returncode == 0, bad.stderr

@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     except EvoMergeInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"report written to {path}")
+    methods = path.read_text(encoding="utf-8").split("## Methods\n\n", 1)[-1].split("\n\n", 1)[0]
+    print(f"{methods}\n\nreport written to {path}")
     return 0
 
 

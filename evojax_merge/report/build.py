@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.provenance import provenance
 from evojax_merge.report import plots
 from evojax_merge.report.markdown import provenance_section, report_markdown
@@ -28,7 +29,9 @@ def _slug(label: str) -> str:
 
 def default_out(paths: Sequence[str | Path]) -> Path:
     """``report/`` in the deepest folder holding every given path."""
-    return Path(os.path.commonpath([str(Path(p).resolve()) for p in paths])) / "report"
+    folders = [Path(p).resolve() for p in paths]
+    folders = [p.parent if p.is_file() else p for p in folders]
+    return Path(os.path.commonpath([str(p) for p in folders])) / "report"
 
 
 def _figures(runs: Sequence[RunRecord], stats: dict[str, LabelStats], title: str, where: Path) -> list[tuple[str, str]]:
@@ -98,6 +101,8 @@ def build_report(paths: Sequence[str | Path], out: str | Path | None = None, wan
     stats = label_stats(group_by_seed(runs))
     gaps = top_two_gaps(stats)
     out = Path(out) if out is not None else default_out(paths)
+    if out.exists() and not out.is_dir():
+        raise EvoMergeInputError(f"{out}: --out exists and is not a directory")
     first = runs[0]
     title = f"{first.experiment} ({first.setting} setting)"
     common = os.path.commonpath([str(r.path) for r in runs])
