@@ -23,6 +23,10 @@ class NullTracker:
     def log_adapter(self, name: str, directory: Path) -> None:
         pass
 
+    def log_report(self, tables: dict[str, tuple[list[str], list[list]]], images: dict[str, Path],
+                   markdown: str) -> None:
+        pass
+
     def finish(self) -> None:
         pass
 
@@ -61,6 +65,14 @@ class WandbTracker(NullTracker):
         artifact = self._wandb.Artifact(name.replace("/", "-").replace("[", "-").replace("]", ""), type="lora-adapter")
         artifact.add_dir(str(directory))
         self.run.log_artifact(artifact)
+
+    def log_report(self, tables: dict[str, tuple[list[str], list[list]]], images: dict[str, Path],
+                   markdown: str) -> None:
+        """A seeded report (``python -m evojax_merge.report``): its tables, its PNGs and its Markdown."""
+        data = {name: self._wandb.Table(columns=columns, data=rows) for name, (columns, rows) in tables.items()}
+        data.update({name: self._wandb.Image(str(path)) for name, path in images.items()})
+        self.run.log(data)
+        self.run.summary["report_md"] = markdown
 
     def finish(self) -> None:
         self.run.finish()

@@ -200,8 +200,10 @@ def write_search_results(out_dir: Path, searches: dict[str, dict], seed: int) ->
 
 
 def finish(results: dict, spec, out_dir: Path, tracker) -> dict:
+    from evojax_merge.provenance import provenance
     from evojax_merge.runner.report import results_table, write_results
 
+    results["provenance"] = provenance("evojax_merge.train")  # read by python -m evojax_merge.report
     table = results_table(results)
     write_results(out_dir, results, f"{spec.name}: {spec.setting} setting")
     tracker.log_results(results, table)

@@ -119,3 +119,21 @@ def test_a_white_box_method_remotely_is_a_one_line_error(tmp_path):
         capture_output=True, text=True, timeout=120, env={**os.environ, "EVOJAX_MERGE_API_KEY": "k" * 20})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: method.ties: needs the pool's weights")
+
+
+def test_report_on_the_smoke_run(smoke_run, tmp_path):
+    """The seeded report reads a real run: provenance, adapter names, fitness and genome figures."""
+    from evojax_merge.report import build_report
+
+    out, _ = smoke_run
+    results = json.loads((out / "results.json").read_text())
+    assert results["provenance"]["command"].startswith("python -m evojax_merge.train +experiment=smoke")
+    assert len(results["provenance"]["git_commit"]) == 40
+    for cell in results["methods"]["evo_merging"]["per_task"].values():
+        assert len(cell["adapters"]) == 8 and len(set(cell["adapters"])) == 8
+    text = build_report([out], tmp_path / "report", wandb=False).read_text()
+    assert "**Only 1 seed:**" in text and "| `evo_merging` | 1 |" in text
+    assert results["provenance"]["git_commit"][:12] in text
+    figures = {p.name for p in (tmp_path / "report" / "figures").iterdir()}
+    assert figures == {"f1_bars.png", *(f"{kind}_{m}.png" for kind in ("fitness", "genome")
+                                        for m in ("evo_merging", "lorahub", "lorahub_original"))}

@@ -177,6 +177,7 @@ def run_experiment(
             if outcome.genome is not None:
                 cell_result.setdefault("alpha", np.asarray(outcome.genome[0]).tolist())
                 cell_result.setdefault("beta", np.asarray(outcome.genome[1]).tolist())
+                cell_result.setdefault("adapters", list(cell.pool_names))  # what each genome entry weighs
             results.setdefault(label, {"per_task": {}})["per_task"][r.target] = cell_result
             log.info("%-28s %-18s F1 %.3f (val CE %s)", label, r.target, s["f1"],
                      "n/a" if outcome.val_ce is None else f"{outcome.val_ce:.4f}")

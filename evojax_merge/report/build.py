@@ -1,0 +1,144 @@
+"""Build a seeded report from run directories: REPORT.md plus figures/, and optionally W&B.
+
+Everything is read and checked before anything is written; the files are made in a staging
+directory next to the output and moved in at the end, so a failure leaves no half-written report.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from evojax_merge.errors import EvoMergeInputError
+from evojax_merge.provenance import provenance
+from evojax_merge.report import plots
+from evojax_merge.report.markdown import provenance_section, report_markdown
+from evojax_merge.report.runs import RunRecord, check_same_experiment, find_run_dirs, group_by_seed, load_run
+from evojax_merge.report.stats import LabelStats, label_stats, size_series, top_two_gaps
+
+FIGURES = "figures"
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9=.-]+", "_", label)).strip("_")
+
+
+def default_out(paths: Sequence[str | Path]) -> Path:
+    """``report/`` in the deepest folder holding every given path."""
+    folders = [Path(p).resolve() for p in paths]
+    folders = [p.parent if p.is_file() else p for p in folders]
+    return Path(os.path.commonpath([str(p) for p in folders])) / "report"
+
+
+def _figures(runs: Sequence[RunRecord], stats: dict[str, LabelStats], title: str, where: Path) -> list[tuple[str, str]]:
+    """Draw every figure into ``where``; returns ``(caption, path relative to the report)``."""
+    where.mkdir(parents=True, exist_ok=True)
+    made: list[tuple[str, str]] = []
+
+    def add(caption: str, name: str) -> Path:
+        made.append((caption, f"{FIGURES}/{name}"))
+        return where / name
+
+    plots.f1_bars(title, list(stats.values()), add("test F1 per method, mean ± std over seeds", "f1_bars.png"))
+    for param, xlabel in (("N", "pool size N (adapters)"), ("V", "validation examples V")):
+        series = size_series(stats, param)
+        if series:
+            plots.size_curves(f"{title}: F1 against {xlabel}", xlabel, series,
+                              add(f"F1 against {xlabel}", f"{'pool' if param == 'N' else 'val'}_size.png"))
+    for label in plots.searched_labels(runs):
+        curves = plots.collect_fitness(runs, label)
+        if curves:
+            plots.fitness_figure(label, curves, add(f"{label}: best and mean fitness per generation",
+                                                    f"fitness_{_slug(label)}.png"))
+        adapters, targets, alpha, beta, seeds = plots.collect_genomes(runs, label)
+        if adapters:
+            plots.genome_figure(label, adapters, targets, alpha, beta, seeds,
+                                add(f"{label}: α and β, adapters × targets", f"genome_{_slug(label)}.png"))
+    return made
+
+
+def _install(staging: Path, out: Path) -> None:
+    """Move the staged REPORT.md and figures/ into ``out`` (replacing a previous report's)."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    old = out / FIGURES
+    trash = staging / ".old-figures"
+    if old.exists():
+        os.replace(old, trash)
+    os.replace(staging / FIGURES, old)
+    os.replace(staging / "REPORT.md", out / "REPORT.md")
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def wandb_tables(stats: dict[str, LabelStats]) -> dict[str, tuple[list[str], list[list]]]:
+    summary = [[s.label, s.f1.n, s.f1.mean, s.f1.std, s.precision.mean, s.recall.mean,
+                None if s.vs_best_single is None else s.vs_best_single.mean,
+                None if s.vs_best_single is None else s.vs_best_single.se,
+                bool(s.vs_best_single and s.vs_best_single.marked)] for s in stats.values()]
+    per_seed = [[s.label, seed, f1] for s in stats.values() for seed, f1 in s.per_seed.items()]
+    per_target = [[s.label, t, v.mean, v.std, v.n] for s in stats.values() for t, v in s.per_target.items()]
+    return {
+        "report/methods": (["method", "n", "f1_mean", "f1_std", "precision_mean", "recall_mean",
+                            "gap_vs_best_single", "gap_se", "gap_over_2se"], summary),
+        "report/per_seed": (["method", "seed", "f1"], per_seed),
+        "report/per_target": (["method", "target", "f1_mean", "f1_std", "n"], per_target),
+    }
+
+
+def build_report(paths: Sequence[str | Path], out: str | Path | None = None, wandb: bool | None = None,
+                 argv: Sequence[str] | None = None) -> Path:
+    """Read the runs under ``paths``, write ``out/REPORT.md`` and ``out/figures/*.png``; returns REPORT.md.
+
+    ``wandb``: ``None`` logs when the runs' own config has a W&B logger, ``True``/``False`` force it.
+    """
+    runs = [load_run(d) for d in find_run_dirs(paths)]
+    check_same_experiment(runs)
+    stats = label_stats(group_by_seed(runs))
+    gaps = top_two_gaps(stats)
+    out = Path(out) if out is not None else default_out(paths)
+    if out.exists() and not out.is_dir():
+        raise EvoMergeInputError(f"{out}: --out exists and is not a directory")
+    first = runs[0]
+    title = f"{first.experiment} ({first.setting} setting)"
+    common = os.path.commonpath([str(r.path) for r in runs])
+    if len(runs) == 1:
+        common = str(runs[0].path.parent)
+    report_prov = provenance("evojax_merge.report", list(argv) if argv is not None else None)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        figures = _figures(runs, stats, title, staging / FIGURES)
+        text = report_markdown(first.experiment, first.setting, stats, gaps, figures,
+                               provenance_section(runs, common, report_prov["command"], report_prov["git_commit"],
+                                                  report_prov["git_dirty"]))
+        (staging / "REPORT.md").write_text(text, encoding="utf-8")
+        _install(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _log_wandb(runs, stats, out, text, figures, wandb)
+    return out / "REPORT.md"
+
+
+def _log_wandb(runs: Sequence[RunRecord], stats: dict[str, LabelStats], out: Path, text: str,
+               figures: Sequence[tuple[str, str]], wandb: bool | None) -> None:
+    from evojax_merge.tracking import make_tracker
+
+    logger = dict(runs[0].config.get("logger") or {"name": "none"})
+    if wandb is True and logger.get("name", "none") == "none":
+        logger = {"name": "wandb", "project": "evojax_merge", "mode": "offline"}
+    if wandb is False or logger.get("name", "none") == "none":
+        return
+    config = {"experiment": runs[0].experiment, "seeds": sorted({r.seed for r in runs}),
+              "runs": [str(r.path) for r in runs]}
+    tracker = make_tracker(logger, config, out, f"report-{runs[0].experiment}")
+    try:
+        images = {f"report/{Path(path).stem}": out / path for _, path in figures}
+        tracker.log_report(wandb_tables(stats), images, text)
+    finally:
+        tracker.finish()

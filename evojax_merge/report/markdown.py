@@ -1,0 +1,153 @@
+"""REPORT.md's text: tables of mean ± std over seeds, the marked gaps, figures and provenance. No I/O."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from evojax_merge.report.predictions import check_predictions
+from evojax_merge.report.stats import BEST_SINGLE, Gap, LabelStats, Summary, split_label, suffix
+
+MARK = "\\*"  # Markdown-escaped asterisk
+
+
+def fmt(s: Summary) -> str:
+    """``12.34 ± 1.20``; a single seed has no std: ``12.34``."""
+    return f"{s.mean:.2f} ± {s.std:.2f}" if math.isfinite(s.std) else f"{s.mean:.2f}"
+
+
+def fmt_gap(g: Gap | None) -> str:
+    """``+1.23 ± 0.40 *``: the paired mean difference ± its SE, marked beyond two SE."""
+    if g is None:
+        return ""
+    body = f"{g.mean:+.2f} ± {g.se:.2f}" if math.isfinite(g.se) else f"{g.mean:+.2f}"
+    return body + (f" {MARK}" if g.marked else "")
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _ordered(stats: Mapping[str, LabelStats]) -> list[LabelStats]:
+    """Grouped by ``@`` suffix, best mean F1 first within a group."""
+    return sorted(stats.values(), key=lambda s: (suffix(s.label), -s.f1.mean, s.label))
+
+
+def methods_table(stats: Mapping[str, LabelStats]) -> str:
+    head = ["method", "n", "F1", f"Δ vs {BEST_SINGLE}", "precision", "recall"]
+    rows = [[f"`{s.label}`", str(s.f1.n), fmt(s.f1), fmt_gap(s.vs_best_single), fmt(s.precision), fmt(s.recall)]
+            for s in _ordered(stats)]
+    return _table(head, rows)
+
+
+def top_two_lines(gaps: Mapping[str, Gap]) -> str:
+    lines = []
+    for key, g in gaps.items():
+        where = f" (among `{key}`)" if key else ""
+        verdict = "exceeds" if g.marked else ("is within" if math.isfinite(g.se) else "cannot be tested against")
+        lines.append(f"- Top two{where}: `{g.a}` − `{g.b}` = {fmt_gap(g)} (n = {g.n}); the gap {verdict} "
+                     "two standard errors.")
+    return "\n".join(lines)
+
+
+def per_target_table(stats: Mapping[str, LabelStats]) -> str:
+    targets = sorted({t for s in stats.values() for t in s.per_target})
+    rows = [[f"`{s.label}`", *[fmt(s.per_target[t]) if t in s.per_target else "" for t in targets]]
+            for s in _ordered(stats)]
+    return _table(["method", *targets], rows)
+
+
+def per_seed_table(stats: Mapping[str, LabelStats]) -> str:
+    seeds = sorted({k for s in stats.values() for k in s.per_seed})
+    rows = [[f"`{s.label}`", *[f"{s.per_seed[k]:.2f}" if k in s.per_seed else "" for k in seeds]]
+            for s in _ordered(stats)]
+    return _table(["method", *[f"seed {k}" for k in seeds]], rows)
+
+
+def size_table(stats: Mapping[str, LabelStats], param: str) -> str | None:
+    """Rows: the label without ``@<param>=``; columns: its values. ``None`` when no label has it."""
+    cells: dict[str, dict[str, Summary]] = {}
+    values: dict[str, float] = {}
+    for s in stats.values():
+        base, params = split_label(s.label)
+        if param not in params:
+            continue
+        rest = "".join(f"@{k}={v}" for k, v in params.items() if k != param)
+        cells.setdefault(base + rest, {})[params[param]] = s.f1
+        try:
+            values[params[param]] = float(params[param])
+        except ValueError:
+            values[params[param]] = math.inf
+    if not cells:
+        return None
+    columns = sorted(values, key=lambda v: (values[v], v))
+    rows = [[f"`{name}`", *[fmt(row[c]) if c in row else "" for c in columns]] for name, row in sorted(cells.items())]
+    return _table(["method", *[f"{param}={c}" for c in columns]], rows)
+
+
+def provenance_section(runs: Sequence, common: str, report_command: str, report_commit: str | None,
+                       report_dirty: bool | None = None) -> str:
+    """Which commands and commits produced the runs (``unknown`` where a run did not record it)."""
+    commits = {_commit(r) for r in runs}
+    if len(commits) == 1:
+        summary = f"All runs come from commit {next(iter(commits))}."
+    else:
+        summary = "The runs come from several commits: " + ", ".join(sorted(commits)) + "."
+    rows = [[str(r.seed), f"`{_rel(r.path, common)}`", f"`{r.command}`" if r.command else "unknown",
+             r.command_source, _commit(r)] for r in sorted(runs, key=lambda r: (r.seed, str(r.path)))]
+    table = _table(["seed", "run directory", "command", "command from", "commit"], rows)
+    made = "unknown"
+    if report_commit:
+        made = f"`{report_commit[:12]}`" + (" with uncommitted changes" if report_dirty else "")
+    return (f"{summary}\n\nRun directories under `{common}`:\n\n{table}\n\n"
+            f"This report: `{report_command}` (commit {made}).")
+
+
+def _commit(run) -> str:
+    if not run.commit:
+        return "unknown"
+    return f"`{run.commit[:12]}`" + (" (uncommitted changes)" if run.dirty else "")
+
+
+def _rel(path, common: str) -> str:
+    import os
+
+    rel = os.path.relpath(path, common)
+    return "." if rel == "." else rel
+
+
+def report_markdown(experiment: str, setting: str, stats: Mapping[str, LabelStats], gaps: Mapping[str, Gap],
+                    figures: Sequence[tuple[str, str]], provenance: str) -> str:
+    """The whole REPORT.md; ``figures`` are ``(caption, relative path)``."""
+    seeds = sorted({k for s in stats.values() for k in s.per_seed})
+    n = len(seeds)
+    parts = [
+        f"# {experiment} ({setting} setting): test F1 over {n} seed{'s' * (n != 1)}",
+        f"Seeds {', '.join(map(str, seeds))} (n = {n}). Test F1 ×100 averaged over each run's targets; "
+        "mean ± sample standard deviation (n − 1) over seeds; `n` is the seeds a method ran with. "
+        f"A gap (Δ) is paired over seeds: the mean per-seed difference ± its standard error; {MARK} marks a gap "
+        "larger than two standard errors.",
+    ]
+    if n < 3:
+        parts.append(f"> **Only {n} seed{'s' * (n != 1)}:** at least 3 are expected; with one seed there is no "
+                     "standard deviation and nothing is marked.")
+    parts += ["## Methods", methods_table(stats)]
+    if gaps:
+        parts.append(top_two_lines(gaps))
+    checked = check_predictions(stats)
+    if checked:
+        parts += ["## The paper's predictions", "Hypotheses this world tests, not targets: each held or not on the "
+                  "mean F1 over seeds.", "\n".join(f"- {p.claim}: **{'held' if p.held else 'not held'}** "
+                                                   f"({p.evidence})." for p in checked)]
+    parts += ["## F1 per target", per_target_table(stats), "## F1 per seed", per_seed_table(stats)]
+    for param, title in (("N", "Pool size"), ("V", "Validation size")):
+        table = size_table(stats, param)
+        if table:
+            parts += [f"## {title} ({param})", table]
+    if figures:
+        parts.append("## Figures")
+        parts += [f"![{caption}]({path})" for caption, path in figures]
+    parts += ["## Provenance", provenance]
+    return "\n\n".join(parts) + "\n"

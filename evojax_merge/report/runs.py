@@ -1,0 +1,211 @@
+"""Reading run directories for the report: ``results.json`` files, Hydra multirun sweeps, provenance.
+
+A run directory holds the ``results.json`` written by ``python -m evojax_merge.train``. A Hydra
+multirun directory (or any folder above run directories) is searched for the job directories in it.
+Every problem is a one-line :class:`EvoMergeInputError` naming the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from evojax_merge.errors import EvoMergeInputError
+from evojax_merge.fileio import read_json
+
+RESULTS = "results.json"
+_SKIP_DIRS = {"checkpoints", "merged_adapters", "wandb", "figures", ".submitit"}
+# config keys that may differ between runs of one experiment: the seed, the method set of a sweep,
+# and settings that do not change the numbers (logging, checkpoints, caches, how the forward is chunked)
+PER_RUN_KEYS = {"seed", "method", "resume", "progress", "logger", "checkpoint", "cache_dir", "service",
+                "population_chunk", "distributed", "provenance"}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    path: Path  # the run directory
+    experiment: str
+    setting: str
+    seed: int
+    methods: dict[str, dict]  # label -> {precision, recall, f1, per_task: {target: cell}}
+    config: dict
+    command: str | None
+    command_source: str  # where the command came from
+    commit: str | None
+    dirty: bool | None
+
+    @property
+    def results_path(self) -> Path:
+        return self.path / RESULTS
+
+
+def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
+    """Each path is a run directory, or a folder (a Hydra multirun sweep) whose job directories are.
+
+    Runs keep the order of ``paths``: the first run is the reference the others must match.
+
+    A job directory (it has ``.hydra/``) without ``results.json`` is an error: a failed or unfinished run.
+    """
+    found: list[Path] = []
+    for given in paths:
+        root = Path(given)
+        if root.is_file() and root.name == RESULTS:  # a results.json itself: its run directory
+            root = root.parent
+        if not root.is_dir():
+            raise EvoMergeInputError(f"{root}: not a directory")
+        runs = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            here = Path(dirpath)
+            if RESULTS in filenames or (here / ".hydra").is_dir():
+                if RESULTS not in filenames:
+                    raise EvoMergeInputError(f"{here / RESULTS}: not found (a failed or unfinished run?)")
+                runs.append(here)
+                dirnames.clear()  # nothing to find inside a run
+                continue
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS)
+        if not runs:
+            raise EvoMergeInputError(f"{root / RESULTS}: not found, and no run directory below {root}")
+        found.extend(runs)
+    return list(dict.fromkeys(p.resolve() for p in found))  # the order given; sorted within a folder
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise EvoMergeInputError(f"{where} is missing or not a finite number (got {value!r})")
+    return float(value)
+
+
+def _check_methods(data: Any, file: Path) -> dict[str, dict]:
+    if not isinstance(data, dict) or not isinstance(data.get("methods"), dict) or not data["methods"]:
+        raise EvoMergeInputError(f"{file}: no 'methods' table (not a results.json of evojax_merge.train?)")
+    for label, res in data["methods"].items():
+        if not isinstance(res, dict) or not isinstance(res.get("per_task"), dict):
+            raise EvoMergeInputError(f"{file}: methods.{label}.per_task is missing")
+        for key in ("precision", "recall", "f1"):
+            _number(res.get(key), f"{file}: methods.{label}.{key}")
+        for target, cell in res["per_task"].items():
+            if not isinstance(cell, dict):
+                raise EvoMergeInputError(f"{file}: methods.{label}.per_task.{target} is not a table")
+            _number(cell.get("f1"), f"{file}: methods.{label}.per_task.{target}.f1")
+    return data["methods"]
+
+
+def _yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise EvoMergeInputError(f"{path}: unreadable YAML ({type(e).__name__})") from None
+
+
+def _command(run_dir: Path, data: dict, config: dict) -> tuple[str | None, str]:
+    for source, prov in (("results.json", data.get("provenance")), ("results.json config", config.get("provenance"))):
+        if isinstance(prov, dict) and prov.get("command"):
+            return str(prov["command"]), source
+    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
+    if hydra_yaml.is_file():  # Hydra keeps the overrides, not the argv: rebuild the command from them
+        overrides = (_yaml(hydra_yaml) or {}).get("hydra", {}).get("overrides", {})
+        args = [o for o in overrides.get("hydra", []) if not str(o).startswith("hydra.mode=")]
+        args += list(overrides.get("task", []))
+        import shlex
+
+        return shlex.join(["python", "-m", "evojax_merge.train", *map(str, args)]), ".hydra/hydra.yaml"
+    return None, "unknown"
+
+
+def _commit(data: dict, config: dict) -> tuple[str | None, bool | None]:
+    for prov in (data.get("provenance"), config.get("provenance")):
+        if isinstance(prov, dict) and prov.get("git_commit"):
+            return str(prov["git_commit"]), prov.get("git_dirty")
+    for holder in (data, config):
+        for key in ("git_commit", "commit"):
+            if isinstance(holder.get(key), str) and holder[key]:
+                return holder[key], None
+    return None, None
+
+
+def load_run(run_dir: str | Path) -> RunRecord:
+    """One run directory's ``results.json``, checked; the config from it or from ``.hydra/config.yaml``."""
+    run_dir = Path(run_dir)
+    file = run_dir / RESULTS
+    data = read_json(file, missing=f"{file}: not found")
+    methods = _check_methods(data, file)
+    config = data.get("config")
+    if not isinstance(config, dict):
+        hydra_cfg = run_dir / ".hydra" / "config.yaml"
+        config = _yaml(hydra_cfg) if hydra_cfg.is_file() else None
+    if not isinstance(config, dict):
+        raise EvoMergeInputError(f"{file}: no 'config' (needed for the experiment name and the seed)")
+    experiment = config.get("experiment")
+    if not isinstance(experiment, dict) or not isinstance(experiment.get("name"), str):
+        raise EvoMergeInputError(f"{file}: config.experiment.name is missing")
+    seed = config.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise EvoMergeInputError(f"{file}: config.seed is missing or not an integer (got {seed!r})")
+    command, source = _command(run_dir, data, config)
+    commit, dirty = _commit(data, config)
+    return RunRecord(run_dir, experiment["name"], str(experiment.get("setting", "?")), seed, methods, config,
+                     command, source, commit, dirty)
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
+    """The first dotted key where two configs differ, or ``None``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            if key not in a or key not in b:
+                return f"{prefix}{key}"
+            diff = _first_difference(a[key], b[key], f"{prefix}{key}.")
+            if diff is not None:
+                return diff
+        return None
+    return None if a == b else prefix.rstrip(".")
+
+
+def check_same_experiment(runs: list[RunRecord]) -> None:
+    """Runs of different experiments, or of one experiment with different settings, are not mixed."""
+    first = runs[0]
+    for run in runs[1:]:
+        if run.experiment != first.experiment:
+            raise EvoMergeInputError(f"{run.results_path}: experiment {run.experiment!r} mixed with "
+                                     f"{first.experiment!r} ({first.results_path}); report one experiment at a time")
+        a = {k: v for k, v in first.config.items() if k not in PER_RUN_KEYS}
+        b = {k: v for k, v in run.config.items() if k not in PER_RUN_KEYS}
+        key = _first_difference(a, b)
+        if key is not None:
+            raise EvoMergeInputError(f"{run.results_path}: config.{key} differs from {first.results_path}; "
+                                     "runs of different experiment settings cannot be mixed")
+
+
+def group_by_seed(runs: list[RunRecord]) -> dict[int, dict[str, dict]]:
+    """``{seed: {label: method result}}``; a method found twice for one seed is an error."""
+    by_seed: dict[int, dict[str, dict]] = {}
+    origin: dict[tuple[int, str], Path] = {}
+    for run in runs:
+        for label, res in run.methods.items():
+            if (run.seed, label) in origin:
+                raise EvoMergeInputError(f"{run.results_path}: method {label!r} for seed {run.seed} is also in "
+                                         f"{origin[run.seed, label] / RESULTS}")
+            origin[run.seed, label] = run.path
+            by_seed.setdefault(run.seed, {})[label] = res
+    return dict(sorted(by_seed.items()))
+
+
+def adapter_names(run: RunRecord, label: str, target: str, cell: Mapping) -> list[str] | None:
+    """The adapters behind a searched cell's alpha/beta: from the cell, else the saved merged adapter."""
+    size = len(cell.get("alpha") or [])
+    names = cell.get("adapters")
+    if not names:
+        meta = run.path / "merged_adapters" / f"{target}__{label}" / "evojax_merge.json"
+        try:
+            names = json.loads(meta.read_text()).get("pool") if meta.is_file() else None
+        except (OSError, json.JSONDecodeError, AttributeError):
+            names = None
+    if isinstance(names, list) and len(names) == size:
+        return [str(n) for n in names]
+    return None

@@ -1,0 +1,367 @@
+"""The seeded report: hand-built results.json files with known numbers, worked out by hand below.
+
+Seeds 0, 1, 2; F1 x100 per seed (results.json holds fractions):
+
+    evo_merging  30 34 32   mean 32, std sqrt((4 + 4 + 0) / 2) = 2
+    lorahub      31 30 29   mean 30, std 1
+    best_single  20 21 25   mean 22, std sqrt((4 + 1 + 9) / 2) = sqrt 7 = 2.6458
+    ties         21 23 22   mean 22, std 1
+
+Paired gaps (d_s = a_s - b_s; SE = std(d) / sqrt 3):
+    evo - best_single      d = 10 13 7   mean 10, std 3,       SE 1.7321  -> |10| > 3.4641  marked
+    lorahub - best_single  d = 11  9 4   mean  8, std sqrt 13, SE 2.0817  -> |8| > 4.1633   marked
+    ties - best_single     d =  1  2 -3  mean  0                          -> not marked
+    top two: evo - lorahub d = -1  4 3   mean  2, std sqrt 7,  SE 1.5275  -> |2| < 3.0551   not marked
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from evojax_merge.errors import EvoMergeInputError
+from evojax_merge.report import build_report
+from evojax_merge.report.__main__ import main
+from evojax_merge.report.plots import collect_fitness, collect_genomes
+from evojax_merge.report.runs import find_run_dirs, load_run
+from evojax_merge.report.stats import label_stats, paired_gap, size_series, summarize, top_two_gaps
+
+F1 = {"evo_merging": (30, 34, 32), "lorahub": (31, 30, 29), "best_single": (20, 21, 25), "ties": (21, 23, 22)}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cell(f1: float, searched: bool, seed: int, pool: list[str]) -> dict:
+    cell = {"precision": f1, "recall": f1, "f1": f1, "val_fitness": 1.0}
+    if searched:  # two stages of 3 generations; alpha/beta one entry per pool adapter
+        cell["alpha"] = [0.1 * (i + 1) + 0.1 * seed for i in range(len(pool))]
+        cell["beta"] = [(-1) ** i * 0.5 * (seed + 1) for i in range(len(pool))]
+        cell["adapters"] = pool
+        cell["stages"] = {s: {"best_fitness": 1.0, "history": [
+            {"best": 3.0 - g - seed, "mean": 4.0 - g, "std": 0.1, "sigma": 0.05} for g in range(3)]}
+            for s in ("stage1_denoise", "stage2_scale")}
+    return cell
+
+
+def write_run(run_dir: Path, seed: int, f1: dict[str, float], experiment: str = "ood", **config) -> Path:
+    """A results.json as train.py writes it: two targets whose F1 average to the method's."""
+    pools = {"ner_a": ["ner_b", "et_a", "et_b"], "et_a": ["ner_a", "ner_b", "et_b"]}
+    methods = {}
+    for label, value in f1.items():
+        per = {t: _cell(value + d, label.startswith(("evo", "lorahub")), seed, pools[t])
+               for t, d in (("ner_a", 0.02), ("et_a", -0.02))}
+        methods[label] = {"precision": value, "recall": value, "f1": value, "per_task": per}
+    cfg = {"experiment": {"name": experiment, "setting": "ood"}, "seed": seed, "logger": {"name": "none"},
+           "strategy": {"sigma0": 0.05}, **config}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = {"methods": methods, "config": cfg,
+            "provenance": {"command": f"python -m evojax_merge.train +experiment={experiment} seed={seed}",
+                           "git_commit": "0123456789abcdef0123", "git_dirty": False}}
+    (run_dir / "results.json").write_text(json.dumps(data))
+    return run_dir
+
+
+def three_seeds(root: Path, labels=tuple(F1)) -> list[Path]:
+    return [write_run(root / f"run{s}", s, {k: F1[k][s] / 100 for k in labels}) for s in range(3)]
+
+
+def test_mean_std_and_paired_gaps_by_hand(tmp_path):
+    runs = [load_run(d) for d in three_seeds(tmp_path)]
+    by_seed = {r.seed: r.methods for r in runs}
+    stats = label_stats(by_seed)
+    evo, hub, best, ties = (stats[k] for k in ("evo_merging", "lorahub", "best_single", "ties"))
+    assert (evo.f1.mean, evo.f1.std, evo.f1.n) == pytest.approx((32, 2, 3))
+    assert (best.f1.mean, best.f1.std) == pytest.approx((22, math.sqrt(7)))
+    assert (hub.f1.mean, hub.f1.std) == pytest.approx((30, 1))
+    assert evo.f1.se == pytest.approx(2 / math.sqrt(3))
+    assert (evo.vs_best_single.mean, evo.vs_best_single.se) == pytest.approx((10, math.sqrt(3)))
+    assert evo.vs_best_single.marked
+    assert (hub.vs_best_single.mean, hub.vs_best_single.se) == pytest.approx((8, math.sqrt(13 / 3)))
+    assert hub.vs_best_single.marked
+    assert ties.vs_best_single.mean == pytest.approx(0) and not ties.vs_best_single.marked
+    assert best.vs_best_single is None
+    # per target: evo on ner_a is 32, 36, 34 -> mean 34, std 2
+    assert (evo.per_target["ner_a"].mean, evo.per_target["ner_a"].std) == pytest.approx((34, 2))
+    top = top_two_gaps(stats)[""]
+    assert (top.a, top.b) == ("evo_merging", "lorahub")
+    assert (top.mean, top.se) == pytest.approx((2, math.sqrt(7 / 3)))
+    assert not top.marked
+
+
+def test_small_cases_by_hand():
+    assert math.isnan(summarize([5.0]).std) and math.isnan(summarize([5.0]).se)
+    one = paired_gap("a", {0: 3.0}, "b", {0: 1.0})
+    assert one.mean == 2 and not one.marked  # one seed: no SE, never marked
+    assert paired_gap("a", {0: 1.0}, "b", {1: 1.0}) is None  # no common seed
+    # a constant nonzero gap has SE 0 and is marked; pairing uses only the common seeds 1 and 2
+    gap = paired_gap("a", {0: 50.0, 1: 12.0, 2: 13.0}, "b", {1: 10.0, 2: 11.0})
+    assert (gap.mean, gap.se, gap.n, gap.marked) == (2.0, 0.0, 2, True)
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+def test_report_markdown_tables(tmp_path):
+    path = build_report(three_seeds(tmp_path), tmp_path / "out", wandb=False, argv=["x"])
+    text = path.read_text()
+    assert "Seeds 0, 1, 2 (n = 3)" in text
+    assert "| `evo_merging` | 3 | 32.00 ± 2.00 | +10.00 ± 1.73 \\* | 32.00 ± 2.00 | 32.00 ± 2.00 |" in text
+    assert "| `lorahub` | 3 | 30.00 ± 1.00 | +8.00 ± 2.08 \\* |" in text
+    assert "| `ties` | 3 | 22.00 ± 1.00 | +0.00 ± 1.53 |" in text  # d = 1 2 -3: std sqrt 7, not marked
+    assert "| `best_single` | 3 | 22.00 ± 2.65 |  |" in text
+    assert "`evo_merging` − `lorahub` = +2.00 ± 1.53 (n = 3); the gap is within two standard errors" in text
+    assert "| `evo_merging` | 34.00 ± 2.00 | 30.00 ± 2.00 |" not in text  # targets are sorted: et_a first
+    assert "| `evo_merging` | 30.00 ± 2.00 | 34.00 ± 2.00 |" in text
+    assert "| `ties` | 21.00 | 23.00 | 22.00 |" in text  # per seed
+    assert "All runs come from commit `0123456789ab`." in text
+    assert "`python -m evojax_merge.train +experiment=ood seed=1`" in text
+    assert "Only" not in text
+    assert ("- Evo-Merging > LoraHub > TA/TIES: **held** (`evo_merging` 32.00, `lorahub` 30.00, `ties` 22.00)."
+            in text)
+
+
+def _check_png(path: Path) -> None:
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.width > 300 and im.height > 200
+        colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert len(colours) > 20  # drawn, not blank
+
+
+def test_pngs_are_valid_images(tmp_path):
+    out = tmp_path / "out"
+    text = build_report(three_seeds(tmp_path), out, wandb=False).read_text()
+    names = sorted(p.name for p in (out / "figures").iterdir())
+    assert names == ["f1_bars.png", "fitness_evo_merging.png", "fitness_lorahub.png", "genome_evo_merging.png",
+                     "genome_lorahub.png"]
+    for name in names:
+        _check_png(out / "figures" / name)
+        assert f"(figures/{name})" in text
+
+
+def test_fitness_and_genome_collection_by_hand(tmp_path):
+    runs = [load_run(d) for d in three_seeds(tmp_path)]
+    curves = collect_fitness(runs, "evo_merging")
+    assert sorted(curves) == ["et_a", "ner_a"] and sorted(curves["ner_a"]) == ["stage1_denoise", "stage2_scale"]
+    best = curves["ner_a"]["stage2_scale"]["best"]  # 3 - g - seed
+    np.testing.assert_array_equal(best, [[3, 2, 1], [2, 1, 0], [1, 0, -1]])
+    adapters, targets, alpha, beta, seeds = collect_genomes(runs, "evo_merging")
+    assert adapters == ["et_a", "et_b", "ner_a", "ner_b"] and targets == ["et_a", "ner_a"] and seeds == 3
+    # et_a's pool is [ner_a, ner_b, et_b]: alpha_i = 0.1 (i + 1) + 0.1 seed -> mean over seeds 0.1 (i + 1) + 0.1
+    np.testing.assert_allclose(alpha[:, 0], [np.nan, 0.4, 0.2, 0.3])
+    np.testing.assert_allclose(alpha[:, 1], [0.3, 0.4, np.nan, 0.2])
+    # beta_i = (-1)^i 0.5 (seed + 1) -> mean (-1)^i
+    np.testing.assert_allclose(beta[:, 0], [np.nan, 1.0, 1.0, -1.0])
+
+
+def test_adapter_names_from_the_saved_adapter_or_pool_positions(tmp_path):
+    run_dir = write_run(tmp_path / "run", 0, {"evo_merging": 0.3})
+    data = json.loads((run_dir / "results.json").read_text())
+    for cell in data["methods"]["evo_merging"]["per_task"].values():
+        del cell["adapters"]
+    (run_dir / "results.json").write_text(json.dumps(data))
+    meta = run_dir / "merged_adapters" / "ner_a__evo_merging"
+    meta.mkdir(parents=True)
+    (meta / "evojax_merge.json").write_text(json.dumps({"pool": ["x", "y", "z"]}))
+    adapters, targets, alpha, _, _ = collect_genomes([load_run(run_dir)], "evo_merging")
+    assert adapters == ["#0", "#1", "#2", "x", "y", "z"]  # et_a has no saved adapter: pool positions
+    np.testing.assert_allclose(alpha[3:, 1], [0.1, 0.2, 0.3])
+
+
+def test_pool_and_val_size_curves(tmp_path):
+    labels = {"evo_merging@N=5": 0.2, "evo_merging@N=10": 0.3, "best_single@N=5": 0.1, "best_single@N=10": 0.15,
+              "lorahub@V=25": 0.05}
+    dirs = [write_run(tmp_path / f"run{s}", s, {k: v + 0.01 * s for k, v in labels.items()}) for s in range(3)]
+    out = tmp_path / "out"
+    text = build_report(dirs, out, wandb=False).read_text()
+    # best_single@N=5: 10 11 12; evo@N=5: 20 21 22 -> gap 10, SE 0, marked
+    assert "| `evo_merging@N=5` | 3 | 21.00 ± 1.00 | +10.00 ± 0.00 \\* |" in text
+    assert "| method | N=5 | N=10 |" in text  # numeric order, not 10 before 5
+    assert "| `evo_merging` | 21.00 ± 1.00 | 31.00 ± 1.00 |" in text
+    assert "| method | V=25 |" in text
+    series = size_series(label_stats({r.seed: r.methods for r in map(load_run, dirs)}), "N")
+    assert [x for x, _ in series["evo_merging"]] == [5.0, 10.0]
+    for name in ("pool_size.png", "val_size.png"):
+        _check_png(out / "figures" / name)
+
+
+def test_hydra_multirun_directory(tmp_path):
+    sweep = tmp_path / "multirun" / "ood" / "2026-01-01_00-00-00"
+    (sweep / "multirun.yaml").parent.mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    for s in range(3):
+        job = write_run(sweep / f"{s}_seed={s}", s, {k: F1[k][s] / 100 for k in F1})
+        data = json.loads((job / "results.json").read_text())
+        del data["provenance"]  # an older run: the command comes from Hydra's record
+        (job / "results.json").write_text(json.dumps(data))
+        (job / ".hydra").mkdir()
+        (job / ".hydra" / "hydra.yaml").write_text(
+            "hydra:\n  overrides:\n    hydra:\n    - hydra.mode=MULTIRUN\n    task:\n    - +experiment=ood\n"
+            f"    - seed={s}\n")
+    assert [p.name for p in find_run_dirs([tmp_path / "multirun"])] == ["0_seed=0", "1_seed=1", "2_seed=2"]
+    assert [p.name for p in find_run_dirs([sweep / "2_seed=2" / "results.json", sweep])] == [
+        "2_seed=2", "0_seed=0", "1_seed=1"]  # a results.json names its run; the given order is kept, once each
+    text = build_report([sweep], wandb=False).read_text()  # default out: <sweep>/report
+    assert (sweep / "report" / "REPORT.md").is_file()
+    assert "| `evo_merging` | 3 | 32.00 ± 2.00 | +10.00 ± 1.73 \\* |" in text
+    assert "`python -m evojax_merge.train +experiment=ood seed=2` | .hydra/hydra.yaml | unknown |" in text
+    assert "All runs come from commit unknown." in text
+    # a job directory that never finished is an error, not a silently smaller n
+    (sweep / "3_seed=3" / ".hydra").mkdir(parents=True)
+    with pytest.raises(EvoMergeInputError, match=r"3_seed=3/results.json: not found"):
+        build_report([sweep], wandb=False)
+
+
+def test_fewer_than_three_seeds_is_said(tmp_path):
+    text = build_report([write_run(tmp_path / "r", 4, {"evo_merging": 0.5, "best_single": 0.25})],
+                        tmp_path / "out", wandb=False).read_text()
+    assert "**Only 1 seed:**" in text
+    assert "| `evo_merging` | 1 | 50.00 | +25.00 | 50.00 | 50.00 |" in text
+
+
+def _error(argv: list[str], capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    return err[0]
+
+
+def _no_leftovers(parent: Path) -> None:
+    assert not (parent / "out").exists()
+    assert not [p for p in parent.iterdir() if p.name.startswith(".out.staging")]
+
+
+def test_bad_input_errors_name_the_file(tmp_path, capsys):
+    good = three_seeds(tmp_path)
+    out = ["--out", str(tmp_path / "out")]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert f"{empty}/results.json: not found" in _error([str(empty), *out], capsys)
+    assert "not a directory" in _error([str(tmp_path / "nope"), *out], capsys)
+    (tmp_path / "afile").write_text("x")
+    assert f"{tmp_path / 'afile'}: --out exists and is not a directory" in _error(
+        [*map(str, good), "--out", str(tmp_path / "afile")], capsys)
+
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "results.json").write_text('{"methods": {"evo": ')
+    assert f"{corrupt}/results.json: malformed JSON" in _error([*map(str, good), str(corrupt), *out], capsys)
+
+    other = write_run(tmp_path / "other", 3, {"evo_merging": 0.1}, experiment="id")
+    msg = _error([*map(str, good), str(other), *out], capsys)
+    assert f"{other}/results.json: experiment 'id' mixed with 'ood'" in msg
+
+    changed = write_run(tmp_path / "changed", 3, {"evo_merging": 0.1}, strategy={"sigma0": 0.1})
+    assert f"{changed}/results.json: config.strategy.sigma0 differs" in _error([*map(str, good), str(changed), *out],
+                                                                             capsys)
+    again = write_run(tmp_path / "again", 1, {"evo_merging": 0.1})
+    assert "method 'evo_merging' for seed 1 is also in" in _error([*map(str, good), str(again), *out], capsys)
+
+    nan = write_run(tmp_path / "nan", 5, {"evo_merging": float("nan")})
+    assert f"{nan}/results.json: methods.evo_merging.precision is missing or not a finite number" in _error(
+        [str(nan), *out], capsys)
+    noseed = tmp_path / "noseed"
+    write_run(noseed, 0, {"evo_merging": 0.1})
+    data = json.loads((noseed / "results.json").read_text())
+    del data["config"]["seed"]
+    (noseed / "results.json").write_text(json.dumps(data))
+    assert f"{noseed}/results.json: config.seed is missing" in _error([str(noseed), *out], capsys)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "results.json").write_text("[1, 2]")
+    assert f"{notes}/results.json: no 'methods' table" in _error([str(notes), *out], capsys)
+    _no_leftovers(tmp_path)
+
+
+def test_rerun_replaces_the_previous_report(tmp_path):
+    out = tmp_path / "out"
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "stale.png").write_bytes(b"old")
+    (out / "keep.txt").write_text("not ours")
+    build_report(three_seeds(tmp_path, labels=("ties", "best_single")), out, wandb=False)
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["f1_bars.png"]
+    assert (out / "keep.txt").read_text() == "not ours"
+    assert not [p for p in tmp_path.iterdir() if ".staging" in p.name]
+
+
+def test_cli_module_entry_point(tmp_path):
+    dirs = three_seeds(tmp_path, labels=("ties", "best_single"))
+    proc = subprocess.run([sys.executable, "-m", "evojax_merge.report", *map(str, dirs), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "o" / "REPORT.md").is_file()
+    assert "| `ties` | 3 | 22.00 ± 1.00 | +0.00 ± 1.53 |" in proc.stdout  # the methods table, printed
+    bad = subprocess.run([sys.executable, "-m", "evojax_merge.report", str(tmp_path)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)  # run0..2 plus the report dir o/: fine; add a corrupt run
+    assert bad.returncode == 0, bad.stderr
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.json").write_text("{")
+    bad = subprocess.run([sys.executable, "-m", "evojax_merge.report", str(tmp_path)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: ")
+    assert "broken/results.json: malformed JSON" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_wandb_offline_gets_the_tables_and_images(tmp_path):
+    from wandb_offline import read_records
+
+    out = tmp_path / "out"
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    # a process of its own, as the CLI runs: its exit flushes the offline run file
+    proc = subprocess.run([sys.executable, "-m", "evojax_merge.report", *map(str, three_seeds(tmp_path)), "--out",
+                           str(out), "--wandb"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    files = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    keys, summary = set(), {}
+    for rec in read_records(files[0]):
+        kind = rec.WhichOneof("record_type")
+        if kind == "history":
+            keys |= {item.key or item.nested_key[0] for item in rec.history.item}  # a table/image is nested
+        elif kind == "summary":
+            summary.update({item.key or item.nested_key[0]: item.value_json for item in rec.summary.update})
+    assert {"report/methods", "report/per_seed", "report/per_target", "report/f1_bars",
+            "report/genome_evo_merging", "report/fitness_lorahub"} <= keys
+    assert "report_md" in summary and "32.00 ± 2.00" in json.loads(summary["report_md"])
+
+
+def test_paper_predictions_held_or_not_by_hand():
+    from evojax_merge.report.predictions import check_predictions
+
+    def stats_of(f1: dict[str, tuple[float, ...]]):
+        return label_stats({s: {k: {"f1": v[s] / 100, "precision": 0.0, "recall": 0.0, "per_task": {}}
+                                for k, v in f1.items()} for s in range(3)})
+
+    checked = check_predictions(stats_of({
+        "evo_merging": (40, 42, 44), "best_single": (31, 30, 35), "lorahub": (35, 35, 35), "ties": (36, 30, 30),
+        "task_arithmetic": (20, 20, 20), "evo_merging[no_scale]": (10, 10, 10),
+        "evo_merging[no_denoise]": (20, 20, 20), "evo_merging[no_sign_flip]": (15, 16, 11)}))
+    # evo - best = 9 12 9: mean 10 (>= 10), std sqrt 3, SE 1; evo 42 > lorahub 35 > max(ties 32, TA 20); 10 < 14, 20
+    assert [(p.held, p.evidence) for p in checked] == [
+        (True, "gap +10.00 ± 1.00 SE (beyond 2 SE), seeds 0, 1, 2"),
+        (True, "`evo_merging` 42.00, `lorahub` 35.00, `task_arithmetic` 20.00, `ties` 32.00"),
+        (True, "`evo_merging[no_scale]` 10.00, `evo_merging[no_denoise]` 20.00, `evo_merging[no_sign_flip]` 14.00")]
+    checked = check_predictions(stats_of({
+        "evo_merging": (40, 41, 42), "best_single": (31, 32, 33), "lorahub": (30, 30, 30), "ties": (31, 31, 31),
+        "evo_merging[no_scale]": (15, 15, 15), "evo_merging[no_denoise]": (20, 20, 20),
+        "evo_merging[no_sign_flip]": (15, 15, 15)}))
+    # gap 9 < 10; lorahub 30 < ties 31; no_scale ties no_sign_flip: not strictly the worst
+    assert [p.held for p in checked] == [False, False, False]
+    assert check_predictions(stats_of({"uniform": (1, 2, 3), "base": (0, 0, 0)})) == []
+
+
+def test_provenance_is_this_checkout():
+    from evojax_merge.provenance import provenance
+
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    prov = provenance("evojax_merge.train", ["+experiment=smoke", "seed=1", "note=a b"])
+    assert prov["command"] == "python -m evojax_merge.train +experiment=smoke seed=1 'note=a b'"
+    assert prov["git_commit"] == head and isinstance(prov["git_dirty"], bool)
