@@ -27,7 +27,7 @@ from evojax_merge.lora.adapter import LoraStack, module_path
 from evojax_merge.merge import evo_merge
 from evojax_merge.models.config import ModelConfig
 from evojax_merge.models.llama import LlamaForCausalLM
-from evojax_merge.search.fitness import MergeEvaluator, ValidationConfig
+from evojax_merge.search.fitness import MergeEvaluator, ValidationConfig, population_ce, resolve_population_chunk
 
 
 def random_stack(cfg: ModelConfig, n: int, rank: int, seed: int = 0) -> LoraStack:
@@ -68,7 +68,7 @@ def best_time(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
-def build(cfg: ModelConfig, n: int, rank: int, batch: int, seq: int, chunk: int | None = None
+def build(cfg: ModelConfig, n: int, rank: int, batch: int, seq: int, chunk: int | str | None = "auto"
           ) -> tuple[LlamaForCausalLM, LoraStack, MergeEvaluator]:
     from flax import nnx
 
@@ -94,6 +94,27 @@ def time_merge_only(stack: LoraStack, evaluator: MergeEvaluator, alpha, beta, re
     merge = jax.jit(jax.vmap(lambda a, b: evo_merge(stack, evaluator.magnitudes, a, b, prune="A")))
     a, b = jnp.asarray(alpha), jnp.asarray(beta)
     return best_time(lambda: merge(a, b), repeats) / alpha.shape[0]
+
+
+def batched_flops(evaluator: MergeEvaluator, alpha, beta) -> float:
+    """XLA's FLOP count of one batched population call (its cost analysis of the compiled program).
+
+    Counted on the whole-population vmap of the same math: XLA's cost analysis counts a loop body
+    once, so the ``lax.map`` of a chunked call would be undercounted by the population size."""
+    import dataclasses
+
+    compiled = population_ce.lower(dataclasses.replace(evaluator.ce_fn, chunk=None), evaluator.ce_args, jnp.asarray(alpha), jnp.asarray(beta),
+                                   jnp.asarray(evaluator.batch_index(0))).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", 0.0))
+
+
+def matmul_peak(size: int = 2048, repeats: int = 5, dtype=jnp.float32) -> float:
+    """This machine's measured f32 matmul rate (FLOP/s): a square GEMM, best of ``repeats``."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((size, size)), dtype)
+    gemm = jax.jit(lambda a: a @ a)
+    return 2.0 * size**3 / best_time(lambda: gemm(x), repeats)
 
 
 def time_torch_peft(model: LlamaForCausalLM, stack: LoraStack, examples, alpha, beta, repeats: int) -> float:
@@ -171,10 +192,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-scaling", action="store_true", help="skip the N x P scaling table")
     ap.add_argument("--scaling-adapters", type=int, nargs="+", default=[10, 50, 100, 200])
     ap.add_argument("--scaling-population", type=int, nargs="+", default=[5, 20, 80])
-    ap.add_argument("--population-chunk", type=int, default=None,
-                    help="candidates vmapped at a time inside the batched call (None: the whole population)")
+    ap.add_argument("--population-chunk", default="auto",
+                    help="candidates vmapped at a time inside the batched call: auto (1 on a CPU, all on an "
+                         "accelerator), all, or a number")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args(argv)
+    chunk_arg = args.population_chunk
+    args.population_chunk = None if chunk_arg == "all" else chunk_arg if chunk_arg == "auto" else int(chunk_arg)
+    chunk = resolve_population_chunk(args.population_chunk)
 
     cfg = ModelConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
                       num_hidden_layers=args.layers, num_attention_heads=args.heads,
@@ -182,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"device: {jax.devices()[0].device_kind} x{len(jax.devices())}  backend: {jax.default_backend()}")
     print(f"model: hidden {args.hidden}, {args.layers} layers, {args.heads} heads / {args.kv_heads} KV, "
           f"intermediate {args.intermediate}, vocab {args.vocab}, {args.dtype}")
-    print(f"population chunk inside the batched call: {args.population_chunk or 'whole population'}")
+    print(f"population chunk inside the batched call: {chunk_arg} -> {chunk or 'whole population'}")
     print(f"pool: N={args.adapters} adapters, r={args.rank}, 7 projections; P={args.population}; "
           f"batch {args.batch} x {args.seq} tokens")
     model, stack, evaluator = build(cfg, args.adapters, args.rank, args.batch, args.seq, args.population_chunk)
@@ -191,6 +216,9 @@ def main(argv: list[str] | None = None) -> dict:
     out["a_batched"] = time_batched(evaluator, alpha, beta, args.repeats)
     out["b_loop"] = time_loop(evaluator, alpha, beta, args.repeats)
     out["merge_only"] = time_merge_only(stack, evaluator, alpha, beta, args.repeats)
+    out["a_flops_per_call"] = batched_flops(evaluator, alpha, beta)
+    out["a_gflops"] = out["a_flops_per_call"] / (out["a_batched"] * args.population) / 1e9
+    out["matmul_peak_gflops"] = matmul_peak() / 1e9
     if not args.no_torch:
         examples = random_examples(cfg, args.batch, args.seq)
         out["c_torch_peft"] = time_torch_peft(model, stack, examples, alpha, beta, args.repeats)
@@ -208,6 +236,10 @@ def main(argv: list[str] | None = None) -> dict:
     out["merge_share_of_a"] = out["merge_only"] / out["a_batched"]
     print(f"  (b)/(a) = {out['ratio_b_over_a']:.2f}")
     print(f"  merge share of (a) = {100 * out['merge_share_of_a']:.1f}%  (merge alone {out['merge_only']:.5f} s/cand)")
+    out["a_share_of_peak"] = out["a_gflops"] / out["matmul_peak_gflops"]
+    print("throughput (XLA cost analysis of (a), measured f32 GEMM peak of this machine, same run)")
+    print(f"  (a) {out['a_gflops']:.1f} GFLOP/s of {out['matmul_peak_gflops']:.1f} GFLOP/s peak "
+          f"= {100 * out['a_share_of_peak']:.0f}%  ({out['a_flops_per_call'] / 1e9:.2f} GFLOP per call)")
 
     if not args.no_scaling:
         table = scaling_table(cfg, args.rank, args.batch, args.seq, args.scaling_adapters,
