@@ -12,11 +12,9 @@ from flax import nnx
 
 from evojax_merge.data.batching import encode_prompts, special_ids
 from evojax_merge.eval.generate import greedy_generate
-from evojax_merge.eval.metrics import exact_match, ie_scores
+from evojax_merge.eval.metrics import task_scores
 from evojax_merge.lora.adapter import LoraAdapter, LoraStack
 from evojax_merge.models.llama import LlamaForCausalLM
-
-IE_TASK_TYPES = ("ner", "es", "et", "re", "ep", "epr", "ee")
 
 
 @partial(nnx.jit, static_argnames=("max_new_tokens", "eos_id", "pad_id"))
@@ -102,9 +100,5 @@ def generate_for_population(
 
 
 def score(predictions: Sequence[str], records: Sequence[Mapping], task_type: str) -> dict[str, float]:
-    """IE precision/recall/F1 for IE task types; exact match (as all three) otherwise."""
-    golds = [str(r["output"]) for r in records]
-    if task_type in IE_TASK_TYPES:
-        return ie_scores(predictions, golds, task_type)
-    em = exact_match(predictions, golds)
-    return {"precision": em, "recall": em, "f1": em, "exact_match": em}
+    """IE precision/recall/F1 for a declared IE type; exact match (as all three) for ``exact``."""
+    return task_scores(predictions, [str(r["output"]) for r in records], task_type)
