@@ -18,9 +18,11 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from evojax_merge.data.tasks import register_configs
 from evojax_merge.errors import EvoMergeInputError
 
 log = logging.getLogger("evojax_merge.train")
+register_configs()  # data.tasks accepts new task names without Hydra's "+"
 
 
 def _tuples(d: dict) -> dict:
@@ -81,18 +83,20 @@ def validate(cfg: DictConfig) -> None:
 
 
 def load_world(cfg: DictConfig):
+    from evojax_merge.data.prompt import PromptSettings
     from evojax_merge.runner.world import load_user_world, load_zoo_world
 
+    prompt = PromptSettings(cfg.data.prompt, bool(cfg.data.loss_on_history), int(cfg.data.max_len_cap))
     if cfg.model.source == "zoo":
         if cfg.pool.source != "zoo" or cfg.data.source != "zoo":
             raise EvoMergeInputError("model.source=zoo needs pool.source=zoo and data.source=zoo")
-        return load_zoo_world(zoo_config(cfg), cfg.cache_dir, cfg.model.dtype, progress=cfg.progress)
+        return load_zoo_world(zoo_config(cfg), cfg.cache_dir, cfg.model.dtype, progress=cfg.progress, prompt=prompt)
     if cfg.model.source != "hf":
         raise EvoMergeInputError(f"model.source: {cfg.model.source!r} is not zoo or hf")
     adapters = cfg.pool.adapters
     adapters = list(adapters) if not isinstance(adapters, str) else adapters
     return load_user_world(cfg.model.path, cfg.model.tokenizer, adapters,
-                           OmegaConf.to_container(cfg.data.tasks, resolve=True), cfg.model.dtype)
+                           OmegaConf.to_container(cfg.data.tasks, resolve=True), cfg.model.dtype, prompt)
 
 
 def _fingerprint(resolved: dict, label: str) -> dict:
@@ -171,7 +175,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     with PreemptionGuard() as guard:
         runner_for = stage_runner_factory(cfg, out_dir, tracker, guard, resolved)
         results = run_experiment(world, spec, settings, validation, runner_for, on_result,
-                                 population_chunk=cfg.population_chunk)
+                                 population_chunk=cfg.population_chunk, predictions_dir=out_dir / "predictions",
+                                 progress=cfg.progress)
     write_search_results(out_dir, searches, int(cfg.seed))
     results["timings"] = {"world_s": world_s, "experiment_s": time.perf_counter() - t0}
     results["zoo"] = {k: world.info[k] for k in ("zoo_root", "timings", "adapter_test") if k in world.info}
@@ -215,10 +220,20 @@ def user_records(cfg: DictConfig) -> dict:
         from evojax_merge.zoo.tasks import generate_zoo
 
         return generate_zoo(zoo_config(cfg).tasks)
-    from evojax_merge.data.records import load_records
+    from evojax_merge.data.tasks import declared_tasks, load_task_records
 
-    return {t: {split: load_records(p) for split, p in splits.items()}
-            for t, splits in OmegaConf.to_container(cfg.data.tasks, resolve=True).items()}
+    return load_task_records(declared_tasks(OmegaConf.to_container(cfg.data.tasks, resolve=True)))
+
+
+def user_task_types(cfg: DictConfig) -> dict[str, str]:
+    """Each task's declared IE type: the zoo's own, or ``data.tasks.NAME.type``."""
+    if cfg.data.source == "zoo":
+        from evojax_merge.zoo.tasks import parse_task_name, task_names
+
+        return {t: parse_task_name(t)[0] for t in task_names(zoo_config(cfg).tasks)}
+    from evojax_merge.data.tasks import declared_tasks
+
+    return {n: t.type for n, t in declared_tasks(OmegaConf.to_container(cfg.data.tasks, resolve=True)).items()}
 
 
 def run_remote(cfg: DictConfig, spec, settings, validation, resolved: dict, out_dir: Path) -> dict:
@@ -233,7 +248,8 @@ def run_remote(cfg: DictConfig, spec, settings, validation, resolved: dict, out_
     with PreemptionGuard() as guard:
         results = run_remote_experiment(user_records(cfg), spec, settings, validation,
                                         OmegaConf.to_container(cfg.service, resolve=True),
-                                        stage_runner_factory(cfg, out_dir, tracker, guard, resolved))
+                                        stage_runner_factory(cfg, out_dir, tracker, guard, resolved),
+                                        task_types=user_task_types(cfg))
     results["timings"] = {"experiment_s": time.perf_counter() - t0}
     results["config"] = {**resolved, "service": {**resolved["service"], "api_key": "***"}}
     return finish(results, spec, out_dir, tracker)

@@ -19,9 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evojax_merge.data.batching import encode_examples
+from evojax_merge.data.batching import encode_records
 from evojax_merge.errors import EvoMergeInputError
-from evojax_merge.eval.evaluate import generate_for_population, score
+from evojax_merge.eval.evaluate import generate_for_population, score, validation_ce
+from evojax_merge.eval.predictions import write_predictions
 from evojax_merge.lora.pool import LoraPool
 from evojax_merge.models.delta import fold_into_params
 from evojax_merge.runner.methods import EVO_VARIANTS, MethodSettings, Outcome, run_method
@@ -47,7 +48,7 @@ class ExperimentSpec:
     pool_sizes: tuple[int, ...] = ()  # pool_size experiment; empty = the whole pool
     val_sizes: tuple[int, ...] = ()  # val_size experiment; empty = validation.num_batches x batch_size
     test_examples: int = 100
-    max_len: int = 128
+    max_len: int | None = None  # None: what the data needs, up to data.max_len_cap
     max_new_tokens: int = 48
     seed: int = 0
 
@@ -137,20 +138,29 @@ def _validation_examples(world: World, target: str, spec: ExperimentSpec, val: V
             raise EvoMergeInputError(f"experiment.val_sizes: {num_val} > {len(records)} validation records of {target}")
         records = records[:num_val]
         val = dataclasses.replace(val, num_batches=max(1, num_val // val.batch_size))
-    return encode_examples(records, world.tokenizer, max_len=spec.max_len), val
+    enc = encode_records(records, world.tokenizer, spec.max_len, **world.encoding(target, "validation"))
+    world.note_fit(target, enc, records)
+    return enc.arrays, val
 
 
-def _test_scores(world: World, target: str, outcomes: list[Outcome], spec: ExperimentSpec) -> list[dict]:
+def _test_scores(world: World, target: str, outcomes: list[Outcome], spec: ExperimentSpec,
+                 progress: bool = False) -> tuple[list[dict], dict[int, list[str]]]:
     """Generate on the target's test split for every outcome, batching the adapter ones."""
+    from tqdm.auto import tqdm
+
     records = world.records[target]["test"][: spec.test_examples]
     task_type = world.task_type(target)
+    gen_kw = world.encoding(target, "test", training=False)
     texts: dict[int, list[str]] = {}
     lora_idx = [i for i, o in enumerate(outcomes) if o.adapter is not None]
+    bar = tqdm(total=len(outcomes), desc=f"{target}: test generation", leave=False, dynamic_ncols=True,
+               disable=not progress)
     if lora_idx:
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[outcomes[i].adapter for i in lora_idx])
         outs = generate_for_population(world.model, world.tokenizer, stacked, records, spec.max_len,
-                                       spec.max_new_tokens)
+                                       spec.max_new_tokens, **gen_kw)
         texts.update(zip(lora_idx, outs, strict=True))
+        bar.update(len(lora_idx))
     graphdef_params = None
     for i, o in enumerate(outcomes):
         if o.adapter is not None:
@@ -162,8 +172,10 @@ def _test_scores(world: World, target: str, outcomes: list[Outcome], spec: Exper
             graphdef_params = graphdef_params or nnx.split(world.model)
             model = nnx.merge(graphdef_params[0], fold_into_params(graphdef_params[1], o.delta))
         texts[i] = generate_for_population(model, world.tokenizer, None, records, spec.max_len,
-                                           spec.max_new_tokens)[0]
-    return [score(texts[i], records, task_type) for i in range(len(outcomes))]
+                                           spec.max_new_tokens, **gen_kw)[0]
+        bar.update(1)
+    bar.close()
+    return [score(texts[i], records, task_type) for i in range(len(outcomes))], texts
 
 
 def _evaluator_cache(world: World, pool: LoraPool, examples: dict, val: ValidationConfig, chunk: int | None):
@@ -187,9 +199,14 @@ def run_experiment(
     runner_for: Callable[[str], object] | None = None,
     on_result: Callable[[Run, Outcome, dict], None] | None = None,
     population_chunk: int | None = None,
+    predictions_dir=None,
+    progress: bool = False,
 ) -> dict:
     """Run every planned cell; returns ``{"methods": {label: {precision, recall, f1, per_task}}}``."""
+    from tqdm.auto import tqdm
+
     runs = plan_runs(world, spec)
+    world.check_splits({r.target for r in runs})
     log.info("%s: %d runs over %d targets", spec.name, len(runs), len({r.target for r in runs}))
     results: dict[str, dict] = {}
     groups: dict[tuple, list[Run]] = {}
@@ -202,8 +219,8 @@ def run_experiment(
         singles, tv_cache = None, {}  # shared by the group's runs: one pool, one validation set
         if any(r.method in ("best_single", "ties", "task_arithmetic", "dare", "dare_ties") for r in group):
             singles = single_adapter_losses(evaluator_for(settings.prune))
-        outcomes = []
-        for r in group:
+        outcomes, val_ces = [], []
+        for r in tqdm(group, desc=f"{target}: methods", leave=False, dynamic_ncols=True, disable=not progress):
             t0 = time.perf_counter()
             prune = EVO_VARIANTS.get(r.variant, {}).get("prune", settings.prune) if r.method == "evo_merging" else "A"
             searches = r.method in ("evo_merging", "lorahub")  # only CMA-ES runs have stages to checkpoint
@@ -212,9 +229,14 @@ def run_experiment(
                            tv_cache)
             o.details["search_s"] = time.perf_counter() - t0
             outcomes.append(o)
-        scores = _test_scores(world, target, outcomes, spec)
-        for r, o, s in zip(group, outcomes, scores, strict=True):
-            cell = {**s, "val_fitness": o.val_fitness, "pool_size": r.pool.num_adapters, **o.details}
+            val_ces.append(validation_ce(evaluator_for(prune), o))
+        scores, texts = _test_scores(world, target, outcomes, spec, progress)
+        test_records = world.records[target]["test"][: spec.test_examples]
+        for i, (r, o, s) in enumerate(zip(group, outcomes, scores, strict=True)):
+            if predictions_dir is not None:
+                write_predictions(predictions_dir, target, r.label, test_records, texts[i], world.task_type(target))
+            cell = {**s, "val_ce": val_ces[i], "val_fitness": o.val_fitness, "pool_size": r.pool.num_adapters,
+                    "prompt": world.prompt_stats.get(target, {}), **o.details}
             results.setdefault(r.label, {"per_task": {}})["per_task"][target] = cell
             log.info("%-28s %-18s F1 %.3f (val %.4f)", r.label, target, s["f1"], o.val_fitness or float("nan"))
             if on_result is not None:

@@ -51,7 +51,8 @@ def _remote_vectors(method: str, service, settings: MethodSettings, runner: Stag
 
 
 def run_remote_experiment(records: dict, spec: ExperimentSpec, settings: MethodSettings,
-                          validation: ValidationConfig, service_cfg: dict, runner_for=None) -> dict:
+                          validation: ValidationConfig, service_cfg: dict, runner_for=None,
+                          task_types: dict[str, str] | None = None) -> dict:
     """Run ``spec``'s OOD cells through the service at ``service_cfg['url']``."""
     from evojax_merge.service.client import RemoteMergeService, list_pools
 
@@ -71,6 +72,8 @@ def run_remote_experiment(records: dict, spec: ExperimentSpec, settings: MethodS
         log.info("white-box methods skipped in a remote run: %s", ", ".join(skipped))
     results: dict[str, dict] = {}
     for target in targets:
+        if not task_types or target not in task_types:
+            raise EvoMergeInputError(f"data.tasks.{target}.type: no type declared for task {target!r}")
         adapters = [a for a in names if a != target]  # OOD: the target's own adapter is left out
         test = records[target]["test"][: spec.test_examples]
         with RemoteMergeService(url, key, pool_id, records=records[target]["validation"], adapters=adapters,
@@ -79,7 +82,7 @@ def run_remote_experiment(records: dict, spec: ExperimentSpec, settings: MethodS
                 runner = runner_for(f"{target}/{method}") if runner_for else None
                 alpha, beta, fitness, details = _remote_vectors(method, service, settings, runner)
                 texts = service.generate(alpha, beta, test, max_new_tokens=spec.max_new_tokens)
-                cell = {**score(texts, test, target.split("_", 1)[0]), "val_fitness": fitness,
+                cell = {**score(texts, test, task_types[target]), "val_fitness": fitness,
                         "pool_size": len(adapters), "alpha": alpha.tolist(), "beta": beta.tolist(), **details}
                 results.setdefault(method, {"per_task": {}})["per_task"][target] = cell
                 log.info("%-14s %-18s F1 %.3f (val %.4f)", method, target, cell["f1"], fitness)
