@@ -105,6 +105,21 @@ def test_a_row_that_cannot_fit_is_an_error_never_cut(tok):
         encode_prompts([rec], tok, max_len=20)
 
 
+def test_zoo_legacy_truncation_cuts_the_prompt_from_the_left_never_the_answer(tok):
+    rec = {"instruction": "word " * 80, "input": "paris", "output": "city: paris"}
+    batch = encode_examples([rec], tok, max_len=20, overflow="truncate_left")
+    ids = batch["input_ids"][0]
+    answer = _ids(tok, format_answer(rec)) + [tok.eos_token_id]
+    assert batch["input_ids"].shape == (1, 20) and ids[0] == tok.bos_token_id
+    assert ids[-len(answer) :].tolist() == answer
+    assert tok.decode(ids[-len(answer) - 5 : -len(answer)].tolist()) == "input : paris answer :"
+    assert (batch["labels"][0] != IGNORE_INDEX).sum() == len(answer)
+    with pytest.raises(EvoMergeInputError, match="record 0: the answer needs"):
+        encode_examples([{"instruction": "a", "output": "w " * 40}], tok, max_len=20, overflow="truncate_left")
+    cut = encode_prompts([rec], tok, max_len=10, overflow="truncate_left")
+    assert cut["input_ids"].shape == (1, 10) and cut["lengths"][0] == 10 and cut["input_ids"][0, 0] == tok.bos_token_id
+
+
 def test_encode_prompts_for_generation(tok):
     recs = generate_task("ner_law", 0, (5, 0, 0))["train"]
     full = encode_examples(recs, tok)

@@ -9,7 +9,9 @@ are *not* shifted: position t's logits predict ``labels[t + 1]``, as in transfor
 
 Length: a row longer than ``max_len`` loses whole few-shot turns, oldest first (counted per
 record in :attr:`Encoding.dropped_turns`); a row that does not fit even without any turn is an
-error naming the source file and the record index. Nothing is ever cut mid-prompt.
+error naming the source file and the record index. Nothing is ever cut mid-prompt, except by
+the explicit ``overflow="truncate_left"`` that only the built-in zoo's own training rows use
+(their cached weights were trained that way).
 ``max_len=None`` means "what the data needs", up to ``cap``. Rows are right-padded to the
 smallest bucket that fits the longest row (``max_len`` acts as the last bucket), so one ``jit``
 compile serves every batch of that bucket.
@@ -28,6 +30,7 @@ from evojax_merge.errors import EvoMergeInputError
 IGNORE_INDEX = -100
 DEFAULT_BUCKETS: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048)
 DEFAULT_CAP = 2048
+OVERFLOW = ("drop_turns", "truncate_left")  # truncate_left: only the zoo's own training rows (legacy)
 
 
 def bucket_length(n: int, buckets: Sequence[int] = DEFAULT_BUCKETS, max_len: int | None = None) -> int:
@@ -134,10 +137,35 @@ def _row(record: Mapping[str, object], tokenizer: object, style: str, loss_on_hi
     return ids, labels
 
 
+def _truncate_left(ids: list[int], labels: list[int], limit: int, head: int, where: str) -> tuple[list, list]:
+    """The zoo's own legacy fit: prompt tokens cut just after ``<s>``; the answer never."""
+    if len(ids) <= limit:
+        return ids, labels
+    start = next((t for t, x in enumerate(labels) if x != IGNORE_INDEX), len(ids))
+    room = limit - head - (len(ids) - start)
+    if room < 1:
+        raise EvoMergeInputError(f"{where}: the answer needs {len(ids) - start} tokens, no room for a prompt in "
+                                 f"max_len {limit}")
+    cut = start - head - room
+    return ids[:head] + ids[head + cut:], labels[:head] + labels[head + cut:]
+
+
 def _fit_rows(records: Sequence[Mapping[str, object]], tokenizer: object, style: str, loss_on_history: bool,
-              limit: int, source: str, with_answer: bool) -> tuple[list[list[int]], list[list[int]], list[int]]:
+              limit: int, source: str, with_answer: bool, overflow: str = "drop_turns",
+              ) -> tuple[list[list[int]], list[list[int]], list[int]]:
     """Rows within ``limit`` tokens, dropping whole history turns oldest first."""
+    if overflow not in OVERFLOW:
+        raise ValueError(f"overflow must be one of {OVERFLOW}, got {overflow!r}")
     rows, labels, dropped = [], [], []
+    if overflow == "truncate_left":
+        head = 1 if style == "plain" and special_ids(tokenizer)[1] is not None else 0
+        for i, record in enumerate(records):
+            ids, lab = _truncate_left(*_row(record, tokenizer, style, loss_on_history, with_answer), limit, head,
+                                      f"{source}: record {i}")
+            rows.append(ids)
+            labels.append(lab)
+            dropped.append(0)
+        return rows, labels, dropped
     for i, record in enumerate(records):
         turns = list(record.get("history") or [])  # type: ignore[call-overload]
         for d in range(len(turns) + 1):
@@ -166,6 +194,7 @@ def encode_records(
     source: str = "<records>",
     buckets: Sequence[int] = DEFAULT_BUCKETS,
     pad_to: int | None = None,
+    overflow: str = "drop_turns",
 ) -> Encoding:
     """Teacher-forcing rows: ``{"input_ids", "attention_mask", "labels"}``, int32 ``[B, T]``.
 
@@ -175,7 +204,7 @@ def encode_records(
     style = resolve_style(tokenizer, style)
     limit = int(max_len if max_len is not None else cap)
     pad, _, _ = special_ids(tokenizer)
-    rows, labels, dropped = _fit_rows(records, tokenizer, style, loss_on_history, limit, source, True)
+    rows, labels, dropped = _fit_rows(records, tokenizer, style, loss_on_history, limit, source, True, overflow)
     length = _target_length(rows, limit, buckets, pad_to)
     arrays = {
         "input_ids": _pad(rows, length, pad),
@@ -195,6 +224,7 @@ def encode_generation(
     source: str = "<records>",
     buckets: Sequence[int] = DEFAULT_BUCKETS,
     pad_to: int | None = None,
+    overflow: str = "drop_turns",
 ) -> Encoding:
     """Prompts for generation: ``{"input_ids", "attention_mask"}`` ``[B, T]`` and ``"lengths"`` ``[B]``.
 
@@ -204,7 +234,7 @@ def encode_generation(
     style = resolve_style(tokenizer, style)
     limit = int(max_len if max_len is not None else cap)
     pad, _, _ = special_ids(tokenizer)
-    rows, _, dropped = _fit_rows(records, tokenizer, style, False, limit, source, False)
+    rows, _, dropped = _fit_rows(records, tokenizer, style, False, limit, source, False, overflow)
     length = _target_length(rows, limit, buckets, pad_to)
     arrays = {
         "input_ids": _pad(rows, length, pad),

@@ -60,6 +60,7 @@ def generate_for_population(
     style: str = "auto",
     cap: int = DEFAULT_CAP,
     source: str = "<records>",
+    overflow: str = "drop_turns",
 ) -> list[list[str]]:
     """Greedy answers of every candidate: ``out[p][i]`` answers ``records[p][i]``.
 
@@ -72,7 +73,7 @@ def generate_for_population(
     pad, _, _ = special_ids(tokenizer)
     eos = stop_id(tokenizer, style)
     eos = -1 if eos is None else eos
-    enc_kw = {"style": style, "cap": cap, "source": source}
+    enc_kw = {"style": style, "cap": cap, "source": source, "overflow": overflow}
     if adapters is None:
         flat = list(records)
         enc = encode_prompts(flat, tokenizer, max_len=max_len, **enc_kw)
