@@ -206,7 +206,7 @@ def run_experiment(
     from tqdm.auto import tqdm
 
     runs = plan_runs(world, spec)
-    world.check_splits({r.target for r in runs})
+    world.check_splits({r.target for r in runs}, spec.max_len, spec.test_examples)
     log.info("%s: %d runs over %d targets", spec.name, len(runs), len({r.target for r in runs}))
     results: dict[str, dict] = {}
     groups: dict[tuple, list[Run]] = {}

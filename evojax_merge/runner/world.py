@@ -48,13 +48,20 @@ class World:
         """``data.max_len_cap``, never beyond the model's position range."""
         return min(self.prompt.max_len_cap, int(self.model.config.max_position_embeddings))
 
-    def check_splits(self, targets) -> None:
-        """Every target has its validation and test records, checked before anything runs."""
+    def check_splits(self, targets, max_len: int | None = None, test_examples: int | None = None) -> None:
+        """Before anything runs: every target has validation and test records, and they fit ``max_len``
+        (validation rows with their answers, test prompts alone)."""
+        from evojax_merge.data.batching import encode_generation, encode_records
+
         for task in sorted(targets):
             for split in ("validation", "test"):
                 if not self.records.get(task, {}).get(split):
                     raise EvoMergeInputError(f"data.tasks.{task}.{split}: missing; target {task!r} needs "
                                              "validation and test records")
+            encode_records(self.records[task]["validation"], self.tokenizer, max_len,
+                           **self.encoding(task, "validation"))
+            encode_generation(self.records[task]["test"][:test_examples], self.tokenizer, max_len,
+                              **self.encoding(task, "test", training=False))
 
     def note_fit(self, task: str, encoding, records) -> None:
         """Log and keep (for results.json) what fitting ``task``'s validation rows did."""
