@@ -120,11 +120,12 @@ def generate_texts(state: ProviderState, session, alpha: np.ndarray, beta: np.nd
                    buckets: Sequence[int]) -> list[str]:
     """Greedy continuations of ``prompts`` under the merged adapter of ``(alpha, beta)``."""
     with state.tokenizer_lock:  # a prompt over the limit, even without few-shot turns, is an error
-        try:
-            enc = encode_prompts(prompts, state.tokenizer, max_len=max_prompt_tokens, buckets=buckets,
-                                 source="prompts")
-        except EvoMergeInputError as e:
-            raise FieldError("prompts", str(e)) from None
+        for i, prompt in enumerate(prompts):
+            try:
+                encode_prompts([prompt], state.tokenizer, max_len=max_prompt_tokens, buckets=buckets)
+            except EvoMergeInputError:
+                raise FieldError(f"prompts[{i}]", f"over the limit of {max_prompt_tokens} tokens") from None
+        enc = encode_prompts(prompts, state.tokenizer, max_len=max_prompt_tokens, buckets=buckets)
         pad, _, _ = special_ids(state.tokenizer)
         eos = stop_id(state.tokenizer)
     ids, lengths = enc["input_ids"], enc["lengths"]
