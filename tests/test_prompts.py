@@ -114,3 +114,14 @@ def test_history_turn_holding_the_records_answer_is_found():
     none = {**ie_record(0, shots=1), "output": "None"}
     none["history"][0][1] = "None"  # "None" answers are not leaks
     assert history_leaks([*recs, none]) == [1, 3]
+
+
+def test_plain_template_loss_on_history():
+    tok = build_tokenizer(["user assistant instruction input answer hi hello do it ok x y"])
+    rec = {"instruction": "Do it.", "input": "x y", "output": "ok", "history": [["hi", "hello"]]}
+    only = encode_records([rec], tok, style="plain")
+    both = encode_records([rec], tok, style="plain", loss_on_history=True)
+    assert (only.arrays["input_ids"] == both.arrays["input_ids"]).all()  # same tokens, more labels
+    scored = [x for x in both.arrays["labels"][0].tolist() if x != IGNORE_INDEX]
+    assert scored == _ids(tok, " hello") + _ids(tok, " ok") + [tok.eos_token_id]
+    assert [x for x in only.arrays["labels"][0].tolist() if x != IGNORE_INDEX] == _ids(tok, " ok") + [tok.eos_token_id]
