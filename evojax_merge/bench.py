@@ -103,7 +103,8 @@ def batched_flops(evaluator: MergeEvaluator, alpha, beta) -> float:
     once, so the ``lax.map`` of a chunked call would be undercounted by the population size."""
     import dataclasses
 
-    compiled = population_ce.lower(dataclasses.replace(evaluator.ce_fn, chunk=None), evaluator.ce_args, jnp.asarray(alpha), jnp.asarray(beta),
+    whole = dataclasses.replace(evaluator.ce_fn, chunk=None)
+    compiled = population_ce.lower(whole, evaluator.ce_args, jnp.asarray(alpha), jnp.asarray(beta),
                                    jnp.asarray(evaluator.batch_index(0))).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost

@@ -18,9 +18,11 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from evojax_merge.data.tasks import register_configs
 from evojax_merge.errors import EvoMergeInputError
 
 log = logging.getLogger("evojax_merge.train")
+register_configs()  # data.tasks accepts new task names without Hydra's "+"
 
 
 def _tuples(d: dict) -> dict:
@@ -75,18 +77,20 @@ def validate(cfg: DictConfig) -> None:
 
 
 def load_world(cfg: DictConfig):
+    from evojax_merge.data.prompt import PromptSettings
     from evojax_merge.runner.world import load_user_world, load_zoo_world
 
+    prompt = PromptSettings(cfg.data.prompt, bool(cfg.data.loss_on_history), int(cfg.data.max_len_cap))
     if cfg.model.source == "zoo":
         if cfg.pool.source != "zoo" or cfg.data.source != "zoo":
             raise EvoMergeInputError("model.source=zoo needs pool.source=zoo and data.source=zoo")
-        return load_zoo_world(zoo_config(cfg), cfg.cache_dir, cfg.model.dtype, progress=cfg.progress)
+        return load_zoo_world(zoo_config(cfg), cfg.cache_dir, cfg.model.dtype, progress=cfg.progress, prompt=prompt)
     if cfg.model.source != "hf":
         raise EvoMergeInputError(f"model.source: {cfg.model.source!r} is not zoo or hf")
     adapters = cfg.pool.adapters
     adapters = list(adapters) if not isinstance(adapters, str) else adapters
     return load_user_world(cfg.model.path, cfg.model.tokenizer, adapters,
-                           OmegaConf.to_container(cfg.data.tasks, resolve=True), cfg.model.dtype)
+                           OmegaConf.to_container(cfg.data.tasks, resolve=True), cfg.model.dtype, prompt)
 
 
 def _fingerprint(resolved: dict, label: str) -> dict:
@@ -172,7 +176,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     backend = LocalBackend(world, spec.max_new_tokens, cfg.population_chunk, progress=cfg.progress)
     with PreemptionGuard() as guard:
         runner_for = stage_runner_factory(cfg, out_dir, tracker, guard, resolved)
-        results = run_experiment(backend, spec, methods, validation, runner_for, on_result, progress=cfg.progress)
+        results = run_experiment(backend, spec, methods, validation, runner_for, on_result, progress=cfg.progress,
+                                 predictions_dir=out_dir / "predictions")
     write_search_results(out_dir, searches, int(cfg.seed))
     results["timings"] = {"world_s": world_s, "experiment_s": time.perf_counter() - t0}
     results["zoo"] = {k: world.info[k] for k in ("zoo_root", "timings", "adapter_test") if k in world.info}
@@ -218,10 +223,20 @@ def user_records(cfg: DictConfig) -> dict:
         from evojax_merge.zoo.tasks import generate_zoo
 
         return generate_zoo(zoo_config(cfg).tasks)
-    from evojax_merge.data.records import load_records
+    from evojax_merge.data.tasks import declared_tasks, load_task_records
 
-    return {t: {split: load_records(p) for split, p in splits.items()}
-            for t, splits in OmegaConf.to_container(cfg.data.tasks, resolve=True).items()}
+    return load_task_records(declared_tasks(OmegaConf.to_container(cfg.data.tasks, resolve=True)))
+
+
+def user_task_types(cfg: DictConfig) -> dict[str, str]:
+    """Each task's declared IE type: the zoo's own, or ``data.tasks.NAME.type``."""
+    if cfg.data.source == "zoo":
+        from evojax_merge.zoo.tasks import parse_task_name, task_names
+
+        return {t: parse_task_name(t)[0] for t in task_names(zoo_config(cfg).tasks)}
+    from evojax_merge.data.tasks import declared_tasks
+
+    return {n: t.type for n, t in declared_tasks(OmegaConf.to_container(cfg.data.tasks, resolve=True)).items()}
 
 
 def run_remote(cfg: DictConfig, spec, methods: dict, validation, resolved: dict, out_dir: Path) -> dict:
@@ -233,12 +248,14 @@ def run_remote(cfg: DictConfig, spec, methods: dict, validation, resolved: dict,
 
     check_methods(methods, remote=True)  # before any request
     service = OmegaConf.to_container(cfg.service, resolve=True)
-    backend = RemoteBackend(service, user_records(cfg), spec.max_new_tokens, service.get("adapter_tasks") or {})
+    backend = RemoteBackend(service, user_records(cfg), spec.max_new_tokens, service.get("adapter_tasks") or {},
+                            task_types=user_task_types(cfg))
     tracker = make_tracker(OmegaConf.to_container(cfg.logger, resolve=True), resolved, out_dir, spec.name)
     t0 = time.perf_counter()
     with PreemptionGuard() as guard:
         results = run_experiment(backend, spec, methods, validation,
-                                 stage_runner_factory(cfg, out_dir, tracker, guard, resolved), progress=cfg.progress)
+                                 stage_runner_factory(cfg, out_dir, tracker, guard, resolved), progress=cfg.progress,
+                                 predictions_dir=out_dir / "predictions")
     results["timings"] = {"experiment_s": time.perf_counter() - t0}
     results["remote"] = {"url": backend.url, "pool_id": backend.pool_id}
     results["config"] = {**resolved, "service": {**resolved["service"], "api_key": "***"}}

@@ -95,17 +95,28 @@ def test_buckets_pick_the_smallest_fit(tok):
         encode_examples(recs, tok, pad_to=10)
 
 
-def test_truncation_cuts_the_prompt_from_the_left_never_the_answer(tok):
+def test_a_row_that_cannot_fit_is_an_error_never_cut(tok):
     rec = {"instruction": "word " * 80, "input": "paris", "output": "city: paris"}
-    batch = encode_examples([rec], tok, max_len=20)
+    with pytest.raises(EvoMergeInputError, match=r"^val.json: record 1: the prompt and answer without any few-shot "
+                                                 r"turn need 9\d tokens, more than max_len 20$"):
+        encode_examples([{"instruction": "a", "output": "b"}, rec], tok, max_len=20, source="val.json")
+    with pytest.raises(EvoMergeInputError, match="record 0: the prompt without"):
+        encode_prompts([rec], tok, max_len=20)
+
+
+def test_zoo_legacy_truncation_cuts_the_prompt_from_the_left_never_the_answer(tok):
+    rec = {"instruction": "word " * 80, "input": "paris", "output": "city: paris"}
+    batch = encode_examples([rec], tok, max_len=20, overflow="truncate_left")
     ids = batch["input_ids"][0]
     answer = _ids(tok, format_answer(rec)) + [tok.eos_token_id]
     assert batch["input_ids"].shape == (1, 20) and ids[0] == tok.bos_token_id
     assert ids[-len(answer) :].tolist() == answer
     assert tok.decode(ids[-len(answer) - 5 : -len(answer)].tolist()) == "input : paris answer :"
     assert (batch["labels"][0] != IGNORE_INDEX).sum() == len(answer)
-    with pytest.raises(EvoMergeInputError, match="record 0: answer has"):
-        encode_examples([{"instruction": "a", "output": "w " * 40}], tok, max_len=20)
+    with pytest.raises(EvoMergeInputError, match="record 0: the answer needs"):
+        encode_examples([{"instruction": "a", "output": "w " * 40}], tok, max_len=20, overflow="truncate_left")
+    cut = encode_prompts([rec], tok, max_len=10, overflow="truncate_left")
+    assert cut["input_ids"].shape == (1, 10) and cut["lengths"][0] == 10 and cut["input_ids"][0, 0] == tok.bos_token_id
 
 
 def test_encode_prompts_for_generation(tok):
@@ -118,9 +129,6 @@ def test_encode_prompts_for_generation(tok):
         assert n == 1 + len(_ids(tok, format_prompt(rec)))
         assert batch["input_ids"][i, :n].tolist() == full["input_ids"][i, :n].tolist()
         assert batch["attention_mask"][i].sum() == n and (batch["input_ids"][i, n:] == 0).all()
-    cut = encode_prompts(recs, tok, max_len=10)
-    assert cut["input_ids"].shape == (5, 10) and (cut["lengths"] == 10).all()
-    assert cut["input_ids"][0, 0] == tok.bos_token_id
 
 
 def test_raw_tokenizers_object_gives_the_same_batch(tok_dir, tok):

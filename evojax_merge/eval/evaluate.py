@@ -10,13 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from evojax_merge.data.batching import encode_prompts, special_ids
+from evojax_merge.data.batching import DEFAULT_CAP, encode_prompts, special_ids, stop_id
 from evojax_merge.eval.generate import greedy_generate
-from evojax_merge.eval.metrics import exact_match, ie_scores
+from evojax_merge.eval.metrics import task_scores
 from evojax_merge.lora.adapter import LoraAdapter, LoraStack
 from evojax_merge.models.llama import LlamaForCausalLM
-
-IE_TASK_TYPES = ("ner", "es", "et", "re", "ep", "epr", "ee")
 
 
 @partial(nnx.jit, static_argnames=("max_new_tokens", "eos_id", "pad_id"))
@@ -58,22 +56,30 @@ def generate_for_population(
     tokenizer,
     adapters: LoraStack | LoraAdapter | None,
     records: Sequence[Sequence[Mapping]] | Sequence[Mapping],
-    max_len: int = 128,
+    max_len: int | None = 128,
     max_new_tokens: int = 40,
     chunk: int = 16,
+    *,
+    style: str = "auto",
+    cap: int = DEFAULT_CAP,
+    source: str = "<records>",
+    overflow: str = "drop_turns",
 ) -> list[list[str]]:
     """Greedy answers of every candidate: ``out[p][i]`` answers ``records[p][i]``.
 
     ``adapters`` carries a leading population axis (a ``LoraStack``, or a ``LoraAdapter`` whose
     arrays are stacked). ``records`` is one list per candidate, or one shared flat list. ``None``
     generates once with the model alone (``out[0]``). Candidates run ``chunk`` at a time, in one
-    vmapped call each.
+    vmapped call each. Prompts follow ``style`` (:mod:`evojax_merge.data.prompt`); an answer
+    stops at the chat template's end-of-turn token (or eos in the plain template).
     """
-    pad, _, eos = special_ids(tokenizer)
+    pad, _, _ = special_ids(tokenizer)
+    eos = stop_id(tokenizer, style)
     eos = -1 if eos is None else eos
+    enc_kw = {"style": style, "cap": cap, "source": source, "overflow": overflow}
     if adapters is None:
         flat = list(records)
-        enc = encode_prompts(flat, tokenizer, max_len=max_len)
+        enc = encode_prompts(flat, tokenizer, max_len=max_len, **enc_kw)
         toks = _generate_plain(model, jnp.asarray(enc["input_ids"]), jnp.asarray(enc["lengths"]),
                                max_new_tokens=max_new_tokens, eos_id=eos, pad_id=pad)
         return [decode_answers(tokenizer, np.asarray(toks), eos)]
@@ -84,12 +90,12 @@ def generate_for_population(
     width = max(len(r) for r in per_candidate)
     # one prompt length for all candidates, so every chunk has the same shape (one compile)
     flat = [r for recs in per_candidate for r in recs]
-    length = encode_prompts(flat, tokenizer, max_len=max_len)["input_ids"].shape[1]
+    length = encode_prompts(flat, tokenizer, max_len=max_len, **enc_kw)["input_ids"].shape[1]
     prompt_ids = np.full((num, width, length), pad, np.int32)
     lengths = np.ones((num, width), np.int32)
     for p, recs in enumerate(per_candidate):
         if recs:
-            enc = encode_prompts(list(recs), tokenizer, max_len=max_len, pad_to=length)
+            enc = encode_prompts(list(recs), tokenizer, max_len=max_len, pad_to=length, **enc_kw)
             prompt_ids[p, : len(recs)] = enc["input_ids"]
             lengths[p, : len(recs)] = enc["lengths"]
     outputs: list[list[str]] = []
@@ -105,9 +111,5 @@ def generate_for_population(
 
 
 def score(predictions: Sequence[str], records: Sequence[Mapping], task_type: str) -> dict[str, float]:
-    """IE precision/recall/F1 for IE task types; exact match (as all three) otherwise."""
-    golds = [str(r["output"]) for r in records]
-    if task_type in IE_TASK_TYPES:
-        return ie_scores(predictions, golds, task_type)
-    em = exact_match(predictions, golds)
-    return {"precision": em, "recall": em, "f1": em, "exact_match": em}
+    """IE precision/recall/F1 for a declared IE type; exact match (as all three) for ``exact``."""
+    return task_scores(predictions, [str(r["output"]) for r in records], task_type)

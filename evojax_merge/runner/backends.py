@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evojax_merge.data.batching import encode_examples
+from evojax_merge.data.batching import encode_records
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.eval.evaluate import generate_for_population
 from evojax_merge.methods.base import Outcome
@@ -64,7 +64,9 @@ class LocalBackend:
     def open_cell(self, target: str, pool_idx: Sequence[int], val_records: list[dict],
                   validation: ValidationConfig, max_len: int) -> Cell:
         pool = self.world.pool.subset(list(pool_idx))
-        examples = encode_examples(val_records, self.world.tokenizer, max_len=max_len)
+        enc = encode_records(val_records, self.world.tokenizer, max_len, **self.world.encoding(target, "validation"))
+        self.world.note_fit(target, enc, val_records)
+        examples = enc.arrays
         evaluators: dict[str, MergeEvaluator] = {}
 
         def evaluator_for(prune: str) -> MergeEvaluator:
@@ -75,15 +77,28 @@ class LocalBackend:
 
         return Cell(target, list(pool_idx), list(pool.names), evaluator_for, pool.stack)
 
+    def check(self, targets, max_len: int | None, test_examples: int) -> None:
+        """Every target's splits exist and fit, before anything runs."""
+        self.world.check_splits(set(targets), max_len, test_examples)
+
+    def prompt_stats(self, target: str) -> dict:
+        return self.world.prompt_stats.get(target, {})
+
     def answers(self, cell: Cell, outcomes: list[Outcome], records: list[dict], max_len: int) -> list[list[str]]:
         """Greedy test answers of every outcome; the adapter ones in batched calls."""
+        from tqdm.auto import tqdm
+
         world, texts = self.world, {}
+        gen_kw = world.encoding(cell.target, "test", training=False)
+        bar = tqdm(total=len(outcomes), desc=f"{cell.target}: test generation", leave=False, dynamic_ncols=True,
+                   disable=not self.progress)
         lora_idx = [i for i, o in enumerate(outcomes) if o.adapter is not None and o.model is None]
         if lora_idx:
             stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[outcomes[i].adapter for i in lora_idx])
             outs = generate_for_population(world.model, world.tokenizer, stacked, records, max_len,
-                                           self.max_new_tokens)
+                                           self.max_new_tokens, **gen_kw)
             texts.update(zip(lora_idx, outs, strict=True))
+            bar.update(len(lora_idx))
         split = None
         for i, o in enumerate(outcomes):
             if i in texts:
@@ -96,7 +111,10 @@ class LocalBackend:
 
                 split = split or nnx.split(world.model)
                 model = nnx.merge(split[0], fold_into_params(split[1], o.delta))
-            texts[i] = generate_for_population(model, world.tokenizer, None, records, max_len, self.max_new_tokens)[0]
+            texts[i] = generate_for_population(model, world.tokenizer, None, records, max_len, self.max_new_tokens,
+                                               **gen_kw)[0]
+            bar.update(1)
+        bar.close()
         return [texts[i] for i in range(len(outcomes))]
 
 
@@ -106,7 +124,7 @@ class RemoteBackend:
     remote = True
 
     def __init__(self, service_cfg: dict, records: dict, max_new_tokens: int,
-                 adapter_tasks: dict[str, str] | None = None):
+                 adapter_tasks: dict[str, str] | None = None, task_types: dict[str, str] | None = None):
         from evojax_merge.service.client import list_pools
 
         self.url, self.key = service_cfg["url"], service_cfg.get("api_key")
@@ -124,13 +142,28 @@ class RemoteBackend:
         self.names = list(pools[self.pool_id]["adapters"])
         self.adapter_tasks = {n: (adapter_tasks or {}).get(n, n) for n in self.names}
         self.records = records
+        self.task_types = dict(task_types or {})
         self.max_new_tokens = max_new_tokens
 
     def own_adapter(self, task: str) -> str | None:
         return next((a for a, t in self.adapter_tasks.items() if t == task), None)
 
     def task_type(self, task: str) -> str:
-        return task.split("_", 1)[0]
+        """The declared type (the zoo's own, or data.tasks.NAME.type); never guessed from the name."""
+        if task not in self.task_types:
+            raise EvoMergeInputError(f"data.tasks.{task}.type: no type declared for task {task!r}")
+        return self.task_types[task]
+
+    def check(self, targets, max_len: int | None, test_examples: int) -> None:
+        for task in sorted(targets):
+            self.task_type(task)
+            for split in ("validation", "test"):
+                if not self.records.get(task, {}).get(split):
+                    raise EvoMergeInputError(f"data.tasks.{task}.{split}: missing; target {task!r} needs "
+                                             "validation and test records")
+
+    def prompt_stats(self, target: str) -> dict:
+        return {}  # the service fits the prompts
 
     def open_cell(self, target: str, pool_idx: Sequence[int], val_records: list[dict],
                   validation: ValidationConfig, max_len: int) -> Cell:

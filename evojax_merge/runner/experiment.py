@@ -21,6 +21,7 @@ import numpy as np
 
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.eval.evaluate import score
+from evojax_merge.eval.predictions import write_predictions
 from evojax_merge.methods.base import MergeMethod, MergeTask, Outcome
 from evojax_merge.search.fitness import ValidationConfig
 
@@ -39,7 +40,7 @@ class ExperimentSpec:
     pool_sizes: tuple[int, ...] = ()  # pool_size experiment; empty = the whole pool
     val_sizes: tuple[int, ...] = ()  # val_size experiment; empty = validation.num_batches x batch_size
     test_examples: int = 100
-    max_len: int = 128
+    max_len: int | None = None  # None: what the data needs, up to data.max_len_cap
     max_new_tokens: int = 48
     seed: int = 0
 
@@ -134,14 +135,14 @@ def run_experiment(
     runner_for: Callable[[str], object] | None = None,
     on_result: Callable[[Run, str, Outcome, dict], None] | None = None,
     progress: bool = True,
+    predictions_dir=None,
 ) -> dict:
     """Every method on every planned cell; returns ``{"methods": {label: {precision, recall, f1, per_task}}}``."""
     check_methods(methods, backend.remote)
+    from tqdm.auto import tqdm
+
     runs = plan_runs(backend, spec)
-    for r in runs:  # every split is there before anything runs
-        for split in ("validation", "test"):
-            if split not in backend.records.get(r.target, {}):
-                raise EvoMergeInputError(f"data.tasks.{r.target}.{split}: missing (every target needs it)")
+    backend.check({r.target for r in runs}, spec.max_len, spec.test_examples)  # splits exist and fit, up front
     log.info("%s: %d cells x %d methods over %d targets", spec.name, len(runs), len(methods),
              len({r.target for r in runs}))
     results: dict[str, dict] = {}
@@ -153,7 +154,8 @@ def run_experiment(
                              stack=cell.stack, world=getattr(backend, "world", None), seed=spec.seed,
                              progress=progress)
             outcomes, labels = [], []
-            for label, method in methods.items():
+            for label, method in tqdm(methods.items(), desc=f"{r.target}: methods", leave=False,
+                                      dynamic_ncols=True, disable=not progress):
                 full = label + r.suffix
                 task.runner = runner_for(f"{r.target}/{full}") if (runner_for and method.searches) else None
                 t0 = time.perf_counter()
@@ -172,8 +174,10 @@ def run_experiment(
             cell.close()
         for label, outcome, answers in zip(labels, outcomes, texts, strict=True):
             s = score(answers, test, backend.task_type(r.target))
+            if predictions_dir is not None:
+                write_predictions(predictions_dir, r.target, label, test, answers, backend.task_type(r.target))
             cell_result = {**s, "val_ce": outcome.val_ce, "val_fitness": outcome.val_fitness,
-                           "pool_size": len(r.pool_idx), **outcome.details}
+                           "pool_size": len(r.pool_idx), "prompt": backend.prompt_stats(r.target), **outcome.details}
             if outcome.genome is not None:
                 cell_result.setdefault("alpha", np.asarray(outcome.genome[0]).tolist())
                 cell_result.setdefault("beta", np.asarray(outcome.genome[1]).tolist())

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
-from evojax_merge.data.records import load_records
+from evojax_merge.data.prompt import PromptSettings
+from evojax_merge.data.tasks import declared_tasks, load_task_records
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.lora.pool import LoraPool, load_pool
 from evojax_merge.models.io import load_model
 from evojax_merge.models.llama import LlamaForCausalLM
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -26,18 +30,71 @@ class World:
     adapter_task: dict[str, str]  # adapter name -> the task it was trained on
     base_dir: Path
     info: dict  # e.g. the zoo manifest
+    task_types: dict[str, str] = dataclasses.field(default_factory=dict)  # task -> declared IE type
+    sources: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # task -> split -> file
+    prompt: PromptSettings = PromptSettings()
+    prompt_stats: dict[str, dict] = dataclasses.field(default_factory=dict)  # task -> what fitting did
 
     def task_type(self, task: str) -> str:
-        return task.split("_", 1)[0]
+        """The declared type of ``task`` (the zoo declares its own); never guessed from the name."""
+        if task not in self.task_types:
+            raise EvoMergeInputError(f"data.tasks.{task}.type: no type declared for task {task!r}")
+        return self.task_types[task]
+
+    def source(self, task: str, split: str) -> str:
+        return self.sources.get(task, {}).get(split, f"task {task} ({split})")
+
+    def max_len_cap(self) -> int:
+        """``data.max_len_cap``, never beyond the model's position range."""
+        return min(self.prompt.max_len_cap, int(self.model.config.max_position_embeddings))
+
+    def check_splits(self, targets, max_len: int | None = None, test_examples: int | None = None) -> None:
+        """Before anything runs: every target has validation and test records, and they fit ``max_len``
+        (validation rows with their answers, test prompts alone)."""
+        from evojax_merge.data.batching import encode_generation, encode_records
+
+        for task in sorted(targets):
+            for split in ("validation", "test"):
+                if not self.records.get(task, {}).get(split):
+                    raise EvoMergeInputError(f"data.tasks.{task}.{split}: missing; target {task!r} needs "
+                                             "validation and test records")
+            encode_records(self.records[task]["validation"], self.tokenizer, max_len,
+                           **self.encoding(task, "validation"))
+            encode_generation(self.records[task]["test"][:test_examples], self.tokenizer, max_len,
+                              **self.encoding(task, "test", training=False))
+
+    def note_fit(self, task: str, encoding, records) -> None:
+        """Log and keep (for results.json) what fitting ``task``'s validation rows did."""
+        from evojax_merge.data.prompt import history_leaks
+
+        leaks = history_leaks(records)
+        stats = {"style": encoding.style, "max_len": encoding.max_len,
+                 "dropped_turns": int(sum(encoding.dropped_turns)),
+                 "records_with_dropped_turns": encoding.records_with_dropped_turns,
+                 "answer_in_history": len(leaks)}
+        self.prompt_stats[task] = stats
+        log.info("%s validation: %s prompts, %d few-shot turns dropped over %d of %d records to fit %d tokens",
+                 task, encoding.style, stats["dropped_turns"], stats["records_with_dropped_turns"], len(records),
+                 encoding.max_len)
+        if leaks:
+            log.warning("%s validation: %d of %d records have their own answer in a history turn (first: "
+                        "record %d of %s)", task, len(leaks), len(records), leaks[0], self.source(task, "validation"))
+
+    def encoding(self, task: str, split: str, training: bool = True) -> dict:
+        """Keyword arguments of ``encode_records`` / ``generate_for_population`` for ``task``'s ``split``."""
+        kw = {"style": self.prompt.style, "cap": self.max_len_cap(), "source": self.source(task, split)}
+        return {**kw, "loss_on_history": self.prompt.loss_on_history} if training else kw
 
     def own_adapter(self, task: str) -> str | None:
         return next((a for a, t in self.adapter_task.items() if t == task), None)
 
 
-def load_zoo_world(zoo_cfg, cache_dir: str | None, dtype: str = "float32", progress: bool = True) -> World:
+def load_zoo_world(zoo_cfg, cache_dir: str | None, dtype: str = "float32", progress: bool = True,
+                   prompt: PromptSettings | None = None) -> World:
     from transformers import AutoTokenizer
 
     from evojax_merge.zoo.build import build_zoo
+    from evojax_merge.zoo.tasks import parse_task_name
 
     zoo = build_zoo(zoo_cfg, cache_dir=cache_dir, progress=progress)
     model = load_model(zoo.base_dir, dtype=dtype)
@@ -45,18 +102,21 @@ def load_zoo_world(zoo_cfg, cache_dir: str | None, dtype: str = "float32", progr
     pool = load_pool(str(zoo.root / "adapters" / "*"), model.config)
     records = {t: zoo.records(t) for t in zoo.task_names}
     return World(model, AutoTokenizer.from_pretrained(zoo.base_dir), pool, records,
-                 {t: t for t in zoo.task_names}, zoo.base_dir, {"zoo_root": str(zoo.root), **zoo.manifest})
+                 {t: t for t in zoo.task_names}, zoo.base_dir, {"zoo_root": str(zoo.root), **zoo.manifest},
+                 task_types={t: parse_task_name(t)[0] for t in zoo.task_names}, prompt=prompt or PromptSettings())
 
 
 def load_user_world(model_dir: str, tokenizer_dir: str | None, adapters: str | list[str], data: dict,
-                    dtype: str = "float32") -> World:
-    """User data: ``data`` maps task -> {split: path to .json/.jsonl}; adapters map to tasks by
-    their directory name (or an ``evojax_merge.json`` with a ``task`` key beside the weights)."""
+                    dtype: str = "float32", prompt: PromptSettings | None = None) -> World:
+    """User data: ``data`` is ``data.tasks`` (task -> {type, validation, test}); adapters map to
+    tasks by their directory name (or an ``evojax_merge.json`` with a ``task`` key beside the
+    weights). Declarations, files and gold answers are all checked before the model loads."""
     from transformers import AutoTokenizer
 
+    tasks = declared_tasks(data)
+    records = load_task_records(tasks)
     model = load_model(model_dir, dtype=dtype)
     pool = load_pool(adapters, model.config)
-    records = {task: {split: load_records(path) for split, path in splits.items()} for task, splits in data.items()}
     adapter_task = {}
     for name, path in zip(pool.names, pool.paths, strict=True):
         meta = Path(path) / "evojax_merge.json"
@@ -66,4 +126,6 @@ def load_user_world(model_dir: str, tokenizer_dir: str | None, adapters: str | l
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     except (OSError, ValueError) as e:
         raise EvoMergeInputError(f"{tok_dir}: cannot load a tokenizer ({e})") from None
-    return World(model, tokenizer, pool, records, adapter_task, Path(model_dir), {})
+    return World(model, tokenizer, pool, records, adapter_task, Path(model_dir), {},
+                 task_types={n: t.type for n, t in tasks.items()}, sources={n: t.files for n, t in tasks.items()},
+                 prompt=prompt or PromptSettings())

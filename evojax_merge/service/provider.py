@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from evojax_merge.data.batching import encode_examples, encode_prompts, special_ids
+from evojax_merge.data.batching import encode_examples, encode_prompts, special_ids, stop_id
 from evojax_merge.data.records import load_records
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.eval.evaluate import decode_answers
@@ -120,12 +120,15 @@ def generate_texts(state: ProviderState, session, alpha: np.ndarray, beta: np.nd
                    prompts: Sequence[Mapping], max_new_tokens: int, max_prompt_tokens: int,
                    buckets: Sequence[int]) -> list[str]:
     """Greedy continuations of ``prompts`` under the merged adapter of ``(alpha, beta)``."""
-    with state.tokenizer_lock:  # one token past the limit marks a prompt that was truncated
-        enc = encode_prompts(prompts, state.tokenizer, max_len=max_prompt_tokens + 1, buckets=buckets)
-    for i, n in enumerate(enc["lengths"]):
-        if n > max_prompt_tokens:
-            raise FieldError(f"prompts[{i}]", f"over the limit of {max_prompt_tokens} tokens")
-    pad, _, eos = special_ids(state.tokenizer)
+    with state.tokenizer_lock:  # a prompt over the limit, even without few-shot turns, is an error
+        for i, prompt in enumerate(prompts):
+            try:
+                encode_prompts([prompt], state.tokenizer, max_len=max_prompt_tokens, buckets=buckets)
+            except EvoMergeInputError:
+                raise FieldError(f"prompts[{i}]", f"over the limit of {max_prompt_tokens} tokens") from None
+        enc = encode_prompts(prompts, state.tokenizer, max_len=max_prompt_tokens, buckets=buckets)
+        pad, _, _ = special_ids(state.tokenizer)
+        eos = stop_id(state.tokenizer)
     ids, lengths = enc["input_ids"], enc["lengths"]
     b = len(lengths)
     rows = _pow2(b)  # batch and step counts are rounded up to powers of two: few compiles

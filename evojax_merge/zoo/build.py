@@ -148,7 +148,8 @@ def _pretrain_batches(cfg: ZooBuildConfig, tokenizer, rng: np.random.Generator):
                                 seed=cfg.seed)
     texts = _with_answer_targets(_encode_texts(corpus["texts"], tokenizer, 48))
     records = _with_answer_targets(
-        encode_examples(corpus["records"], tokenizer, max_len=cfg.model.max_len, pad_to=cfg.model.max_len))
+        encode_examples(corpus["records"], tokenizer, max_len=cfg.model.max_len, pad_to=cfg.model.max_len,
+                        overflow="truncate_left"))
     b = cfg.pretrain.batch_size
     step = 0
     while True:  # alternate plain text and format records; two shapes, two compiles
@@ -176,7 +177,7 @@ def _adapter_quality(model, tokenizer, stack, tasks: list[str], data: dict, n_ev
     from evojax_merge.eval.evaluate import generate_for_population
 
     records = [data[t]["test"][:n_eval] for t in tasks]
-    outputs = generate_for_population(model, tokenizer, stack, records, max_len=max_len)
+    outputs = generate_for_population(model, tokenizer, stack, records, max_len=max_len, overflow="truncate_left")
     return {
         t: ie_scores(outs, [r["output"] for r in recs], parse_task_name(t)[0])
         for t, outs, recs in zip(tasks, outputs, records, strict=True)
@@ -235,7 +236,8 @@ def _build_into(out: Path, cfg: ZooBuildConfig, progress: bool) -> dict:
     timings["pretrain_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    encoded = [encode_examples(data[t]["train"], tokenizer, max_len=spec.max_len, pad_to=spec.max_len) for t in tasks]
+    encoded = [encode_examples(data[t]["train"], tokenizer, max_len=spec.max_len, pad_to=spec.max_len,
+                               overflow="truncate_left") for t in tasks]
     k = max(int((e["labels"] != IGNORE_INDEX).sum(1).max()) for e in encoded)  # longest answer of all tasks
     encoded = [_with_answer_targets(e, k) for e in encoded]
     train = {key: np.stack([e[key] for e in encoded]) for key in encoded[0]}

@@ -95,7 +95,7 @@ def build_zoo_tokenizer(
 
     Its vocabulary is everything the zoo can emit plus the words of the prompt template.
     """
-    template = format_prompt({"instruction": "x", "input": "x", "output": "x", "history": [["x", "x"]]})
+    template = format_prompt({"instruction": "x", "input": "y", "output": "x", "history": [["x", "x"]]})
     tok = build_tokenizer([*vocabulary_texts(cfg), template])
     if out_dir is not None:
         save_tokenizer(tok, out_dir)
