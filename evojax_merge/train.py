@@ -130,11 +130,11 @@ def stage_runner_factory(cfg: DictConfig, out_dir: Path, tracker, guard, resolve
     return runner_for
 
 
-def run(cfg: DictConfig, out_dir: Path) -> dict:
+def run(cfg: DictConfig, out_dir: Path, guard=None) -> dict:
+    """``guard``: the stop-signal flag the searches poll (``evojax_merge.slurm.stop_guard()``, installed)."""
     from evojax_merge.lora.export import save_peft_adapter
     from evojax_merge.runner.experiment import run_experiment
     from evojax_merge.search.fitness import ValidationConfig
-    from evojax_merge.search.preemption import PreemptionGuard
     from evojax_merge.search.result_io import search_result_record
     from evojax_merge.tracking import make_tracker
 
@@ -147,7 +147,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     (out_dir / "config_resolved.json").write_text(json.dumps(shown, indent=2))
 
     if cfg.service.kind == "remote":
-        return run_remote(cfg, spec, settings, validation, resolved, out_dir)
+        return run_remote(cfg, spec, settings, validation, resolved, out_dir, guard)
     if cfg.service.kind != "local":
         raise EvoMergeInputError(f"service.kind: {cfg.service.kind!r} is not local or remote")
     t0 = time.perf_counter()
@@ -168,10 +168,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             tracker.log_adapter(f"{r.target}-{r.label}", d)
 
     t0 = time.perf_counter()
-    with PreemptionGuard() as guard:
-        runner_for = stage_runner_factory(cfg, out_dir, tracker, guard, resolved)
-        results = run_experiment(world, spec, settings, validation, runner_for, on_result,
-                                 population_chunk=cfg.population_chunk)
+    runner_for = stage_runner_factory(cfg, out_dir, tracker, guard, resolved)
+    results = run_experiment(world, spec, settings, validation, runner_for, on_result,
+                             population_chunk=cfg.population_chunk)
     write_search_results(out_dir, searches, int(cfg.seed))
     results["timings"] = {"world_s": world_s, "experiment_s": time.perf_counter() - t0}
     results["zoo"] = {k: world.info[k] for k in ("zoo_root", "timings", "adapter_test") if k in world.info}
@@ -221,19 +220,16 @@ def user_records(cfg: DictConfig) -> dict:
             for t, splits in OmegaConf.to_container(cfg.data.tasks, resolve=True).items()}
 
 
-def run_remote(cfg: DictConfig, spec, settings, validation, resolved: dict, out_dir: Path) -> dict:
+def run_remote(cfg: DictConfig, spec, settings, validation, resolved: dict, out_dir: Path, guard=None) -> dict:
     """The same search through a merge service: only control vectors leave this process."""
     from evojax_merge.runner.remote import run_remote_experiment
     from evojax_merge.tracking import make_tracker
 
     tracker = make_tracker(OmegaConf.to_container(cfg.logger, resolve=True), resolved, out_dir, spec.name)
-    from evojax_merge.search.preemption import PreemptionGuard
-
     t0 = time.perf_counter()
-    with PreemptionGuard() as guard:
-        results = run_remote_experiment(user_records(cfg), spec, settings, validation,
-                                        OmegaConf.to_container(cfg.service, resolve=True),
-                                        stage_runner_factory(cfg, out_dir, tracker, guard, resolved))
+    results = run_remote_experiment(user_records(cfg), spec, settings, validation,
+                                    OmegaConf.to_container(cfg.service, resolve=True),
+                                    stage_runner_factory(cfg, out_dir, tracker, guard, resolved))
     results["timings"] = {"experiment_s": time.perf_counter() - t0}
     results["config"] = {**resolved, "service": {**resolved["service"], "api_key": "***"}}
     return finish(results, spec, out_dir, tracker)
@@ -242,21 +238,24 @@ def run_remote(cfg: DictConfig, spec, settings, validation, resolved: dict, out_
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     from evojax_merge.distributed import maybe_initialize_distributed
+    from evojax_merge.logs import quiet_library_logs
     from evojax_merge.search.preemption import Preempted
+    from evojax_merge.slurm import exit_after_stop, stop_guard
 
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
     logging.captureWarnings(True)  # checkpoint fallbacks are warnings: into Hydra's log too
+    quiet_library_logs()  # orbax: one line per save (ours), not ~37
     try:
-        maybe_initialize_distributed(bool(cfg.distributed))
-        run(cfg, out_dir)
+        with stop_guard() as guard:  # from the start: a signal during start-up stops after the first generation
+            maybe_initialize_distributed(bool(cfg.distributed))
+            run(cfg, out_dir, guard)
     except EvoMergeInputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except Preempted as stop:  # the checkpoint is on disk; a rerun in the same directory resumes
-        print(f"{stop}; rerun in {out_dir} to resume", flush=True)
-        sys.exit(0)
+    except Preempted as stop:  # the checkpoint is on disk: one message, then rerun / requeue
+        exit_after_stop(stop, out_dir, float(hydra_cfg.launcher.get("signal_delay_s", 90)))
 
 
 if __name__ == "__main__":
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     main()

@@ -210,7 +210,8 @@ def run_experiment(
             stage_runner = runner_for(f"{target}/{r.label}") if runner_for and searches else None
             o = run_method(r.method, evaluator_for(prune), r.pool, settings, stage_runner, r.variant, singles,
                            tv_cache)
-            o.details["search_s"] = time.perf_counter() - t0
+            # + the seconds earlier (preempted) segments of this search ran, saved in its checkpoints
+            o.details["search_s"] = time.perf_counter() - t0 + getattr(stage_runner, "prior_elapsed_s", 0.0)
             outcomes.append(o)
         scores = _test_scores(world, target, outcomes, spec)
         for r, o, s in zip(group, outcomes, scores, strict=True):

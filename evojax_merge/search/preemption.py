@@ -42,8 +42,8 @@ class Preempted(Exception):
         self.directory = str(directory)
         # signum is None on a host of a multi-host job that did not see the signal itself
         name = "a stop request" if signum is None else signal.Signals(self.signum).name
-        super().__init__(f"received {name}: saved checkpoint step {self.step} in {self.directory}; "
-                         "rerun in the same directory to resume")
+        # what to do next depends on the entry point (rerun, requeue): it adds that, once
+        super().__init__(f"received {name}: saved checkpoint step {self.step} in {self.directory}")
 
 
 class PreemptionGuard:
