@@ -129,6 +129,7 @@ def _assert_preempted_once_and_resumed(p: Preemption) -> None:
     text = p.log.read_text()
     saved = re.findall(r"received SIGUSR1: saved checkpoint step (\d+)", text)
     assert len(saved) == 1, f"{p.name}: expected one stop on SIGUSR1 in {p.log}:\n{text[-4000:]}"
+    assert text.count("SIGUSR1") == 1, f"{p.name}: one message about the stop, not more:\n{text[-4000:]}"
     assert PREEMPT_AT <= int(saved[0]) < 2 * GENERATIONS, f"{p.name}: stopped at step {saved[0]}, not mid-search"
     assert "Traceback" not in text, f"{p.name}: traceback in {p.log}:\n{text[-4000:]}"
 
@@ -225,12 +226,12 @@ def test_templates_and_submitit_resume_preempted_jobs_exactly(cluster, work, job
     assert re.findall(r"restart (\d+)", task_logs[0].read_text()) == ["0"], task_logs[0].read_text()[-3000:]
     seed1 = _result(task_dirs[0])
     assert seed1["seed"] == 1 and seed1["best_genome"] != ref0["best_genome"]
-    # search time adds up across the restart: every save logs the search seconds so far, and they keep
-    # growing over the restart (the resumed run starts its clock at the preempted step's) up to search_s
+    # search time adds up across the restart: every save logs the search seconds so far (to 0.1 s), and
+    # they never drop, not even over the restart (the resumed run's clock starts at the preempted step's)
     saves = re.findall(r"checkpoint: step (\d+) of .* search ([\d.]+) s\)", (single_dir / "train.log").read_text())
     assert [int(step) for step, _ in saves] == list(range(1, 2 * GENERATIONS + 1)), saves
     seconds = [float(t) for _, t in saves]
-    assert all(b > a for a, b in zip(seconds, seconds[1:], strict=False)), saves
+    assert all(b >= a for a, b in zip(seconds, seconds[1:], strict=False)), saves
     cell = json.loads((single_dir / "results.json").read_text())["methods"]["evo_merging"]["per_task"]
     assert next(iter(cell.values()))["search_s"] >= seconds[-1]
 

@@ -72,11 +72,8 @@ class PreemptionGuard:
             self.signum = int(signum)
 
     def _handle(self, signum: int, frame: types.FrameType | None) -> None:
-        first = self.signum is None
+        # only the flag: the one message about the stop comes from the entry point once the save is on disk
         self.request(signum)
-        if first:  # logging from a handler is tolerable; it is the one thing we do besides the flag
-            log.warning("received %s: will checkpoint and stop after the current generation",
-                        signal.Signals(signum).name)
 
     def install(self) -> PreemptionGuard:
         if threading.current_thread() is not threading.main_thread():
