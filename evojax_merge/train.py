@@ -133,12 +133,12 @@ def stage_runner_factory(cfg: DictConfig, out_dir: Path, tracker, guard, resolve
     return runner_for
 
 
-def run(cfg: DictConfig, out_dir: Path) -> dict:
+def run(cfg: DictConfig, out_dir: Path, guard=None) -> dict:
+    """``guard``: the stop-signal flag the searches poll (``evojax_merge.slurm.stop_guard()``, installed)."""
     from evojax_merge.lora.export import save_peft_adapter
     from evojax_merge.runner.backends import LocalBackend
     from evojax_merge.runner.experiment import run_experiment
     from evojax_merge.search.fitness import ValidationConfig
-    from evojax_merge.search.preemption import PreemptionGuard
     from evojax_merge.search.result_io import search_result_record
     from evojax_merge.tracking import make_tracker
 
@@ -151,7 +151,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     (out_dir / "config_resolved.json").write_text(json.dumps(shown, indent=2))
 
     if cfg.service.kind == "remote":
-        return run_remote(cfg, spec, methods, validation, resolved, out_dir)
+        return run_remote(cfg, spec, methods, validation, resolved, out_dir, guard)
     if cfg.service.kind != "local":
         raise EvoMergeInputError(f"service.kind: {cfg.service.kind!r} is not local or remote")
     t0 = time.perf_counter()
@@ -174,10 +174,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 
     t0 = time.perf_counter()
     backend = LocalBackend(world, spec.max_new_tokens, cfg.population_chunk, progress=cfg.progress)
-    with PreemptionGuard() as guard:
-        runner_for = stage_runner_factory(cfg, out_dir, tracker, guard, resolved)
-        results = run_experiment(backend, spec, methods, validation, runner_for, on_result, progress=cfg.progress,
-                                 predictions_dir=out_dir / "predictions")
+    runner_for = stage_runner_factory(cfg, out_dir, tracker, guard, resolved)
+    results = run_experiment(backend, spec, methods, validation, runner_for, on_result, progress=cfg.progress,
+                             predictions_dir=out_dir / "predictions")
     write_search_results(out_dir, searches, int(cfg.seed))
     results["timings"] = {"world_s": world_s, "experiment_s": time.perf_counter() - t0}
     results["zoo"] = {k: world.info[k] for k in ("zoo_root", "timings", "adapter_test") if k in world.info}
@@ -239,11 +238,11 @@ def user_task_types(cfg: DictConfig) -> dict[str, str]:
     return {n: t.type for n, t in declared_tasks(OmegaConf.to_container(cfg.data.tasks, resolve=True)).items()}
 
 
-def run_remote(cfg: DictConfig, spec, methods: dict, validation, resolved: dict, out_dir: Path) -> dict:
+def run_remote(cfg: DictConfig, spec, methods: dict, validation, resolved: dict, out_dir: Path,
+               guard=None) -> dict:
     """The same experiment through a merge service: only control vectors leave this process."""
     from evojax_merge.runner.backends import RemoteBackend
     from evojax_merge.runner.experiment import check_methods, run_experiment
-    from evojax_merge.search.preemption import PreemptionGuard
     from evojax_merge.tracking import make_tracker
 
     check_methods(methods, remote=True)  # before any request
@@ -252,10 +251,9 @@ def run_remote(cfg: DictConfig, spec, methods: dict, validation, resolved: dict,
                             task_types=user_task_types(cfg))
     tracker = make_tracker(OmegaConf.to_container(cfg.logger, resolve=True), resolved, out_dir, spec.name)
     t0 = time.perf_counter()
-    with PreemptionGuard() as guard:
-        results = run_experiment(backend, spec, methods, validation,
-                                 stage_runner_factory(cfg, out_dir, tracker, guard, resolved), progress=cfg.progress,
-                                 predictions_dir=out_dir / "predictions")
+    results = run_experiment(backend, spec, methods, validation,
+                             stage_runner_factory(cfg, out_dir, tracker, guard, resolved), progress=cfg.progress,
+                             predictions_dir=out_dir / "predictions")
     results["timings"] = {"experiment_s": time.perf_counter() - t0}
     results["remote"] = {"url": backend.url, "pool_id": backend.pool_id}
     results["config"] = {**resolved, "service": {**resolved["service"], "api_key": "***"}}
@@ -289,19 +287,23 @@ def check_group_choices(argv: list[str], conf: str) -> None:
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def main(cfg: DictConfig) -> None:
     from evojax_merge.distributed import maybe_initialize_distributed
+    from evojax_merge.logs import quiet_library_logs
     from evojax_merge.search.preemption import Preempted
+    from evojax_merge.slurm import exit_after_stop, stop_guard
 
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
     logging.captureWarnings(True)  # checkpoint fallbacks are warnings: into Hydra's log too
+    quiet_library_logs()  # orbax: one line per save (ours), not ~37
     try:
-        maybe_initialize_distributed(bool(cfg.distributed))
-        run(cfg, out_dir)
+        with stop_guard() as guard:  # from the start: a signal during start-up stops after the first generation
+            maybe_initialize_distributed(bool(cfg.distributed))
+            run(cfg, out_dir, guard)
     except EvoMergeInputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except Preempted as stop:  # the checkpoint is on disk; a rerun in the same directory resumes
-        print(f"{stop}; rerun in {out_dir} to resume", flush=True)
-        sys.exit(0)
+    except Preempted as stop:  # the checkpoint is on disk: one message, then rerun / requeue
+        exit_after_stop(stop, out_dir, float(hydra_cfg.launcher.get("signal_delay_s", 90)))
 
 
 if __name__ == "__main__":

@@ -165,7 +165,8 @@ def run_experiment(
                     if hasattr(task.runner, "close"):
                         task.runner.close()
                 outcome.method = full
-                outcome.details["search_s"] = time.perf_counter() - t0
+                # + the seconds earlier (preempted) segments of this search ran, saved in its checkpoints
+                outcome.details["search_s"] = time.perf_counter() - t0 + getattr(task.runner, "prior_elapsed_s", 0.0)
                 outcomes.append(outcome)
                 labels.append(full)
             test = backend.records[r.target]["test"][: spec.test_examples]

@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -153,6 +154,7 @@ class Restored:
     state_arrays: dict[str, np.ndarray]
     state_layout: list[dict]
     finished: list[tuple[dict, StageResult]]  # (fingerprint, result) of every finished stage
+    elapsed_s: float = 0.0  # seconds the search had run when this step was saved, over all earlier segments
 
 
 class CheckpointRunner:
@@ -173,8 +175,10 @@ class CheckpointRunner:
       progress: show a tqdm bar per stage.
       async_save: write in a background thread while the next generation runs.
 
-    After construction, ``resumed_from`` is the restored step (``None`` for a fresh run) and
-    ``restored_results`` the finished stages' results.
+    After construction, ``resumed_from`` is the restored step (``None`` for a fresh run),
+    ``restored_results`` the finished stages' results and ``prior_elapsed_s`` the seconds the earlier
+    segments of this search ran (0 for a fresh run). Every step saves ``elapsed_s`` = those seconds plus
+    the seconds since this runner was created, so time adds up across preemptions.
     """
 
     def __init__(
@@ -200,6 +204,7 @@ class CheckpointRunner:
         self.preemption = preemption
         self.on_generation = on_generation
         self.progress = progress
+        self._t_start = time.perf_counter()
         options = ocp.CheckpointManagerOptions(
             create=True,
             cleanup_tmp_directories=True,  # leftovers of a save killed half-way
@@ -247,7 +252,8 @@ class CheckpointRunner:
         finished = [(fp, result_from_host(fp["name"], finished_arrays[f"stage_{i}"]))
                     for i, fp in enumerate(meta["finished"])]
         return Restored(step=step, stage_index=int(meta["stage_index"]), stage_spec=meta["stage_spec"],
-                        state_arrays=tree["current"], state_layout=meta["state_layout"], finished=finished)
+                        state_arrays=tree["current"], state_layout=meta["state_layout"], finished=finished,
+                        elapsed_s=float(meta.get("elapsed_s", 0.0)))
 
     def _restore_newest_valid(self) -> Restored | None:
         steps = sorted(self._mngr.all_steps(), reverse=True)
@@ -280,6 +286,16 @@ class CheckpointRunner:
         return [] if self._restored is None else [r for _, r in self._restored.finished]
 
     @property
+    def prior_elapsed_s(self) -> float:
+        """Seconds the search ran before this process resumed it (summed over every earlier segment)."""
+        return 0.0 if self._restored is None else self._restored.elapsed_s
+
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds of search so far: the earlier segments plus this one."""
+        return self.prior_elapsed_s + time.perf_counter() - self._t_start
+
+    @property
     def latest_step(self) -> int | None:
         return self._mngr.latest_step()
 
@@ -293,10 +309,13 @@ class CheckpointRunner:
         meta = {"version": FORMAT_VERSION, "step": step, "stage_index": len(self._finished),
                 "stage_spec": spec_fingerprint(spec), "generation": int(state.generation),
                 "state_layout": layout, "finished": [fp for fp, _ in self._finished],
-                "fingerprint": self.fingerprint, "checksum": tree_checksum(tree)}
+                "fingerprint": self.fingerprint, "checksum": tree_checksum(tree), "elapsed_s": self.elapsed_s}
         self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                                       meta=ocp.args.JsonSave(meta)))
         self._last_saved = step
+        # the one line per save (orbax's own INFO lines are silenced by evojax_merge.logs)
+        log.info("checkpoint: step %d of %s (%s generation %d, search %.1f s)", step, self.directory.name,
+                 spec.name, int(state.generation), meta["elapsed_s"])
 
     def wait_until_finished(self) -> None:
         self._mngr.wait_until_finished()

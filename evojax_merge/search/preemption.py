@@ -42,8 +42,8 @@ class Preempted(Exception):
         self.directory = str(directory)
         # signum is None on a host of a multi-host job that did not see the signal itself
         name = "a stop request" if signum is None else signal.Signals(self.signum).name
-        super().__init__(f"received {name}: saved checkpoint step {self.step} in {self.directory}; "
-                         "rerun in the same directory to resume")
+        # what to do next depends on the entry point (rerun, requeue): it adds that, once
+        super().__init__(f"received {name}: saved checkpoint step {self.step} in {self.directory}")
 
 
 class PreemptionGuard:
@@ -72,11 +72,8 @@ class PreemptionGuard:
             self.signum = int(signum)
 
     def _handle(self, signum: int, frame: types.FrameType | None) -> None:
-        first = self.signum is None
+        # only the flag: the one message about the stop comes from the entry point once the save is on disk
         self.request(signum)
-        if first:  # logging from a handler is tolerable; it is the one thing we do besides the flag
-            log.warning("received %s: will checkpoint and stop after the current generation",
-                        signal.Signals(signum).name)
 
     def install(self) -> PreemptionGuard:
         if threading.current_thread() is not threading.main_thread():
