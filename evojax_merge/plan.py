@@ -258,6 +258,11 @@ def make_plan(cfg: ModelConfig, w: Workload, chunks: tuple[int, ...] = (1, 4, 20
                                                       "fits": fig.fits(device_bytes)}
         log(f"  {c:>5} {gib(fig.argument_bytes)} {gib(fig.output_bytes)} {gib(fig.temp_bytes)} "
             f"{gib(fig.total_bytes)}  {'yes' if fig.fits(device_bytes) else 'NO ':>4}  {fig.compile_s:.1f} s")
+    if jax.default_backend() == "cpu" and w.dtype == "bfloat16":
+        widened = 2 * params_bytes
+        out["cpu_f32_weight_copy_bytes"] = widened
+        log(f"note: this CPU has no bf16 GEMM, so its compiler keeps an f32 copy of the bf16 weights "
+            f"(~{widened / 2**30:.1f} GiB of the temporaries above); a GPU computes in bf16 and needs none of it")
     fitting = [c for c in chunks if out["chunks"][c]["fits"]]
     out["largest_fitting_chunk"] = max(fitting) if fitting else None
     if fitting:
@@ -272,47 +277,35 @@ def make_plan(cfg: ModelConfig, w: Workload, chunks: tuple[int, ...] = (1, 4, 20
 # --------------------------------------------------------------------------- checked on this host
 
 
-def host_rates(cfg: ModelConfig, w: Workload, repeats: int = 5) -> tuple[float, float]:
-    """This host's FLOP/s on the workload's own largest GEMM (one batch of tokens × the MLP
-    weight) and its bytes/s on a 64 MiB elementwise pass (read + write, fresh output as XLA's).
-    """
-    from evojax_merge.bench import best_time
-    from evojax_merge.models.llama import dtype_of
-
-    dt = dtype_of(dataclasses.replace(cfg, dtype=w.dtype))
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(w.batch * w.seq, cfg.hidden_size)), dt)
-    y = jnp.asarray(rng.normal(size=(cfg.intermediate_size, cfg.hidden_size)), dt)
-    gemm = jax.jit(lambda a, b: a @ b.T)
-    flop_rate = 2.0 * x.shape[0] * x.shape[1] * y.shape[0] / best_time(lambda: gemm(x, y), repeats)
-    z = jnp.ones((16 * 2**20,), jnp.float32)
-    stream = jax.jit(lambda a: a * 2 + 1)
-    byte_rate = 2.0 * z.nbytes / best_time(lambda: stream(z), repeats)
-    return flop_rate, byte_rate
-
-
 def check_on_host(cfg: ModelConfig, w: Workload, chunk: int | None = 1, repeats: int = 3, log=print) -> dict:
     """The plan's predicted seconds per generation on this host against a measured run.
 
-    predicted = FLOPs / host GEMM rate + bytes accessed / host stream rate (``host_rates``; a
-    CPU overlaps little of the two); measured = the best of ``repeats`` calls of the real batched
-    population call on random weights of these shapes (``bench.build``).
+    The host's rate is calibrated on the smallest instance of the same call (one candidate, one
+    batch: ``rate = FLOPs(P=1, 1 batch) / its time``); the plan's FLOPs for the whole generation
+    at that rate are the prediction, ``predicted = FLOPs(P, all batches) / rate``, checked against
+    the best of ``repeats`` real batched calls on random weights (``bench.build``). It tests the
+    plan's scaling over candidates, batches and chunking: what it extrapolates to 8B.
     """
     from evojax_merge.bench import build, random_genomes, time_batched
 
     if w.dtype != cfg.dtype:
         cfg = dataclasses.replace(cfg, dtype=w.dtype)
-    cost = compile_cost(cfg, w)
-    flop_rate, byte_rate = host_rates(cfg, w)
-    predicted = cost["flops"] / flop_rate + cost["bytes"] / byte_rate
-    _, _, evaluator = build(cfg, w.adapters, w.rank, w.batch, w.seq, chunk, examples=w.examples,
-                            answer_tokens=w.answer_tokens, num_batches=w.num_batches, pool_dtype=w.pool_dtype)
-    alpha, beta = random_genomes(w.adapters, w.population)
-    measured = time_batched(evaluator, alpha, beta, repeats) * w.population
+    one = dataclasses.replace(w, population=1, examples=w.batch)
+
+    def timed(work: Workload) -> float:
+        _, _, evaluator = build(cfg, work.adapters, work.rank, work.batch, work.seq, chunk, examples=work.examples,
+                                answer_tokens=work.answer_tokens, num_batches=work.num_batches,
+                                pool_dtype=work.pool_dtype)
+        alpha, beta = random_genomes(work.adapters, work.population)
+        return time_batched(evaluator, alpha, beta, repeats) * work.population
+
+    flops_one, flops = compile_cost(cfg, one)["flops"], compile_cost(cfg, w)["flops"]
+    rate = flops_one / timed(one)
+    predicted = flops / rate
+    measured = timed(w)
     ratio = measured / predicted
-    log(f"host check ({jax.default_backend()}, population_chunk={chunk}): {cost['flops']:.4g} FLOPs at "
-        f"{flop_rate / 1e9:.1f} GFLOP/s + {cost['bytes'] / 1e9:.2f} GB at {byte_rate / 1e9:.2f} GB/s "
-        f"= predicted {predicted:.3f} s / generation; measured {measured:.3f} s; measured / predicted = {ratio:.2f}")
-    return {"flops": cost["flops"], "bytes": cost["bytes"], "host_flop_rate": flop_rate,
-            "host_byte_rate": byte_rate, "predicted_s": predicted, "measured_s": measured, "ratio": ratio,
-            "chunk": chunk}
+    log(f"host check ({jax.default_backend()}, population_chunk={chunk}): rate {rate / 1e9:.1f} GFLOP/s "
+        f"(one candidate, one batch); P={w.population} x {w.num_batches} batches: {flops:.4g} FLOPs, "
+        f"predicted {predicted:.3f} s / generation, measured {measured:.3f} s; measured / predicted = {ratio:.2f}")
+    return {"flops": flops, "host_flop_rate": rate, "predicted_s": predicted, "measured_s": measured,
+            "ratio": ratio, "chunk": chunk}
