@@ -247,9 +247,9 @@ def make_plan(cfg: ModelConfig, w: Workload, chunks: tuple[int, ...] = (1, 4, 20
     log(f"FLOPs / generation: {cost['flops']:.4g} (XLA cost analysis; by hand {by_hand:.4g}, "
         f"ratio {cost['flops'] / by_hand:.3f}); compiled in {cost_s:.1f} s")
     log(f"bytes accessed / generation: {cost['bytes'] / 1e12:.3f} TB "
-        f"(H100 HBM floor {out['h100_bandwidth_floor_seconds']:.1f} s)")
-    log(f"projected on an H100 at {100 * mfu:.0f}% MFU: {out['h100_seconds_per_generation']:.1f} s / generation "
-        f"({out['h100_seconds_per_generation'] / w.population:.2f} s / candidate)")
+        f"(H100 HBM floor {out['h100_bandwidth_floor_seconds']:.3g} s)")
+    log(f"projected on an H100 at {100 * mfu:.0f}% MFU: {out['h100_seconds_per_generation']:.4g} s / generation "
+        f"({out['h100_seconds_per_generation'] / w.population:.3g} s / candidate)")
     log(f"memory per population chunk (XLA buffer assignment; fits = total <= {device_bytes / 1e9:.0f} GB):")
     log(f"  {'chunk':>5} {'arguments':>12} {'outputs':>12} {'temporaries':>12} {'total':>12}  fits  compile")
     for c in chunks:
@@ -267,7 +267,7 @@ def make_plan(cfg: ModelConfig, w: Workload, chunks: tuple[int, ...] = (1, 4, 20
     out["largest_fitting_chunk"] = max(fitting) if fitting else None
     if fitting:
         log(f"verdict: fits one {device_bytes / 1e9:.0f} GB device with population_chunk={max(fitting)}; "
-            f"projected {out['h100_seconds_per_generation']:.1f} s / generation at {100 * mfu:.0f}% MFU")
+            f"projected {out['h100_seconds_per_generation']:.4g} s / generation at {100 * mfu:.0f}% MFU")
     else:
         log(f"verdict: does not fit one {device_bytes / 1e9:.0f} GB device at any chunk: shard the base over a "
             "'model' mesh axis (evojax_merge.sharding) or lower the batch size")
