@@ -2,6 +2,8 @@
 
     python -m evojax_merge.bench                      # the default shapes of issue 3
     python -m evojax_merge.bench --adapters 20 --no-scaling --json bench.json
+    python -m evojax_merge.bench --plan llama-3.1-8b     # compile-time plan (evojax_merge.plan), no weights
+    python -m evojax_merge.bench --plan bench-tiny --check-host   # the plan against a measured run here
 
 On identical shapes, in one run, it times:
   (a) the batched population call (merge + forward + loss for all P candidates in one jit call);
@@ -15,6 +17,7 @@ scaling table of (a) over the pool size N and the population size P.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -30,23 +33,25 @@ from evojax_merge.models.llama import LlamaForCausalLM
 from evojax_merge.search.fitness import MergeEvaluator, ValidationConfig, population_ce, resolve_population_chunk
 
 
-def random_stack(cfg: ModelConfig, n: int, rank: int, seed: int = 0) -> LoraStack:
-    """N random adapters on all 7 projections (B non-zero, so every adapter matters)."""
+def random_stack(cfg: ModelConfig, n: int, rank: int, seed: int = 0, dtype: str = "float32") -> LoraStack:
+    """N random adapters on all 7 projections (B non-zero, so every adapter matters), in ``dtype``."""
     rng = np.random.default_rng(seed)
     A, B = {}, {}
     for layer in range(cfg.num_hidden_layers):
         for proj, (d_out, d_in) in cfg.module_shapes().items():
             m = module_path(layer, proj)
-            A[m] = jnp.asarray(rng.normal(0, 1 / np.sqrt(d_in), (n, rank, d_in)), jnp.float32)
-            B[m] = jnp.asarray(rng.normal(0, 0.02, (n, d_out, rank)), jnp.float32)
+            A[m] = jnp.asarray(rng.normal(0, 1 / np.sqrt(d_in), (n, rank, d_in)).astype(np.float32), dtype)
+            B[m] = jnp.asarray(rng.normal(0, 0.02, (n, d_out, rank)).astype(np.float32), dtype)
     return LoraStack(A=A, B=B, scale=jnp.full((n,), 2.0, jnp.float32))
 
 
-def random_examples(cfg: ModelConfig, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+def random_examples(cfg: ModelConfig, batch: int, seq: int, seed: int = 0,
+                    answer_tokens: int | None = None) -> dict[str, np.ndarray]:
+    """Random token rows; the loss on the last ``answer_tokens`` predictions (default: half)."""
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, cfg.vocab_size, (batch, seq)).astype(np.int32)
     labels = ids.copy()
-    labels[:, : seq // 2] = -100  # answer-only loss on the second half
+    labels[:, : seq - (seq // 2 if answer_tokens is None else answer_tokens)] = -100  # answer-only loss
     return {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": labels}
 
 
@@ -68,14 +73,17 @@ def best_time(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
-def build(cfg: ModelConfig, n: int, rank: int, batch: int, seq: int, chunk: int | str | None = "auto"
-          ) -> tuple[LlamaForCausalLM, LoraStack, MergeEvaluator]:
+def build(cfg: ModelConfig, n: int, rank: int, batch: int, seq: int, chunk: int | str | None = "auto", *,
+          examples: int | None = None, answer_tokens: int | None = None, num_batches: int = 1,
+          pool_dtype: str = "float32") -> tuple[LlamaForCausalLM, LoraStack, MergeEvaluator]:
+    """Random weights of these shapes and an evaluator over ``num_batches`` batches of ``batch``."""
     from flax import nnx
 
     model = LlamaForCausalLM(cfg, rngs=nnx.Rngs(0))
-    stack = random_stack(cfg, n, rank)
-    evaluator = MergeEvaluator(model, stack, random_examples(cfg, batch, seq),
-                               ValidationConfig(batch_size=batch, num_batches=1), population_chunk=chunk)
+    stack = random_stack(cfg, n, rank, dtype=pool_dtype)
+    data = random_examples(cfg, examples or batch * num_batches, seq, answer_tokens=answer_tokens)
+    evaluator = MergeEvaluator(model, stack, data, ValidationConfig(batch_size=batch, num_batches=num_batches),
+                               population_chunk=chunk)
     return model, stack, evaluator
 
 
@@ -174,21 +182,50 @@ def scaling_table(cfg: ModelConfig, rank: int, batch: int, seq: int, sizes: list
     return table
 
 
+def run_plan(args: argparse.Namespace) -> dict:
+    """``--plan``: the compile-time plan of evojax_merge.plan for a named model or a config.json."""
+    from evojax_merge import plan
+
+    tiny = args.plan.lower() == "bench-tiny"
+    paper = plan.Workload()
+    bench_shapes = {"examples": 16, "batch": 16, "seq": 128, "answer_tokens": 64, "dtype": "float32"}
+    defaults = dataclasses.asdict(paper) | (bench_shapes if tiny else {})
+    given = {"adapters": args.adapters, "rank": args.rank, "population": args.population, "batch": args.batch,
+             "seq": args.seq, "examples": args.examples, "answer_tokens": args.answer_tokens, "dtype": args.dtype}
+    fields = defaults | {k: v for k, v in given.items() if v is not None}
+    fields["pool_dtype"] = args.pool_dtype or fields["dtype"]
+    workload = plan.Workload(**fields)
+    cfg = plan.resolve_model(args.plan, dtype=workload.dtype)
+    out = plan.make_plan(cfg, workload, chunks=tuple(args.plan_chunks), mfu=args.mfu)
+    if args.check_host:
+        out["host_check"] = plan.check_on_host(cfg, workload, chunk=args.population_chunk or 1)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--plan", metavar="MODEL", help="compile-time plan for a named model "
+                    "(llama-3.1-8b, llama-3.2-1b, bench-tiny) or a config.json path: memory, FLOPs, "
+                    "projected H100 time (the paper's workload unless the shape flags say otherwise)")
+    ap.add_argument("--plan-chunks", type=int, nargs="+", default=[1, 4, 20], help="population chunks to plan")
+    ap.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation of the H100 projection")
+    ap.add_argument("--check-host", action="store_true", help="with --plan: predicted against measured here")
+    ap.add_argument("--examples", type=int, default=None, help="validation examples (plan)")
+    ap.add_argument("--answer-tokens", type=int, default=None, help="answer positions per example (plan)")
+    ap.add_argument("--pool-dtype", choices=["float32", "bfloat16", "float16"], default=None)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--kv-heads", type=int, default=4)
     ap.add_argument("--intermediate", type=int, default=688)
     ap.add_argument("--vocab", type=int, default=2048)
-    ap.add_argument("--adapters", type=int, default=100)
-    ap.add_argument("--rank", type=int, default=8)
-    ap.add_argument("--population", type=int, default=20)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--adapters", type=int, default=None)  # bench: 100
+    ap.add_argument("--rank", type=int, default=None)  # bench: 8
+    ap.add_argument("--population", type=int, default=None)  # bench: 20
+    ap.add_argument("--batch", type=int, default=None)  # bench: 16
+    ap.add_argument("--seq", type=int, default=None)  # bench: 128
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)  # bench: float32
     ap.add_argument("--no-torch", action="store_true", help="skip path (c)")
     ap.add_argument("--no-scaling", action="store_true", help="skip the N x P scaling table")
     ap.add_argument("--scaling-adapters", type=int, nargs="+", default=[10, 50, 100, 200])
@@ -198,6 +235,16 @@ def main(argv: list[str] | None = None) -> dict:
                          "accelerator), all, or a number")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args(argv)
+    if args.plan:
+        out = run_plan(args)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(out, fh, indent=2, default=str)
+        return out
+    for name, default in (("adapters", 100), ("rank", 8), ("population", 20), ("batch", 16), ("seq", 128),
+                          ("dtype", "float32")):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     chunk_arg = args.population_chunk
     args.population_chunk = None if chunk_arg == "all" else chunk_arg if chunk_arg == "auto" else int(chunk_arg)
     chunk = resolve_population_chunk(args.population_chunk)
@@ -258,4 +305,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from evojax_merge.errors import EvoMergeInputError
+
+    try:
+        main()
+    except EvoMergeInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -26,8 +26,8 @@ from evojax_merge.merge import (
 
 
 def ref_keep_count(a: float, numel: int) -> int:
-    """k = max(1, round(a·numel)), round half to even, product in float32 (the genome's dtype)."""
-    k = int(np.round(np.float32(a) * np.float32(numel)))
+    """k = max(1, round(a·numel)), round half to even of the exact product of the float32 a (the reference)."""
+    k = round(numel * float(np.float32(a)))
     return min(max(1, k), numel)
 
 
@@ -130,7 +130,8 @@ def test_sparsify_edges_zero_one_and_unscaled():
         (0.25, 6, 2),  # 1.5 -> 2
         (0.25, 10, 2),  # 2.5 -> 2
         (0.125, 4, 1),  # 0.5 -> 0 -> max(1, .) = 1
-        (0.7, 5, 4),  # float32(0.7)·5 rounds onto 3.5 -> 4, as Python's round(0.7 * 5)
+        (0.7, 5, 3),  # float32(0.7) = 0.69999999: the exact product 3.4999999 -> 3 (float32's 3.5 would give 4)
+        (0.39098012, 1408, 551),  # exact 550.50000896 -> 551; the float32 product 550.5 -> 550
         (0.0, 10, 1),  # k is at least 1 (sparsify zeroes a = 0 separately)
         (1.0, 10, 10),
         (1.7, 10, 10),  # clipped to numel
@@ -143,13 +144,23 @@ def test_keep_count_round_half_to_even(a, numel, k):
     assert int(keep_count(jnp.float32(a), numel)) == ref_keep_count(a, numel)
 
 
-def test_keep_count_equals_float32_reference_on_random_fractions():
+def test_keep_count_equals_exact_reference_on_random_fractions():
+    """Python's round(numel * float(np.float32(a))) over random a, near-half-integer products and
+    numel up to 10^6, inside jit, without x64."""
+    assert not jax.config.jax_enable_x64
     rng = np.random.default_rng(3)
-    a = rng.random(2000).astype(np.float32)
-    for numel in (3, 40, 1000, 114688):
-        got = np.asarray(jax.vmap(keep_count, in_axes=(0, None))(jnp.asarray(a), numel))
-        want = [ref_keep_count(x, numel) for x in a]
-        np.testing.assert_array_equal(got, want)
+    count = jax.jit(jax.vmap(keep_count, in_axes=(0, None)), static_argnums=1)
+    numels = [1, 2, 3, 5, 40, 1000, 1408, 114688, 999_983, 10**6] + rng.integers(1, 10**6, 6).tolist()
+    mismatches_f32 = 0
+    for numel in numels:
+        halves = (rng.integers(0, numel, 3000) + 0.5) / numel  # float32 a whose product is near j + 1/2
+        a = np.concatenate([rng.random(3000), halves, np.nextafter(halves, 0), np.nextafter(halves, 1),
+                            [0.0, 1.0, 1e-30, 1e-45, 0.5, 0.39098012]]).astype(np.float32)
+        got = np.asarray(count(jnp.asarray(a), numel))
+        want = np.asarray([ref_keep_count(float(x), numel) for x in a])
+        np.testing.assert_array_equal(got, want, err_msg=f"numel={numel}")
+        mismatches_f32 += int((np.clip(np.round(a * np.float32(numel)), 1, numel) != want).sum())
+    assert mismatches_f32 > 0  # the float32 product would really have differed somewhere
 
 
 def test_keep_threshold_is_a_gather_of_the_kth_largest():

@@ -38,23 +38,26 @@ def _combine(coef: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.tensordot(coef, x, axes=(0, 0), precision=jax.lax.Precision.HIGHEST)
 
 
-def _combine_masked(coef: jax.Array, x: jax.Array, keep: jax.Array | None) -> jax.Array:
-    """``Σ_i coef_i · keep_i ⊙ x_i`` as one fused select-multiply-reduce (exact float32).
+def _combine_masked(coef: jax.Array, x: jax.Array, mags: jax.Array | None = None,
+                    alpha: jax.Array | None = None) -> jax.Array:
+    """``Σ_i coef_i · keep_i ⊙ x_i``, accumulated adapter by adapter in order (exact float32).
 
-    XLA fuses the mask into the reduction instead of writing the sparsified stack out first (the
-    merge is memory-bound). With ``keep=None`` it is the same sum in the same order, so alpha = 1
-    is bitwise the unpruned merge.
+    ``keep_i = |x_i| >= thr_i`` and ``alpha_i > 0``, ``thr_i = keep_threshold(mags_i, alpha_i)``
+    (a gather, no sort); no mask when ``mags`` is None. A loop over i (``lax.fori_loop``) builds
+    each adapter's term and mask in place, so no ``[N, ...]`` product or mask (under a population
+    vmap: ``[P, N, ...]``) is ever written out: the merge's memory is the merged factor's. Without
+    a mask it is the same sum in the same order, so alpha = 1 is bitwise the unpruned merge.
     """
-    expand = (slice(None),) + (None,) * (x.ndim - 1)
-    terms = coef[expand] * x
-    return jnp.sum(terms if keep is None else jnp.where(keep, terms, jnp.zeros((), x.dtype)), axis=0)
+    thr = None if mags is None else jax.vmap(keep_threshold)(mags, alpha)
 
+    def add(i, acc):
+        xi = x[i]
+        if thr is not None:  # mask the factor, then the same multiply-add as without a mask
+            xi = jnp.where((jnp.abs(xi) >= thr[i]) & (alpha[i] > 0), xi, jnp.zeros((), xi.dtype))
+        return acc + coef[i] * xi
 
-def _keep_mask(x: jax.Array, mags: jax.Array, alpha: jax.Array) -> jax.Array:
-    """``|x_i| >= thr_i`` (and alpha_i > 0) for every adapter i; thresholds are gathers, no sort."""
-    thr = jax.vmap(keep_threshold)(mags, alpha)
-    expand = (slice(None),) + (None,) * (x.ndim - 1)
-    return (jnp.abs(x) >= thr[expand]) & (alpha > 0)[expand]
+    out_dtype = jnp.result_type(coef.dtype, x.dtype)
+    return jax.lax.fori_loop(0, x.shape[0], add, jnp.zeros(x.shape[1:], out_dtype))
 
 
 def evo_merge(
@@ -94,9 +97,8 @@ def evo_merge(
     merged_a, merged_b = {}, {}
     # modules: a static Python loop; adapters: one fused reduction (A, and a pruned B) or one GEMM (B)
     for m, a in stack.A.items():
-        keep = _keep_mask(a, magnitudes["A"][m], alpha) if pruned["A"] else None
-        merged_a[m] = _combine_masked(beta, a, keep)
+        merged_a[m] = _combine_masked(beta, a, *((magnitudes["A"][m], alpha) if pruned["A"] else ()))
     for m, b in stack.B.items():
-        pruned_b = _combine_masked(coef_b, b, _keep_mask(b, magnitudes["B"][m], alpha)) if pruned["B"] else None
+        pruned_b = _combine_masked(coef_b, b, magnitudes["B"][m], alpha) if pruned["B"] else None
         merged_b[m] = pruned_b if pruned_b is not None else _combine(coef_b, b)
     return LoraAdapter(A=merged_a, B=merged_b, scale=stack.scale[0])

@@ -1,6 +1,6 @@
 """Sparsity-based denoising ``S_a`` of Evo-Merging (docs/methods.md §1): magnitude pruning of one tensor.
 
-    k   = max(1, round(a · numel(x)))            round half to even (jnp.round)
+    k   = max(1, round(a · numel(x)))            round half to even of the EXACT product
     thr = k-th largest |x|                        a gather into magnitudes sorted ONCE
     S_a(x) = x · [|x| >= thr]                     survivors are NOT rescaled (this is not DARE)
     S_0(x) = 0,  S_1(x) = x
@@ -33,23 +33,54 @@ def sorted_magnitudes(x: jax.Array) -> jax.Array:
     return jnp.flip(jnp.sort(mags, axis=-1), axis=-1)
 
 
-def keep_count(a: jax.Array | float, numel: int) -> jax.Array:
-    """Number of entries to keep: ``k = clip(max(1, round(a · numel)), 1, numel)`` (int32).
+def _shr64(hi: jax.Array, lo: jax.Array, shift: jax.Array) -> jax.Array:
+    """The low 32 bits of ``(hi·2^32 + lo) >> shift`` for ``shift`` in [1, 63] (uint32 words)."""
+    big = shift >= 32
+    s_lo = jnp.where(big, 1, shift)  # keeps both shift amounts of the unused branch in range
+    s_hi = jnp.where(big, shift - 32, 0)
+    return jnp.where(big, hi >> s_hi, (lo >> s_lo) | (hi << (32 - s_lo)))
 
-    ``round`` is round-half-to-even (``jnp.round``, Python's ``round``) of the product computed in
-    ``a``'s floating dtype (float32 unless x64): bitwise what numpy gives for
-    ``round(np.float32(a) * numel)``, and Python's ``round(a * numel)`` for a float64 ``a``. Why
-    not the exact real product of the float32 value: a config's ``alpha = 0.7`` is stored as
-    0.69999999; the float32 product ``· 5`` rounds back onto 3.5 -> 4, as the decimal (and
-    Python's float64) intends, where the exact product 3.4999999 would give 3.
+
+def keep_count(a: jax.Array | float, numel: int) -> jax.Array:
+    """Number of entries to keep: ``k = clip(round(a · numel), 1, numel)`` (int32), ``a`` float32.
+
+    ``round`` is round-half-to-even of the EXACT real product of the float32 value of ``a`` and
+    ``numel``, as the reference computes it: Python's ``round(numel * float(np.float32(a)))``
+    (docs/methods.md §1). The float32 product ``a · numel`` is itself rounded and gives k off by
+    one for some fractions (a = 0.39098012, numel = 1408: exact 550.50000896 -> 551, float32
+    550.5 -> 550). Without x64 the 55-bit product is done in integers: ``a = m · 2^-s`` with a
+    24-bit mantissa m and s >= 23 (``a`` clipped to [0, 1]; NaN counts as 0), ``P = m · numel``
+    in 12-bit limbs carried into two uint32 words, ``k = P >> s`` plus one when the bit below is
+    set and either a lower bit is set or k is odd. ``numel`` is static, below 2^31.
     """
-    a = jnp.asarray(a)
-    if a.dtype not in (jnp.float32, jnp.float64):
-        a = a.astype(jnp.float32)  # ints, and bf16/f16 (8-11 bit products would be far off)
-    k = jnp.round(a * jnp.asarray(numel, a.dtype))
-    # NaN/negative/> 1 fractions still give a valid index; sparsify zeroes a <= 0 (and NaN).
-    k = jnp.where(jnp.isnan(k), 1, k)
-    return jnp.clip(k, 1, numel).astype(jnp.int32)
+    numel = int(numel)
+    if not 0 < numel < 2**31:
+        raise EvoMergeInputError(f"keep_count: numel={numel} outside [1, 2^31)")
+    a = jnp.asarray(a).astype(jnp.float32)  # bf16/f16/int exactly; a float64 genome rounds to float32
+    a = jnp.where(jnp.isnan(a), 0.0, jnp.clip(a, 0.0, 1.0))
+    u32 = jnp.uint32
+    bits = jax.lax.bitcast_convert_type(a, u32)
+    exp = (bits >> 23) & u32(0xFF)
+    m = jnp.where(exp > 0, (bits & u32(0x7FFFFF)) | u32(0x800000), bits & u32(0x7FFFFF))
+    s = jnp.where(exp > 0, u32(150) - exp, u32(149))  # a = m · 2^-s; a <= 1 gives s >= 23
+    s = jnp.minimum(s, u32(60))  # P < 2^55, so every s >= 56 rounds to 0 alike
+    # P = m · numel = Σ c_j 2^(12 j), each partial product below 2^26; then carry into 12-bit limbs
+    m0, m1 = m & u32(0xFFF), m >> 12
+    n0, n1, n2 = (u32(numel & 0xFFF), u32((numel >> 12) & 0xFFF), u32(numel >> 24))
+    c0 = m0 * n0
+    c1 = m1 * n0 + m0 * n1 + (c0 >> 12)
+    c2 = m1 * n1 + m0 * n2 + (c1 >> 12)
+    c3 = m1 * n2 + (c2 >> 12)
+    lo = (c0 & u32(0xFFF)) | ((c1 & u32(0xFFF)) << 12) | ((c2 & u32(0xFF)) << 24)
+    hi = ((c2 & u32(0xFFF)) >> 8) | (c3 << 4)
+    q = _shr64(hi, lo, s)
+    half = _shr64(hi, lo, s - 1) & u32(1)
+    t = s - 1  # bits below t are the sticky bits, t in [22, 59]
+    mask_lo = jnp.where(t >= 32, u32(0xFFFFFFFF), (u32(1) << jnp.minimum(t, u32(31))) - 1)
+    mask_hi = jnp.where(t > 32, (u32(1) << jnp.clip(t - 32, 0, 31).astype(u32)) - 1, u32(0))
+    sticky = ((lo & mask_lo) != 0) | ((hi & mask_hi) != 0)
+    k = q + ((half == 1) & (sticky | ((q & 1) == 1))).astype(u32)
+    return jnp.clip(k.astype(jnp.int32), 1, numel)
 
 
 def keep_threshold(sorted_desc: jax.Array, a: jax.Array | float) -> jax.Array:

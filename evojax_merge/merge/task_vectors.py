@@ -158,15 +158,28 @@ def module_key(key: jax.Array, module: str) -> jax.Array:
     return jax.random.fold_in(key, zlib.crc32(module.encode()) & 0x7FFFFFFF)
 
 
+def adapter_mask(key: jax.Array, i: jax.Array | int, density: jax.Array | float, shape: tuple[int, ...]) -> jax.Array:
+    """Task vector i's DARE keep mask: ``Bernoulli(min(density, 1))`` of ``shape`` from ``fold_in(key, i)``.
+
+    One draw per task vector, so a mask can be redrawn for one adapter alone (the streamed merge).
+    """
+    p = jnp.clip(jnp.asarray(density, jnp.float32), 0.0, 1.0)
+    return jax.random.bernoulli(jax.random.fold_in(key, i), p, shape)
+
+
 def dare_masks(key: jax.Array, density: jax.Array | float, tv: TaskVectors) -> TaskVectors:
     """Boolean keep masks ``~ Bernoulli(min(density, 1))``, one per entry of every task vector.
 
-    Same structure and shapes as ``tv``; for a dict, module m uses ``module_key(key, m)``.
+    Same structure and shapes as ``tv``; ``mask[i] = adapter_mask(key, i, ...)`` and, for a dict,
+    module m uses ``module_key(key, m)``.
     """
-    p = jnp.clip(jnp.asarray(density, jnp.float32), 0.0, 1.0)
+
+    def draw(k, t):
+        return jax.vmap(lambda i: adapter_mask(k, i, density, tuple(t.shape[1:])))(jnp.arange(t.shape[0]))
+
     if isinstance(tv, dict):
-        return {m: jax.random.bernoulli(module_key(key, m), p, t.shape) for m, t in tv.items()}
-    return jax.random.bernoulli(key, p, tv.shape)
+        return {m: draw(module_key(key, m), t) for m, t in tv.items()}
+    return draw(key, tv)
 
 
 # --------------------------------------------------------------------------- merges
@@ -274,6 +287,72 @@ def dare_ties(
     """DARE-TIES: ``dare_ties_with_masks`` with ``mask = dare_masks(key, density, τ)``."""
     masks = dare_masks(key, density, tv)
     return dare_ties_with_masks(tv, masks, density, lam, weights=weights, sign_method=sign_method)
+
+
+# --------------------------------------------------------------------------- streamed, one module
+
+STREAMED_METHODS = ("task_arithmetic", "ties", "dare", "dare_ties", "linear")
+
+
+def merge_module_factors(
+    a: jax.Array,
+    b: jax.Array,
+    scale: jax.Array,
+    method: str,
+    lam: jax.Array | float = 1.0,
+    density: float = 1.0,
+    key: jax.Array | None = None,
+) -> jax.Array:
+    """One module's merged dense update from its factors, one adapter's task vector at a time.
+
+    ``a [N, r, d_in]``, ``b [N, d_out, r]``, ``scale [N]``: the adapters' factors of module m.
+    The pruned task vector ``p_i = prune(s_i · B_i A_i)`` of one adapter is built, used and
+    dropped inside a loop over the adapters (``lax.fori_loop``), so no ``[N, d_out, d_in]`` stack
+    ever exists; the sums run over i in order, as the stacked reductions above:
+
+        task_arithmetic  λ Σ_i τ_i                   linear  Σ_i τ_i / N
+        dare             Σ_i λ · τ_i mask_i / density
+        ties             σ = sign(Σ_i t_i) (+1 at 0), t = trim(τ);  Σ_i λ t_i [sign t_i = σ] / max(1, #agree)
+        dare_ties        the same with t = τ·mask/density
+
+    TIES and DARE-TIES take two passes (the election needs every adapter first): pass 1 sums the
+    pruned vectors, pass 2 rebuilds each (masks redrawn from the same key) and sums the agreeing
+    ones. ``key`` is this module's key (``module_key(key, m)``), so the masks equal the dict
+    form's ``dare_masks(key, ...)[m]``. Computed in at least float32.
+    """
+    if method not in STREAMED_METHODS:
+        raise EvoMergeInputError(f"method {method!r}, expected one of {', '.join(STREAMED_METHODS)}")
+    random = method in ("dare", "dare_ties")
+    if random and key is None:
+        raise EvoMergeInputError(f"{method}: needs a PRNG key")
+    dt = jnp.promote_types(jnp.promote_types(a.dtype, b.dtype), jnp.float32)
+    a, b, scale = a.astype(dt), b.astype(dt), jnp.asarray(scale).astype(dt)
+    n, d_out, d_in = b.shape[0], b.shape[1], a.shape[2]
+    lam = jnp.asarray(lam, dt)
+
+    def pruned(i):
+        t = scale[i] * jnp.matmul(b[i], a[i], precision=_HIGHEST)  # τ_i = s_i · B_i A_i
+        if method == "ties":
+            return magnitude_prune(t[None], density)[0]
+        if random:
+            return dare_prune(t, adapter_mask(key, i, density, (d_out, d_in)), density)
+        return t
+
+    zero = jnp.zeros((d_out, d_in), dt)
+    if method in ("task_arithmetic", "linear", "dare"):
+        w = jnp.asarray(1.0 / n, dt) if method == "linear" else lam
+        return jax.lax.fori_loop(0, n, lambda i, acc: acc + pruned(i) * w, zero)
+    total = jax.lax.fori_loop(0, n, lambda i, acc: acc + pruned(i), zero)
+    elected = jnp.where(total >= 0, 1, -1).astype(dt)
+
+    def agree(i, carry):
+        mixed, count = carry
+        t = pruned(i)
+        keep = jnp.sign(t) == elected
+        return mixed + jnp.where(keep, t * lam, 0), count + keep.astype(dt)
+
+    mixed, count = jax.lax.fori_loop(0, n, agree, (zero, zero))
+    return mixed / jnp.maximum(count, 1.0)
 
 
 # --------------------------------------------------------------------------- export

@@ -87,7 +87,7 @@ class PopulationCE:
     def __call__(self, args, alpha, beta, index):
         p = alpha.shape[0]
         if self.mesh is not None:
-            n = self.mesh.devices.size
+            n = self.mesh.shape["pop"]
             pad = -(-p // n) * n - p
             if pad:  # repeat the last candidate; its losses are dropped
                 alpha = jnp.concatenate([alpha, jnp.repeat(alpha[-1:], pad, axis=0)])
