@@ -22,10 +22,10 @@ from evojax_merge.data.records import save_records
 from evojax_merge.zoo.tokenizer import save_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["logger=none", "progress=false", "strategy.evo_merging.population_size=4",
-        "strategy.evo_merging.stage1_generations=2", "strategy.evo_merging.stage2_generations=2",
-        "strategy.lorahub.population_size=4", "strategy.lorahub.generations=2", "strategy.grid.lambdas=[1.0]",
-        "strategy.grid.densities=[1.0]", "strategy.grid.preselect_top_k=2", "data.validation.batch_size=4",
+FAST = ["logger=none", "progress=false", "budget.population_size=4",
+        "budget.stage1_generations=2", "budget.stage2_generations=2",
+        "budget.lorahub_population_size=4", "budget.lorahub_generations=2", "budget.grid_lambdas=[1.0]",
+        "budget.grid_densities=[1.0]", "budget.preselect_top_k=2", "data.validation.batch_size=4",
         "data.validation.num_batches=2", "experiment.test_examples=3", "experiment.max_new_tokens=6"]
 
 

@@ -92,8 +92,11 @@ class LocalBackend:
         gen_kw = world.encoding(cell.target, "test", training=False)
         bar = tqdm(total=len(outcomes), desc=f"{cell.target}: test generation", leave=False, dynamic_ncols=True,
                    disable=not self.progress)
-        lora_idx = [i for i, o in enumerate(outcomes) if o.adapter is not None and o.model is None]
-        if lora_idx:
+        by_shape: dict[tuple, list[int]] = {}  # adapters of one rank and module set generate in one batch
+        for i, o in enumerate(outcomes):
+            if o.adapter is not None and o.model is None:
+                by_shape.setdefault(tuple((m, a.shape) for m, a in sorted(o.adapter.A.items())), []).append(i)
+        for lora_idx in by_shape.values():
             stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[outcomes[i].adapter for i in lora_idx])
             outs = generate_for_population(world.model, world.tokenizer, stacked, records, max_len,
                                            self.max_new_tokens, **gen_kw)
