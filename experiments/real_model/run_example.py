@@ -34,7 +34,7 @@ def search_command(out: Path) -> list[str]:
         sys.executable, "-m", "evojax_merge.train", "model=gguf", "pool=peft", f"pool.adapters={out}/adapters/*",
         "data=files", f"+data.tasks.{TARGET}.validation={data}/validation.jsonl",
         f"+data.tasks.{TARGET}.test={data}/test.jsonl", f"experiment.targets=[{TARGET}]",
-        "experiment.name=real_model", "experiment.max_len=128", "experiment.max_new_tokens=24",
+        "experiment.name=real_model", "experiment.max_len=192", "experiment.max_new_tokens=24",
         "experiment.test_examples=24", "method.names=[evo_merging,lorahub,uniform,best_single,base]",
         "strategy.evo_merging.population_size=6", "strategy.evo_merging.stage1_generations=3",
         "strategy.evo_merging.stage2_generations=3", "strategy.lorahub.population_size=6",
