@@ -85,12 +85,13 @@ def load_world(cfg: DictConfig):
         if cfg.pool.source != "zoo" or cfg.data.source != "zoo":
             raise EvoMergeInputError("model.source=zoo needs pool.source=zoo and data.source=zoo")
         return load_zoo_world(zoo_config(cfg), cfg.cache_dir, cfg.model.dtype, progress=cfg.progress, prompt=prompt)
-    if cfg.model.source != "hf":
-        raise EvoMergeInputError(f"model.source: {cfg.model.source!r} is not zoo or hf")
+    if cfg.model.source not in ("hf", "gguf"):
+        raise EvoMergeInputError(f"model.source: {cfg.model.source!r} is not zoo, hf or gguf")
     adapters = cfg.pool.adapters
     adapters = list(adapters) if not isinstance(adapters, str) else adapters
     return load_user_world(cfg.model.path, cfg.model.tokenizer, adapters,
-                           OmegaConf.to_container(cfg.data.tasks, resolve=True), cfg.model.dtype, prompt)
+                           OmegaConf.to_container(cfg.data.tasks, resolve=True), cfg.model.dtype, prompt,
+                           source=cfg.model.source)
 
 
 def _fingerprint(resolved: dict, label: str) -> dict:
@@ -168,6 +169,7 @@ def run(cfg: DictConfig, out_dir: Path, guard=None) -> dict:
             if outcome.adapter is not None:  # the searched merges, as PEFT adapters
                 d = save_peft_adapter(outcome.adapter, adapters_dir / f"{r.target}__{label}",
                                       base_model_name_or_path=str(world.base_dir),
+                                      source_dirs=[world.pool.paths[i] for i in r.pool_idx],
                                       metadata={"method": label, "target": r.target,
                                                 "pool": [world.pool.names[i] for i in r.pool_idx]})
                 tracker.log_adapter(f"{r.target}-{label}", d)

