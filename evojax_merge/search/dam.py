@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -112,6 +113,16 @@ class DamModel:
     def num_sources(self) -> int:
         return len(self.names)
 
+    def _structure(self) -> tuple:
+        return (type(self), self.graphdef)
+
+    # Hashable by structure (jit static argument): models of one shape share their compiles.
+    def __hash__(self) -> int:
+        return hash(self._structure())
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, DamModel) and self._structure() == other._structure()
+
 
 def _hf_name(path: tuple) -> str:
     name = ".".join(str(p) for p in path)
@@ -136,6 +147,9 @@ class FullDamModel(DamModel):
         self.parts = parts or DamParts()
         self.config = template.config
         self.args = {"stacked": dict(stacked)}
+
+    def _structure(self) -> tuple:
+        return (type(self), self.graphdef, tuple(p for p, _ in self._flat))
 
     def init(self):
         return init_coefficients(self.args["stacked"], self.parts)
@@ -228,7 +242,7 @@ def stack_source_data(data: Sequence[Mapping[str, np.ndarray] | None], names: Se
 def precompute_source_logits(model: DamModel, data: Mapping[str, np.ndarray], cfg: DamConfig,
                              chunk: int = 16) -> dict[str, np.ndarray]:
     """Source k's logits (or top-k values and ids) on source k's own data: ``[N, M, K, V | k]``."""
-    fn = jax.jit(model.source_logits)
+    fn = partial(_source_logits, model)
     vals, ids_out = [], []
     n, m = data["input_ids"].shape[:2]
     for k in range(n):
@@ -288,18 +302,23 @@ def dam_loss(model: DamModel, cfg: DamConfig, args, coeffs, batch) -> tuple[jax.
     return total, {"loss": total, cfg.objective: data_term, "cos": cos, "l1": l1, "l2": l2}
 
 
-def make_step(model: DamModel, cfg: DamConfig, optimizer: optax.GradientTransformation):
-    """One jitted Adam step: ``(args, coeffs, opt_state, batch) -> (coeffs, opt_state, parts, finite)``."""
+@partial(jax.jit, static_argnums=0)
+def _source_logits(model: DamModel, args, k, ids, mask, pos):
+    return model.source_logits(args, k, ids, mask, pos)
 
-    def step(args, coeffs, opt_state, batch):
-        (_, parts), grads = jax.value_and_grad(
-            lambda c: dam_loss(model, cfg, args, c, batch), has_aux=True)(coeffs)
-        updates, opt_state = optimizer.update(grads, opt_state, coeffs)
-        coeffs = optax.apply_updates(coeffs, updates)
-        finite = jnp.all(jnp.stack([jnp.isfinite(c).all() for c in jax.tree.leaves(coeffs)]))
-        return coeffs, opt_state, parts, finite
 
-    return jax.jit(step)
+@partial(jax.jit, static_argnums=(0, 1))
+def dam_step(model: DamModel, cfg: DamConfig, args, coeffs, opt_state, batch):
+    """One Adam step: ``-> (coeffs, opt_state, loss parts, all coefficients finite)``.
+
+    Module-level and keyed on the model's structure and the config, so runs of one shape (seeds,
+    targets) share one compile.
+    """
+    (_, parts), grads = jax.value_and_grad(lambda c: dam_loss(model, cfg, args, c, batch), has_aux=True)(coeffs)
+    updates, opt_state = optax.adam(cfg.lr).update(grads, opt_state, coeffs)
+    coeffs = optax.apply_updates(coeffs, updates)
+    finite = jnp.all(jnp.stack([jnp.isfinite(c).all() for c in jax.tree.leaves(coeffs)]))
+    return coeffs, opt_state, parts, finite
 
 
 @dataclasses.dataclass
@@ -357,17 +376,15 @@ def train_dam(model: DamModel, cfg: DamConfig, source_data: Sequence[Mapping[str
     device_data = {k: jnp.asarray(data[k]) for k in keys}
     precompute_s = time.perf_counter() - t0
 
-    optimizer = optax.adam(cfg.lr)
-    opt_state = optimizer.init(coeffs)
-    step_fn = make_step(model, cfg, optimizer)
-    gather = jax.jit(_gather_batch)
+    opt_state = optax.adam(cfg.lr).init(coeffs)
+    static_cfg = dataclasses.replace(cfg, seed=0)  # the seed only orders batches on the host
     rng = np.random.default_rng(cfg.seed)
     history: list[dict] = []
     steps = backward = 0
     t1 = time.perf_counter()
     for rows in _batches(num_examples, cfg, rng, num_sources):
-        batch = gather(device_data, jnp.asarray(rows))
-        new, new_state, parts, finite = step_fn(model.args, coeffs, opt_state, batch)
+        batch = _gather_batch(device_data, jnp.asarray(rows))
+        new, new_state, parts, finite = dam_step(model, static_cfg, model.args, coeffs, opt_state, batch)
         steps += 1
         n_rows = int(rows.size)
         forward += n_rows
@@ -387,6 +404,7 @@ def train_dam(model: DamModel, cfg: DamConfig, source_data: Sequence[Mapping[str
                      precompute_s, time.perf_counter() - t1)
 
 
+@jax.jit
 def _gather_batch(data: dict, rows: jax.Array) -> dict:
     """Rows ``[N, b]`` (one set per source) or ``[b]`` of every array."""
     if rows.ndim == 2:
