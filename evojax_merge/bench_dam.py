@@ -152,7 +152,7 @@ def time_torch(world: str, cfg: ModelConfig, model, dcfg: DamConfig, batch: dict
         opt.step()
         return loss
 
-    loss0 = float(step())
+    loss0 = float(step().detach())
     return best_time(step, repeats), loss0
 
 
