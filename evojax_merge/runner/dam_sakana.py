@@ -136,10 +136,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--examples-per-source", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=1e-3)
     args = ap.parse_args(argv)
     try:
         run_dam_sakana(args.world_dir, args.out_dir, tuple(args.seeds),
-                       {"examples_per_source": args.examples_per_source, "batch_size": args.batch_size})
+                       {"examples_per_source": args.examples_per_source, "batch_size": args.batch_size,
+                        "epochs": args.epochs, "lr": args.lr})
     except EvoMergeInputError as e:
         raise SystemExit(f"error: {e}") from None
 
