@@ -1,0 +1,109 @@
+"""DAM as a registry method (``conf/method/dam*.yaml``): a white-box gradient baseline on a LoRA pool.
+
+On a LoRA pool every adapter is a source: its KL term is taken on the records of the task it was
+trained on (``source_split`` of that task), so DAM with ``objective="kl"`` never sees the target;
+``objective="ce"`` (the "w/o KL" variant) trains on the target's validation records instead. The
+result is one adapter of rank N·r (docs/methods.md §5), scored on the target's validation set.
+
+For full fine-tunes (a :class:`~evojax_merge.search.dam.FullDamModel`) call :meth:`DAM.run_full`
+with each source's data; it returns an Outcome whose ``model`` is the merged model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from evojax_merge.data.batching import encode_examples
+from evojax_merge.errors import EvoMergeInputError
+from evojax_merge.methods.base import MergeMethod, MergeTask, Outcome
+from evojax_merge.search.dam import DamConfig, DamResult, FullDamModel, LoraDamModel, train_dam
+
+
+def coefficient_summary(coeffs: Mapping[str, np.ndarray]) -> dict[str, list[float]]:
+    """Per key, the mean coefficient of each source (what the heatmap shows)."""
+    return {k: np.asarray(v).mean(axis=-1).round(6).tolist() for k, v in coeffs.items()}
+
+
+def dam_details(res: DamResult, val_examples: int = 0) -> dict:
+    return {
+        "steps": res.steps,
+        "history": res.history,
+        "forward_examples": res.forward_examples + val_examples,
+        "backward_examples": res.backward_examples,
+        "precompute_s": res.precompute_s,
+        "train_s": res.train_s,
+        "coefficients": coefficient_summary(res.coefficients),
+    }
+
+
+class DAM(MergeMethod):
+    """Differentiable adaptive merging; the hyperparameters are :class:`DamConfig`'s fields."""
+
+    remote = False
+    searches = False
+
+    def __init__(self, name: str = "dam", objective: str = "kl", temperature: float = 2.0, lambda_cos: float = 0.01,
+                 lambda_l1: float = 0.0, lambda_l2: float = 0.0, lr: float = 1e-3, epochs: int = 1,
+                 batch_size: int = 4, top_k: int | None = None, positions: str = "answer",
+                 examples_per_source: int | None = None, embeddings: bool = False, norms: bool = False,
+                 source_split: str = "train", max_len: int = 128):
+        self.name = name
+        self.objective, self.temperature, self.lambda_cos = objective, temperature, lambda_cos
+        self.lambda_l1, self.lambda_l2, self.lr, self.epochs = lambda_l1, lambda_l2, lr, epochs
+        self.batch_size, self.top_k, self.positions = batch_size, top_k, positions
+        self.examples_per_source, self.embeddings, self.norms = examples_per_source, embeddings, norms
+        self.source_split, self.max_len = source_split, max_len
+        self.config(0).check()
+
+    def config(self, seed: int) -> DamConfig:
+        fields = {f.name for f in dataclasses.fields(DamConfig)} - {"seed"}
+        return DamConfig(**{k: getattr(self, k) for k in fields}, seed=seed)
+
+    # -- LoRA pool ---------------------------------------------------------------------------------
+    def source_examples(self, world, names: Sequence[str]) -> list[dict | None]:
+        """Each adapter's own data: the ``source_split`` records of the task it was trained on."""
+        out: list[dict | None] = []
+        for name in names:
+            task = world.adapter_task.get(name)
+            records = (world.records.get(task) or {}).get(self.source_split) if task is not None else None
+            if not records:
+                raise EvoMergeInputError(
+                    f"dam: source {name!r} has no {self.source_split!r} records for its KL term (task {task!r})")
+            out.append(encode_examples(records, world.tokenizer, max_len=self.max_len))
+        return out
+
+    def run(self, task: MergeTask) -> Outcome:
+        if task.stack is None or task.world is None:
+            raise EvoMergeInputError("method dam: needs the pool's weights and the world (a local run)")
+        t0 = time.perf_counter()
+        world = task.world
+        model = LoraDamModel(world.model, task.stack, task.pool_names)
+        cfg = self.config(task.seed)
+        if cfg.objective == "kl":
+            res = train_dam(model, cfg, source_data=self.source_examples(world, task.pool_names))
+        else:
+            val = world.records[task.target]["validation"]
+            res = train_dam(model, cfg, target_data=encode_examples(val, world.tokenizer, max_len=self.max_len))
+        adapter = model.merged_adapter({k: jnp.asarray(v) for k, v in res.coefficients.items()})
+        evaluator = task.evaluator_for("A")
+        val_ce = float(evaluator.evaluate_adapter(adapter))
+        val_examples = int(getattr(evaluator, "num_batches", 0) * getattr(evaluator, "batch_size", 0))
+        details = dam_details(res, val_examples)
+        details["wall_s"] = time.perf_counter() - t0
+        return Outcome(self.name, adapter=adapter, val_ce=val_ce, val_fitness=val_ce, details=details)
+
+    # -- full fine-tunes ---------------------------------------------------------------------------
+    def run_full(self, model: FullDamModel, source_data: Sequence[Mapping[str, np.ndarray] | None] | None = None,
+                 target_data: Mapping[str, np.ndarray] | None = None, seed: int = 0) -> tuple[Outcome, DamResult]:
+        """DAM over stacked full models; the Outcome's ``model`` is the merged model."""
+        t0 = time.perf_counter()
+        res = train_dam(model, self.config(seed), source_data=source_data, target_data=target_data)
+        merged = model.model_for(model.merged_weights({k: jnp.asarray(v) for k, v in res.coefficients.items()}))
+        details = dam_details(res)
+        details["wall_s"] = time.perf_counter() - t0
+        return Outcome(self.name, model=merged, details=details), res
