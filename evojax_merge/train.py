@@ -144,6 +144,10 @@ def run(cfg: DictConfig, out_dir: Path, guard=None) -> dict:
     from evojax_merge.tracking import make_tracker
 
     validate(cfg)
+    if cfg.get("dam") is not None:  # +experiment=dam: its own driver (quality against cost, per seed)
+        from evojax_merge.runner.dam import run_dam
+
+        return run_dam(cfg, out_dir)
     spec, methods = experiment_spec(cfg), methods_from_config(cfg)
     validation = ValidationConfig(**OmegaConf.to_container(cfg.data.validation, resolve=True))
     resolved = OmegaConf.to_container(cfg, resolve=True)

@@ -6,10 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.methods.dam import DAM
+from evojax_merge.methods.registry import build_methods
 from evojax_merge.runner.dam import run_dam, summarize
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -22,7 +23,7 @@ def _cfg(*overrides):
 
 def test_method_configs_instantiate():
     cfg = _cfg()
-    made = {k: instantiate(v) for k, v in cfg.dam_methods.items()}
+    made = build_methods(OmegaConf.to_container(cfg.method, resolve=True))
     assert isinstance(made["dam"], DAM) and made["dam"].lambda_cos == 0.01 and made["dam"].lr == 1e-3
     assert made["dam"].temperature == 2.0 and made["dam"].epochs == 1 and made["dam"].objective == "kl"
     assert made["dam_no_cos"].lambda_cos == 0.0 and made["dam_no_cos"].objective == "kl"
@@ -42,10 +43,10 @@ def test_summary_by_hand():
 
 def test_dam_experiment_on_the_smoke_zoo(tmp_path):
     cfg = _cfg(f"cache_dir={tmp_path / 'cache'}", "progress=false", "experiment.num_targets=1", "dam.seeds=[0]",
-               "dam.methods=[dam,dam_no_kl,uniform,evo_merging]", "strategy.evo_merging.population_size=2",
-               "strategy.evo_merging.stage1_generations=1", "strategy.evo_merging.stage2_generations=1",
-               "data.validation.batch_size=4", "data.validation.num_batches=2", "dam_methods.dam.batch_size=16",
-               "dam_methods.dam_no_kl.batch_size=16", "experiment.test_examples=4", "experiment.max_new_tokens=8")
+               "dam.methods=[dam,dam_no_kl,uniform,evo_merging]", "budget.population_size=2",
+               "budget.stage1_generations=1", "budget.stage2_generations=1",
+               "data.validation.batch_size=4", "data.validation.num_batches=2", "method.dam.batch_size=16",
+               "method.dam_no_kl.batch_size=16", "experiment.test_examples=4", "experiment.max_new_tokens=8")
     out = tmp_path / "run"
     res = run_dam(cfg, out)
     rows = {r["method"]: r for r in res["rows"]}
@@ -53,7 +54,8 @@ def test_dam_experiment_on_the_smoke_zoo(tmp_path):
     v = 4 * 2  # validation examples per candidate
     n, m = 8, 64  # smoke zoo: OOD pool of 8 adapters, 64 train records each
     assert rows["uniform"]["forward_examples"] == v
-    assert rows["evo_merging"]["forward_examples"] == 2 * (1 + 2 * 1) * v
+    # two stages of (x0 + population 2 x 1 generation), then the found merge's validation CE once
+    assert rows["evo_merging"]["forward_examples"] == 2 * (1 + 2 * 1) * v + v
     steps = m // 16
     assert rows["dam"]["forward_examples"] == n * m + steps * n * 16 + v
     assert rows["dam"]["backward_examples"] == steps * n * 16

@@ -29,7 +29,6 @@ from evojax_merge.runner.experiment import pick_targets
 from evojax_merge.search.fitness import MergeEvaluator, ValidationConfig
 
 log = logging.getLogger(__name__)
-BASELINES = ("uniform", "task_arithmetic", "ties", "evo_merging", "lorahub", "best_single", "dare")
 
 
 class CountingEvaluator:
@@ -90,11 +89,13 @@ def _test_texts(world, records, outcomes, spec) -> list[list[str]]:
     return [texts[i] for i in range(len(outcomes))]
 
 
-def run_dam_cells(world, spec, settings, validation: ValidationConfig, dam_methods: dict, methods, seeds,
-                  population_chunk=None) -> list[dict]:
-    """One row per (target, seed, method): test scores, validation CE, wall time, forward counts."""
-    from evojax_merge.runner.methods import run_method
+def run_dam_cells(world, spec, validation: ValidationConfig, methods: dict, seeds,
+                  population_chunk="auto") -> list[dict]:
+    """One row per (target, seed, method): test scores, validation CE, wall time, forward counts.
 
+    ``methods``: ``{label: MergeMethod}`` from the registry. A method that counts its own forward
+    passes (DAM) reports them in ``details``; for the others the evaluator counts the explicit calls
+    and the traced CMA-ES generations are added (x0 plus population x generations per stage)."""
     rows: list[dict] = []
     for target in pick_targets(world.records, spec):
         own = world.own_adapter(target)
@@ -104,29 +105,24 @@ def run_dam_cells(world, spec, settings, validation: ValidationConfig, dam_metho
         for seed in seeds:
             val = dataclasses.replace(validation, seed=int(seed))
             inner = MergeEvaluator(world.model, pool.stack, examples, val, population_chunk=population_chunk)
-            run_settings = dataclasses.replace(settings, seed=int(seed))
             outcomes, meta = [], []
-            for name in methods:
+            for name, method in methods.items():
                 ev = CountingEvaluator(inner)
+                task = MergeTask(target, list(pool.names), lambda _prune, ev=ev: ev, stack=pool.stack, world=world,
+                                 seed=int(seed), progress=False)
                 t0 = time.perf_counter()
-                if name in dam_methods:
-                    task = MergeTask(target, list(pool.names), lambda _p, ev=ev: ev, stack=pool.stack, world=world,
-                                     seed=int(seed))
-                    o = dam_methods[name].run(task)
-                    forward = o.details["forward_examples"]
-                    backward = o.details["backward_examples"]
-                elif name in BASELINES:
-                    o = run_method(name, ev, pool, run_settings)
-                    pop = (settings.lorahub if name == "lorahub" else settings.evo_merging).population_size
-                    forward, backward = ev.examples + _search_examples(o, ev.per_candidate, pop), 0
-                else:
-                    raise EvoMergeInputError(f"dam.methods: unknown method {name!r}")
+                o = method.run(task)
                 wall = time.perf_counter() - t0
-                jax.block_until_ready(jnp.zeros(()))
+                if "forward_examples" in o.details:
+                    forward, backward = o.details["forward_examples"], o.details["backward_examples"]
+                else:
+                    population = getattr(getattr(method, "config", None), "population_size", 0)
+                    forward, backward = ev.examples + _search_examples(o, ev.per_candidate, population), 0
                 outcomes.append(o)
+                val_ce = o.val_ce if o.val_ce is not None else o.val_fitness
                 meta.append({"method": name, "target": target, "seed": int(seed), "wall_s": wall,
                              "forward_examples": int(forward), "backward_examples": int(backward),
-                             "val_ce": None if o.val_fitness is None else float(o.val_fitness),
+                             "val_ce": None if val_ce is None else float(val_ce),
                              "details": {k: v for k, v in o.details.items() if k in ("history", "coefficients",
                                                                                      "steps", "params")}})
                 log.info("dam experiment: %s %s seed %d: val %.4f, %.1fs", target, name, seed,
@@ -226,28 +222,31 @@ def write_plots(rows: list[dict], summary: dict, out_dir: Path) -> list[Path]:
 
 def run_dam(cfg, out_dir: str | Path) -> dict:
     """The whole experiment from a composed Hydra config (``+experiment=dam``)."""
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from evojax_merge.train import experiment_spec, load_world, method_settings, validate
+    from evojax_merge.train import experiment_spec, load_world, methods_from_config, validate
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     validate(cfg)
-    if "dam" not in cfg or "dam_methods" not in cfg:
-        raise EvoMergeInputError("dam: the config needs the dam and dam_methods blocks (+experiment=dam)")
-    spec, settings = experiment_spec(cfg), method_settings(cfg)
+    if "dam" not in cfg:
+        raise EvoMergeInputError("dam: the config needs the dam block (+experiment=dam)")
+    spec, built = experiment_spec(cfg), methods_from_config(cfg)
     if spec.setting != "ood":
         raise EvoMergeInputError(f"experiment.setting: the dam experiment runs the ood setting, not {spec.setting!r}")
     validation = ValidationConfig(**OmegaConf.to_container(cfg.data.validation, resolve=True))
-    dam_methods = {name: instantiate(c) for name, c in cfg.dam_methods.items()}
-    for m in dam_methods.values():
-        m.max_len = spec.max_len
-    methods, seeds = list(cfg.dam.methods), list(cfg.dam.seeds)
+    unknown = [m for m in cfg.dam.methods if m not in built]
+    if unknown:
+        raise EvoMergeInputError(f"dam.methods: unknown method {unknown[0]!r} (configured: {', '.join(built)})")
+    methods = {name: built[name] for name in cfg.dam.methods}
+    for m in methods.values():
+        if hasattr(m, "max_len") and spec.max_len is not None:
+            m.max_len = spec.max_len
+    seeds = list(cfg.dam.seeds)
     t0 = time.perf_counter()
     world = load_world(cfg)
     world_s = time.perf_counter() - t0
-    rows = run_dam_cells(world, spec, settings, validation, dam_methods, methods, seeds, cfg.population_chunk)
+    rows = run_dam_cells(world, spec, validation, methods, seeds, cfg.population_chunk)
     summary = summarize(rows)
     results = {"summary": summary, "rows": rows, "timings": {"world_s": world_s,
                                                               "experiment_s": time.perf_counter() - t0 - world_s},
