@@ -284,7 +284,7 @@ def check_group_choices(argv: list[str], conf: str) -> None:
         if "." in key or key.startswith("hydra") or not group.is_dir() or not value:
             continue
         known = sorted(p.stem for p in group.glob("*.yaml"))
-        for choice in value.split(","):  # a multirun sweep lists several
+        for choice in value.strip("[]").split(","):  # a sweep (a,b) or a list ([a,b]) names several
             if choice not in known and choice != "null":
                 print(f"error: {key}: unknown option {choice!r} (known: {', '.join(known)})", file=sys.stderr)
                 sys.exit(2)

@@ -56,11 +56,12 @@ def test_model_gguf_runs_the_search_and_exports_faithfully(tiny_gguf_world, tmp_
     root, gguf_path = tiny_gguf_world
     out = tmp_path / "run"
     proc = _train(tmp_path, "model=gguf", f"model.path={gguf_path}", "pool=peft", f"pool.adapters={root}/adapters/*",
-                  "data=files", f"+data.tasks.NER_target.validation={root}/data/validation.jsonl",
+                  "data=files", "+data.tasks.NER_target.type=ner",
+                  f"+data.tasks.NER_target.validation={root}/data/validation.jsonl",
                   f"+data.tasks.NER_target.test={root}/data/test.jsonl", "experiment.targets=[NER_target]",
                   "experiment.max_len=96", "experiment.max_new_tokens=6", "experiment.test_examples=4",
-                  "method.names=[evo_merging,base]", "strategy.evo_merging.population_size=3",
-                  "strategy.evo_merging.stage1_generations=1", "strategy.evo_merging.stage2_generations=1",
+                  "method=[evo_merging,base]", "budget.population_size=3",
+                  "budget.stage1_generations=1", "budget.stage2_generations=1",
                   "data.validation.batch_size=4", "data.validation.num_batches=2", f"hydra.run.dir={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -75,7 +76,7 @@ def test_model_gguf_missing_file_is_one_line_error(tiny_gguf_world, tmp_path):
     root, _ = tiny_gguf_world
     shutil.rmtree(tmp_path / "run", ignore_errors=True)
     proc = _train(tmp_path, "model=gguf", f"model.path={tmp_path}/nothing.gguf", "pool=peft",
-                  f"pool.adapters={root}/adapters/*", "data=files",
+                  f"pool.adapters={root}/adapters/*", "data=files", "+data.tasks.NER_target.type=ner",
                   f"+data.tasks.NER_target.validation={root}/data/validation.jsonl",
                   f"+data.tasks.NER_target.test={root}/data/test.jsonl", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2

@@ -32,13 +32,12 @@ def search_command(out: Path) -> list[str]:
     data = out / "data" / TARGET
     return [
         sys.executable, "-m", "evojax_merge.train", "model=gguf", "pool=peft", f"pool.adapters={out}/adapters/*",
-        "data=files", f"+data.tasks.{TARGET}.validation={data}/validation.jsonl",
-        f"+data.tasks.{TARGET}.test={data}/test.jsonl", f"experiment.targets=[{TARGET}]",
-        "experiment.name=real_model", "experiment.max_len=192", "experiment.max_new_tokens=24",
-        "experiment.test_examples=24", "method.names=[evo_merging,lorahub,uniform,best_single,base]",
-        "strategy.evo_merging.population_size=6", "strategy.evo_merging.stage1_generations=3",
-        "strategy.evo_merging.stage2_generations=3", "strategy.lorahub.population_size=6",
-        "strategy.lorahub.generations=2", "data.validation.batch_size=8", "data.validation.num_batches=2",
+        "data=files", f"data.tasks.{TARGET}.type=ner", f"data.tasks.{TARGET}.validation={data}/validation.jsonl",
+        f"data.tasks.{TARGET}.test={data}/test.jsonl", f"experiment.targets=[{TARGET}]",
+        "experiment.name=real_model", "experiment.max_new_tokens=24",
+        "experiment.test_examples=24", "method=[evo_merging,lorahub,uniform,best_single,base]",
+        "budget.population_size=6", "budget.stage1_generations=3", "budget.stage2_generations=3",
+        "data.validation.batch_size=8", "data.validation.num_batches=2",
         "population_chunk=1", "logger=none", "progress=false", f"hydra.run.dir={out}/run",
     ]
 
