@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -201,7 +202,11 @@ class DFSModel:
     layer_of_slot: jax.Array
     on: jax.Array
     scale: jax.Array
-    path: tuple = ()  # describe_path rows, for records
+    path_json: str = "[]"  # describe_path rows as JSON (hashable: a static pytree field)
+
+    @property
+    def path(self) -> list[dict]:
+        return json.loads(self.path_json)
 
     def logits(self, ids: jax.Array, mask: jax.Array, at: jax.Array | None = None) -> jax.Array:
         return path_logits(self.config, self.top, self.layers, self.layer_of_slot, self.on, self.scale, ids, mask, at)
@@ -212,4 +217,8 @@ def dfs_model(layout: DFSLayout, stack: SourceStack, embed_source: int, genome: 
     genome = layout.check(genome)
     layer_of_slot, on, scale = schedule(layout, jnp.asarray(genome))
     return DFSModel(stack.config, top_level(stack, embed_source), layer_row(stack), layer_of_slot, on, scale,
-                    tuple(describe_path(layout, genome, stack.names)))
+                    json.dumps(describe_path(layout, genome, stack.names)))
+
+
+jax.tree_util.register_dataclass(DFSModel, data_fields=["top", "layers", "layer_of_slot", "on", "scale"],
+                                 meta_fields=["config", "path_json"])

@@ -79,4 +79,4 @@ def load_dfs(model_dir: str | Path, dtype: str | None = None) -> DFSModel:
     if "lm_head.weight" in weights:
         top["lm_head.weight"] = jnp.asarray(weights["lm_head.weight"])
     return DFSModel(cfg, top, layers, jnp.arange(n), jnp.ones(n, bool), jnp.asarray(scales, jnp.float32),
-                    tuple(meta.get("path", [])))
+                    json.dumps(meta.get("path", [])))

@@ -73,3 +73,6 @@ class ParamsModel:
 
     def logits(self, ids: jax.Array, mask: jax.Array, at: jax.Array | None = None) -> jax.Array:
         return logits_of(self.config, self.params, ids, mask, at)
+
+
+jax.tree_util.register_dataclass(ParamsModel, data_fields=["params"], meta_fields=["config"])
