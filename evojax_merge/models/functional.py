@@ -10,6 +10,7 @@ short answers of the Sakana world (a digit and ``</s>``), where a cache buys not
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -61,3 +62,17 @@ def greedy_decode(logits_fn: LogitsFn, ids: jax.Array, lengths: jax.Array, steps
 
     _, toks = jax.lax.scan(step, ids, jnp.arange(steps))
     return toks.T
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamsModel:
+    """A whole model as a params dict (a PS / task-vector merge): ``logits(ids, mask, at)``."""
+
+    config: ModelConfig
+    params: Params
+
+    def logits(self, ids: jax.Array, mask: jax.Array, at: jax.Array | None = None) -> jax.Array:
+        return logits_of(self.config, self.params, ids, mask, at)
+
+
+jax.tree_util.register_dataclass(ParamsModel, data_fields=["params"], meta_fields=["config"])

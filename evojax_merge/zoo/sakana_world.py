@@ -7,8 +7,11 @@ The analogue of "a Japanese LLM + an English math LLM -> Japanese math" at toy s
 - language B: language A under a fixed, seeded word-level cipher (every alphabetic word maps to a
   made-up word; digits and punctuation stay);
 - ``base``: a tiny Llama pretrained from scratch on language-A text;
-- ``lang``: ``base`` fully fine-tuned on language-B text (no word problems);
-- ``skill``: ``base`` fully fine-tuned on arithmetic word problems in language A
+- ``lang``: ``base`` adapted to language B as a vocabulary extension: the embedding and head rows
+  of the B words (new to the base) are trained on B text, code-switched with A word by word in a
+  ``code_switch`` fraction of the sentences (a bilingual corpus); nothing else changes;
+- ``skill``: ``base``'s transformer blocks fine-tuned on arithmetic word problems in language A
+  (embeddings and head frozen)
   (``tom has three pens . tom gets two more . how many pens does tom have ?`` -> ``5``);
 - target ``skill_b``: the same word problems in language B, answer a digit. No model saw it.
 
@@ -35,7 +38,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from evojax_merge.models.config import ModelConfig
@@ -43,7 +49,7 @@ from evojax_merge.models.io import load_model, save_model
 from evojax_merge.models.llama import LlamaForCausalLM
 from evojax_merge.models.loss import IGNORE_INDEX, answer_targets
 from evojax_merge.zoo.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
-from evojax_merge.zoo.trainer import pretrain
+from evojax_merge.zoo.trainer import _schedule, batch_loss, pretrain
 
 WORLD_FORMAT_VERSION = 1
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -68,16 +74,17 @@ class SakanaModelSpec:
 class SakanaWorldConfig:
     model: SakanaModelSpec = SakanaModelSpec()
     corpus_size: int = 6000  # sentences of language A (pretraining) and of language B (lang)
-    code_switch: float = 0.5  # fraction of the lang corpus that mixes A and B word by word
+    code_switch: float = 0.7  # fraction of the lang corpus that mixes A and B word by word
     problems: int = 3000  # word problems per language (train: skill_a only)
     validation: int = 64
     test: int = 128
     batch_size: int = 32
     pretrain_steps: int = 600
     pretrain_lr: float = 3e-3
-    lang_steps: int = 300
+    lang_steps: int = 400
+    lang_lr: float = 1e-2
     skill_steps: int = 250
-    finetune_lr: float = 1e-3
+    skill_lr: float = 1e-3
     seed: int = 0
 
     def digest(self) -> str:
@@ -303,6 +310,41 @@ def _batches(data: dict[str, np.ndarray], batch_size: int, seed: int):
         yield {k: v[idx] for k, v in data.items()}
 
 
+def _is_vocab(path) -> bool:
+    return any(getattr(k, "key", k) in ("embed_tokens", "lm_head") for k in path)
+
+
+def finetune(model: LlamaForCausalLM, batches, steps: int, lr: float, train_blocks: bool,
+             row_mask: np.ndarray | None) -> tuple[LlamaForCausalLM, list[float]]:
+    """Adam (clipped at global norm 1) on answer-only CE. ``train_blocks``: the transformer blocks
+    and the final norm train, the embeddings and head are frozen; otherwise only the rows of the
+    embeddings and head where ``row_mask`` is 1 train (a vocabulary extension)."""
+    graphdef, params = nnx.split(model)
+    rows = None if row_mask is None else jnp.asarray(row_mask)[:, None]
+
+    def keep(path, g):
+        if _is_vocab(path):
+            return g * rows if (not train_blocks and rows is not None) else jnp.zeros_like(g) if train_blocks else g
+        return g if train_blocks else jnp.zeros_like(g)
+
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(_schedule(lr, steps)))
+    opt_state = opt.init(params)
+
+    @jax.jit
+    def step(params, opt_state, batch):
+        loss, grads = jax.value_and_grad(lambda p: batch_loss(nnx.merge(graphdef, p), batch))(params)
+        grads = jax.tree_util.tree_map_with_path(keep, grads)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        updates = jax.tree_util.tree_map_with_path(keep, updates)  # frozen stays bit-identical
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    losses = []
+    for _ in range(steps):
+        params, opt_state, loss = step(params, opt_state, {k: jnp.asarray(v) for k, v in next(batches).items()})
+        losses.append(float(loss))
+    return nnx.merge(graphdef, params), losses
+
+
 def _build_into(out: Path, cfg: SakanaWorldConfig, progress: bool) -> dict:
     timings = {}
     t0 = time.perf_counter()
@@ -337,11 +379,14 @@ def _build_into(out: Path, cfg: SakanaWorldConfig, progress: bool) -> dict:
         "skill": ({k: v for k, v in encode(data["tasks"]["skill_a"]["train"], tokenizer, spec.max_len).items()
                    if k in ("input_ids", "attention_mask", "labels")}, cfg.skill_steps),
     }
+    new_rows = np.zeros(len(tokenizer), np.float32)
+    new_rows[tokenizer.convert_tokens_to_ids(sorted(data["cipher"].values()))] = 1.0
     for i, (name, (rows, steps)) in enumerate(jobs.items()):
         t0 = time.perf_counter()
         model = load_model(out / "base")  # a fresh copy of the base
-        model, loss = pretrain(model, _batches(rows, cfg.batch_size, cfg.seed + 10 + i), steps, cfg.finetune_lr,
-                               weight_decay=0.0, progress=progress)
+        lr, rows_mask = (cfg.lang_lr, new_rows) if name == "lang" else (cfg.skill_lr, None)
+        model, loss = finetune(model, _batches(rows, cfg.batch_size, cfg.seed + 10 + i), steps, lr,
+                               train_blocks=name == "skill", row_mask=rows_mask)
         save_model(model, out / name)
         save_tokenizer(tokenizer, out / name)
         finals[name] = float(np.mean(loss[-20:]))

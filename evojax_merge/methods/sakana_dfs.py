@@ -1,0 +1,50 @@
+"""Sakana's data-flow-space merge as a registry method (docs/methods.md §4).
+
+``Outcome.model`` is a :class:`~evojax_merge.merge.sakana_dfs.DFSModel`; ``details["path"]`` lists
+the layers on the found path (slot, source, layer, scale).
+"""
+
+from __future__ import annotations
+
+from evojax_merge.errors import EvoMergeInputError
+from evojax_merge.merge.sakana_dfs import dfs_model
+from evojax_merge.methods.base import MergeMethod, MergeTask, Outcome
+from evojax_merge.methods.sakana_ps import sources_cell
+from evojax_merge.models.sources import SourceStack
+from evojax_merge.search.sakana import DFSConfig, dfs_search
+
+
+def run_dfs(stack: SourceStack, batch: dict, cfg: DFSConfig, seed: int, progress: bool, name: str = "sakana_dfs"
+            ) -> Outcome:
+    for key, value in (("start_source", cfg.start_source), ("embed_source", cfg.embed_source)):
+        if not 0 <= value < stack.num_sources:
+            raise EvoMergeInputError(f"method.{key}: {value} is not a source index (0..{stack.num_sources - 1})")
+    genome, result, layout, _ = dfs_search(stack, batch, cfg, seed, progress)
+    model = dfs_model(layout, stack, cfg.embed_source, genome)
+    return Outcome(method=name, model=model, val_ce=result.best_fitness, val_fitness=result.best_fitness,
+                   search=result, details={"path": list(model.path), "num_slots": layout.num_slots,
+                                           "sources": list(stack.names), "genome": genome.tolist(),
+                                           "history": result.history_rows()})
+
+
+class SakanaDFS(MergeMethod):
+    """CMA-ES over the layer path (indicator I, scales W) through the stacked sources' layers."""
+
+    searches = True
+
+    def __init__(self, population_size: int = 128, generations: int = 100, repeats: int = 3,
+                 max_path: int | None = None, start_source: int = 0, embed_source: int = 0, sigma0: float = 0.5):
+        if population_size < 2 or generations < 1 or repeats < 1:
+            raise EvoMergeInputError("method: population_size >= 2, generations >= 1 and repeats >= 1 required")
+        if max_path is not None and max_path < 1:
+            raise EvoMergeInputError(f"method.max_path: {max_path} (a positive number of layers or null)")
+        self.population_size, self.generations, self.repeats = population_size, generations, repeats
+        self.max_path, self.start_source, self.embed_source, self.sigma0 = max_path, start_source, embed_source, sigma0
+
+    def config(self) -> DFSConfig:
+        return DFSConfig(self.population_size, self.generations, self.repeats, self.max_path, self.start_source,
+                         self.embed_source, self.sigma0)
+
+    def run(self, task: MergeTask) -> Outcome:
+        cell = sources_cell(task)
+        return run_dfs(cell.stack, cell.batch, self.config(), task.seed, task.progress)

@@ -1,0 +1,50 @@
+"""Sakana's parameter-space merge as a registry method (docs/methods.md §4).
+
+``task.world`` is a :class:`evojax_merge.runner.sources.SourcesCell` (the stacked full fine-tunes,
+their base and the target's validation batch); the outcome carries the merged model in
+``Outcome.model`` (a :class:`~evojax_merge.models.functional.ParamsModel`).
+"""
+
+from __future__ import annotations
+
+from evojax_merge.errors import EvoMergeInputError
+from evojax_merge.merge.sakana_ps import PSLayout
+from evojax_merge.methods.base import MergeMethod, MergeTask, Outcome
+from evojax_merge.models.functional import ParamsModel
+from evojax_merge.search.sakana import PSConfig, ps_search
+
+
+def sources_cell(task: MergeTask):
+    from evojax_merge.runner.sources import SourcesCell
+
+    if not isinstance(task.world, SourcesCell):
+        raise EvoMergeInputError(f"method for {task.target!r}: Sakana merges need full fine-tunes "
+                                 "(run them with +experiment=sakana)")
+    return task.world
+
+
+def run_ps(cell, cfg: PSConfig, seed: int, progress: bool) -> Outcome:
+    genome, result, fitness, args = ps_search(cell.stack, cell.base, cell.batch, cfg, seed, progress)
+    params = fitness.params(args, genome)
+    density, weight = PSLayout(cell.stack.num_sources, cell.stack.config.num_hidden_layers).decode(genome)
+    return Outcome(method="sakana_ps", model=ParamsModel(cell.stack.config, params), val_ce=result.best_fitness,
+                   val_fitness=result.best_fitness, search=result,
+                   details={"genome": genome.tolist(), "density": density.tolist(), "weight": weight.tolist(),
+                            "history": result.history_rows()})
+
+
+class SakanaPS(MergeMethod):
+    """CMA-ES over a density and a weight per (layer group, source) of a DARE-TIES merge."""
+
+    searches = True
+
+    def __init__(self, population_size: int = 16, generations: int = 60, x0: float = 0.5, sigma0: float = 1 / 6):
+        if population_size < 2 or generations < 1:
+            raise EvoMergeInputError("method.population_size must be >= 2 and method.generations >= 1")
+        self.population_size, self.generations, self.x0, self.sigma0 = population_size, generations, x0, sigma0
+
+    def config(self) -> PSConfig:
+        return PSConfig(self.population_size, self.generations, self.x0, self.sigma0)
+
+    def run(self, task: MergeTask) -> Outcome:
+        return run_ps(sources_cell(task), self.config(), task.seed, task.progress)

@@ -1,0 +1,38 @@
+"""PS + DFS (docs/methods.md §4): PS first, then DFS over [the PS result, one source model]."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from evojax_merge.errors import EvoMergeInputError
+from evojax_merge.methods.base import MergeMethod, MergeTask, Outcome
+from evojax_merge.methods.sakana_dfs import SakanaDFS, run_dfs
+from evojax_merge.methods.sakana_ps import SakanaPS, run_ps, sources_cell
+from evojax_merge.models.sources import SourceStack
+
+
+class SakanaPSDFS(MergeMethod):
+    """``ps`` and ``dfs`` are the two methods' constructor arguments; ``partner`` the source index
+    that joins the PS model in the DFS (source 0 of the DFS is the PS model, source 1 the partner)."""
+
+    searches = True
+
+    def __init__(self, ps: dict | None = None, dfs: dict | None = None, partner: int = 0):
+        self.ps, self.dfs, self.partner = SakanaPS(**(ps or {})), SakanaDFS(**(dfs or {})), partner
+
+    def describe(self) -> dict:
+        return {"ps": self.ps.describe(), "dfs": self.dfs.describe(), "partner": self.partner}
+
+    def run(self, task: MergeTask) -> Outcome:
+        cell = sources_cell(task)
+        if not 0 <= self.partner < cell.stack.num_sources:
+            raise EvoMergeInputError(f"method.partner: {self.partner} is not a source index "
+                                     f"(0..{cell.stack.num_sources - 1})")
+        ps = run_ps(cell, self.ps.config(), task.seed, task.progress)
+        partner = cell.stack.source_params(self.partner)
+        params = {k: jnp.stack([ps.model.params[k], partner[k]]) for k in cell.stack.params}
+        stack = SourceStack(cell.stack.config, ("ps", cell.stack.names[self.partner]), params)
+        out = run_dfs(stack, cell.batch, self.dfs.config(), task.seed, task.progress, name="sakana_ps_dfs")
+        out.details["ps"] = {k: ps.details[k] for k in ("density", "weight")}
+        out.details["ps_val_ce"] = ps.val_ce
+        return out

@@ -1,0 +1,138 @@
+"""CMA-ES searches of Sakana's PS and DFS merges on the project's stage machinery (docs/methods.md §4).
+
+Both fitnesses are :class:`~evojax_merge.search.cmaes.TracedFitness`: a frozen, hashable static
+part and a pytree of arrays, so one generation (ask, clip, merge/route the whole population in one
+``vmap``, answer-only CE on the validation batch, tell) is one jitted step.
+
+    PS   fitness(x) = CE(θ_base + DARE-TIES(τ; d(x), w(x)))          x0 = 0.5, σ0 = 1/6, x ∈ [0, 1]
+    DFS  fitness(x) = CE(path(I(x), W(x)))                            x0 = a source's own path, W = 1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from evojax_merge.errors import EvoMergeInputError
+from evojax_merge.merge.sakana_dfs import DFSLayout, dfs_logits, layer_row, top_level
+from evojax_merge.merge.sakana_ps import Params, PSLayout, ps_merge_genome, task_vectors_of
+from evojax_merge.models.config import ModelConfig
+from evojax_merge.models.functional import logits_of
+from evojax_merge.models.loss import answer_loss
+from evojax_merge.models.sources import SourceStack
+from evojax_merge.search.cmaes import StageResult, StageSpec, TracedFitness, init_stage, run_stage
+from evojax_merge.search.genome import GenomeLayout
+
+BATCH_KEYS = ("input_ids", "attention_mask", "answer_pos", "answer_tgt", "answer_mask")
+
+
+def validation_batch(encoded: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """The arrays the fitnesses read (from ``zoo.sakana_world.encode``)."""
+    missing = [k for k in BATCH_KEYS if k not in encoded]
+    if missing:
+        raise EvoMergeInputError(f"validation batch: missing key {missing[0]!r}")
+    return {k: jnp.asarray(encoded[k]) for k in BATCH_KEYS}
+
+
+def _ce(logits_fn, batch) -> jax.Array:
+    logits = logits_fn(batch["input_ids"], batch["attention_mask"], batch["answer_pos"])
+    return answer_loss(logits, batch["answer_tgt"], batch["answer_mask"])
+
+
+@dataclasses.dataclass(frozen=True)
+class PSFitness:
+    """``args = {"base", "tv", "key", "batch"}``; one candidate = one merged model."""
+
+    layout: PSLayout
+    config: ModelConfig
+
+    def params(self, args, genome: jax.Array) -> Params:
+        return ps_merge_genome(self.layout, args["base"], args["tv"], genome, jax.random.wrap_key_data(args["key"]))
+
+    def __call__(self, args, population, generation):
+        def one(g):
+            p = self.params(args, g)
+            return _ce(lambda i, m, a: logits_of(self.config, p, i, m, a), args["batch"])
+
+        return jax.vmap(one)(population)
+
+
+@dataclasses.dataclass(frozen=True)
+class DFSFitness:
+    """``args = {"top", "layers", "batch"}``; one candidate = one path through the stacked layers."""
+
+    layout: DFSLayout
+    config: ModelConfig
+
+    def __call__(self, args, population, generation):
+        def one(g):
+            return _ce(lambda i, m, a: dfs_logits(self.layout, self.config, args["top"], args["layers"], g, i, m, a),
+                       args["batch"])
+
+        return jax.vmap(one)(population)
+
+
+@dataclasses.dataclass(frozen=True)
+class PSConfig:
+    """Paper defaults (mergekit-evolve's x0 and σ); ``generations`` is the CPU budget knob."""
+
+    population_size: int = 16
+    generations: int = 60  # ~1000 trials at 16 per generation
+    x0: float = 0.5
+    sigma0: float = 1 / 6
+    bounds: tuple[float, float] = (0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DFSConfig:
+    """Paper defaults: population 128, 100 generations, r = 3, start on one model's own path."""
+
+    population_size: int = 128
+    generations: int = 100
+    repeats: int = 3
+    max_path: int | None = None
+    start_source: int = 0  # whose own layers the start path runs
+    embed_source: int = 0  # whose embeddings, final norm and head the DFS model uses
+    sigma0: float = 0.5
+    bounds: tuple[float, float] = (-1.0, 2.0)
+
+
+@dataclasses.dataclass
+class SearchOutcome:
+    genome: np.ndarray
+    result: StageResult
+
+
+def _run(spec: StageSpec, fitness: TracedFitness, seed: int, progress: bool) -> StageResult:
+    key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(spec.name.encode()) & 0x7FFFFFFF)
+    return run_stage(spec, fitness, init_stage(spec, key, fitness), progress=progress)
+
+
+def ps_search(stack: SourceStack, base: Params, batch: dict, cfg: PSConfig = PSConfig(), seed: int = 0,
+              progress: bool = False) -> tuple[np.ndarray, StageResult, PSFitness, dict]:
+    """CMA-ES over the PS genome; returns (best genome, stage result, fitness, args)."""
+    layout = PSLayout(stack.num_sources, stack.config.num_hidden_layers)
+    x0 = layout.check(np.full(layout.length, cfg.x0), "method.x0")
+    args = {"base": {k: jnp.asarray(v) for k, v in base.items()}, "tv": task_vectors_of(stack, base),
+            "key": jax.random.key_data(jax.random.key(seed)), "batch": batch}
+    fitness = PSFitness(layout, stack.config)
+    spec = StageSpec("sakana_ps", GenomeLayout("ps", layout.length, *cfg.bounds), tuple(map(float, x0)),
+                     cfg.sigma0, cfg.population_size, cfg.generations)
+    result = _run(spec, TracedFitness(fitness, args), seed, progress)
+    return result.best_genome, result, fitness, args
+
+
+def dfs_search(stack: SourceStack, batch: dict, cfg: DFSConfig = DFSConfig(), seed: int = 0,
+               progress: bool = False) -> tuple[np.ndarray, StageResult, DFSLayout, dict]:
+    """CMA-ES over the DFS genome from ``start_source``'s own path; returns (best, result, layout, args)."""
+    layout = DFSLayout(stack.num_sources, stack.config.num_hidden_layers, cfg.repeats, cfg.max_path)
+    x0 = layout.check(layout.source_path(cfg.start_source), "method.start_source path")
+    args = {"top": top_level(stack, cfg.embed_source), "layers": layer_row(stack), "batch": batch}
+    spec = StageSpec("sakana_dfs", GenomeLayout("dfs", layout.length, *cfg.bounds), tuple(map(float, x0)),
+                     cfg.sigma0, cfg.population_size, cfg.generations)
+    result = _run(spec, TracedFitness(DFSFitness(layout, stack.config), args), seed, progress)
+    return result.best_genome, result, layout, args
