@@ -143,6 +143,10 @@ def run(cfg: DictConfig, out_dir: Path, guard=None) -> dict:
     from evojax_merge.search.result_io import search_result_record
     from evojax_merge.tracking import make_tracker
 
+    if cfg.experiment.get("kind") == "sakana":  # full fine-tunes: Sakana's table on its own world
+        from evojax_merge.runner.sources import run_sakana
+
+        return run_sakana(cfg, out_dir)
     validate(cfg)
     if cfg.get("dam") is not None:  # +experiment=dam: its own driver (quality against cost, per seed)
         from evojax_merge.runner.dam import run_dam

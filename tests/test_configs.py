@@ -8,7 +8,7 @@ import yaml
 
 pytestmark = pytest.mark.slow  # subprocesses
 
-EXPERIMENTS = ["ood", "id", "distractors", "pool_size", "val_size", "ablation", "smoke"]
+EXPERIMENTS = ["ood", "id", "distractors", "pool_size", "val_size", "ablation", "smoke", "dam", "sakana"]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

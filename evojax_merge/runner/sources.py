@@ -193,9 +193,9 @@ def _num_layers(results: dict) -> int:
 
 def run_sakana(cfg, out_dir: Path) -> dict:
     """``+experiment=sakana``: build/reuse the world, instantiate ``experiment.methods``, run, write."""
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from evojax_merge.methods.registry import build_methods
     from evojax_merge.zoo.sakana_world import SakanaModelSpec, SakanaWorldConfig, build_sakana_world
 
     e = OmegaConf.to_container(cfg.experiment, resolve=True)
@@ -206,9 +206,10 @@ def run_sakana(cfg, out_dir: Path) -> dict:
     except TypeError as err:
         raise EvoMergeInputError(f"experiment.world: {err}") from None
     t0 = time.perf_counter()
-    world = build_sakana_world(world_cfg, e.get("cache_dir"), progress=bool(e.get("progress", False)))
+    cache = e.get("cache_dir") or cfg.get("cache_dir")
+    world = build_sakana_world(world_cfg, cache, progress=bool(e.get("progress", False)))
     world_s = time.perf_counter() - t0
-    methods = {label: instantiate(spec) for label, spec in (e.get("methods") or {}).items()}
+    methods = build_methods(e.get("methods") or {})  # one-line errors naming the method and the key
     t0 = time.perf_counter()
     results = run_sources_experiment(world, methods, tuple(e.get("seeds", (0, 1, 2))), e.get("test_examples"),
                                      e.get("val_examples"), tuple(e.get("sources", ("lang", "skill"))),
