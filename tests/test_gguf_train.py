@@ -59,7 +59,7 @@ def test_model_gguf_runs_the_search_and_exports_faithfully(tiny_gguf_world, tmp_
                   "data=files", "+data.tasks.NER_target.type=ner",
                   f"+data.tasks.NER_target.validation={root}/data/validation.jsonl",
                   f"+data.tasks.NER_target.test={root}/data/test.jsonl", "experiment.targets=[NER_target]",
-                  "experiment.max_len=96", "experiment.max_new_tokens=6", "experiment.test_examples=4",
+                  "experiment.max_new_tokens=6", "experiment.test_examples=4",
                   "method=[evo_merging,base]", "budget.population_size=3",
                   "budget.stage1_generations=1", "budget.stage2_generations=1",
                   "data.validation.batch_size=4", "data.validation.num_batches=2", f"hydra.run.dir={out}")
