@@ -29,12 +29,9 @@ def _tuples(d: dict) -> dict:
 
 
 def zoo_config(cfg: DictConfig):
-    from evojax_merge.zoo.build import AdapterSpec, BaseModelSpec, PretrainSpec, ZooBuildConfig
-    from evojax_merge.zoo.tasks import ZooConfig
+    from evojax_merge.zoo.build import ZooBuildConfig
 
-    z = OmegaConf.to_container(cfg.zoo, resolve=True)
-    return ZooBuildConfig(tasks=ZooConfig(**_tuples(z["tasks"])), model=BaseModelSpec(**z["model"]),
-                          pretrain=PretrainSpec(**z["pretrain"]), adapters=AdapterSpec(**z["adapters"]), seed=z["seed"])
+    return ZooBuildConfig.from_dict(OmegaConf.to_container(cfg.zoo, resolve=True))
 
 
 def method_settings(cfg: DictConfig):
@@ -212,9 +209,9 @@ def finish(results: dict, spec, out_dir: Path, tracker) -> dict:
 def user_records(cfg: DictConfig) -> dict:
     """The task records on the user's side: the zoo's (regenerated from its seed) or files."""
     if cfg.data.source == "zoo":
-        from evojax_merge.zoo.tasks import generate_zoo
+        from evojax_merge.zoo.ie import generate_world
 
-        return generate_zoo(zoo_config(cfg).tasks)
+        return generate_world(zoo_config(cfg).tasks)
     from evojax_merge.data.records import load_records
 
     return {t: {split: load_records(p) for split, p in splits.items()}
@@ -247,6 +244,12 @@ def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     logging.captureWarnings(True)  # checkpoint fallbacks are warnings: into Hydra's log too
     try:
+        if cfg.experiment.get("suite"):  # +experiment=paper: every table x seeds, one process each
+            from evojax_merge.suite import run_suite
+
+            run_suite(list(cfg.experiment.suite), list(cfg.experiment.seeds), list(HydraConfig.get().overrides.task),
+                      out_dir)
+            return
         maybe_initialize_distributed(bool(cfg.distributed))
         run(cfg, out_dir)
     except EvoMergeInputError as e:

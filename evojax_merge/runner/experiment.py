@@ -1,8 +1,14 @@
 """Experiments: which (target, pool, method) runs to make, and their test scores as one table.
 
-    ood          for each target task: the full pool minus the target's own adapter
-    id           a few experts (<= 10); each expert's task is a target, the pool is the experts
-    distractors  id plus unrelated adapters in the pool
+As the paper runs them (docs/methods.md §1):
+
+    ood          for each target task, a small related pool (``pool: related``: the zoo's preset,
+                 or ``pools: {target: [adapter, ...]}``), or the full pool minus the target's
+                 own adapter (``pool: full``); searched on the target's validation split
+    id           ONE multi-task merge of the experts (<= 10), searched on their pooled
+                 validation sets, tested on every expert's test split
+    distractors  id with interference adapters and auxiliary adapters added to the pool
+                 (``extra_adapters`` by name, plus ``num_distractors`` drawn at random)
     pool_size    ood with random pools of N adapters, for each N
     val_size     ood with V validation examples, for each V
     ablation     ood with the Evo-Merging variants of methods.md §1
@@ -41,6 +47,9 @@ class ExperimentSpec:
     num_targets: int = 6  # when targets is empty: spread over task types and domains
     experts: tuple[str, ...] = ()
     num_distractors: int = 0
+    extra_adapters: tuple[str, ...] = ()  # distractors: named interference / auxiliary adapters
+    pool: str = "full"  # ood: full (every adapter but the target's own) | related (small preset pools)
+    pools: dict | None = None  # ood: explicit {target: [adapter names]} (user worlds; overrides the zoo's)
     methods: tuple[str, ...] = ("evo_merging", "lorahub", "ties", "task_arithmetic", "dare", "uniform",
                                 "best_single", "base")
     variants: tuple[str, ...] = ("full",)  # Evo-Merging variants (ablation)
@@ -62,6 +71,10 @@ class Run:
     pool: LoraPool
     variant: str = "full"
     num_val: int | None = None
+    # id/distractors: one merge searched on these tasks' pooled validation records and tested on
+    # each of test_tasks; empty = the target alone
+    validation_tasks: tuple[str, ...] = ()
+    test_tasks: tuple[str, ...] = ()
 
 
 def pick_targets(task_names, spec: ExperimentSpec) -> list[str]:
@@ -83,6 +96,25 @@ def pick_targets(task_names, spec: ExperimentSpec) -> list[str]:
     return list(dict.fromkeys(picked))
 
 
+def _ood_pool_indices(world: World, target: str, spec: ExperimentSpec) -> list[int]:
+    names = world.pool.names
+    own = world.own_adapter(target)
+    if spec.pool == "full":
+        return [i for i, n in enumerate(names) if n != own]
+    if spec.pool != "related":
+        raise EvoMergeInputError(f"experiment.pool: {spec.pool!r} is not related or full")
+    presets = (spec.pools or {}) or world.info.get("pools") or {}
+    if target not in presets:
+        raise EvoMergeInputError(f"experiment.pools: no related pool for target {target!r} "
+                                 "(name one, or set experiment.pool=full)")
+    unknown = [n for n in presets[target] if n not in names]
+    if unknown:
+        raise EvoMergeInputError(f"experiment.pools.{target}: unknown adapter {unknown[0]!r}")
+    if own in presets[target]:
+        raise EvoMergeInputError(f"experiment.pools.{target}: holds the target's own adapter {own!r}")
+    return sorted(names.index(n) for n in presets[target])
+
+
 def plan_runs(world: World, spec: ExperimentSpec) -> list[Run]:
     if spec.setting not in SETTINGS:
         raise EvoMergeInputError(f"experiment.setting: {spec.setting!r} is not one of {', '.join(SETTINGS)}")
@@ -92,8 +124,7 @@ def plan_runs(world: World, spec: ExperimentSpec) -> list[Run]:
     if spec.setting == "ood":
         targets = pick_targets(world.records, spec)
         for target in targets:
-            own = world.own_adapter(target)
-            ood_idx = [i for i, n in enumerate(names) if n != own]
+            ood_idx = _ood_pool_indices(world, target, spec)
             sizes = spec.pool_sizes or (len(ood_idx),)
             for size in sizes:
                 if size > len(ood_idx):
@@ -108,15 +139,27 @@ def plan_runs(world: World, spec: ExperimentSpec) -> list[Run]:
     experts = list(spec.experts)
     if not experts or len(experts) > 10:
         raise EvoMergeInputError(f"experiment.experts: the {spec.setting} setting needs 1 to 10 experts")
+    unknown = [t for t in experts if t not in world.records]
+    if unknown:
+        raise EvoMergeInputError(f"experiment.experts: unknown task {unknown[0]!r}")
     idx = [names.index(world.own_adapter(t) or t) for t in experts]
-    others = [i for i in range(len(names)) if i not in idx]
-    if spec.num_distractors:
-        idx += sorted(rng.choice(others, spec.num_distractors, replace=False).tolist())
-    sub = pool.subset(idx)
-    for target in experts:
-        for method in spec.methods:
-            for variant in spec.variants if method == "evo_merging" else ("full",):
-                runs.append(Run(_label(method, variant, spec, None, None), method, target, sub, variant))
+    if spec.setting == "distractors":
+        bad = [n for n in spec.extra_adapters if n not in names]
+        if bad:
+            raise EvoMergeInputError(f"experiment.extra_adapters: unknown adapter {bad[0]!r}")
+        idx += [names.index(n) for n in spec.extra_adapters if names.index(n) not in idx]
+        others = [i for i in range(len(names)) if i not in idx]
+        if spec.num_distractors > len(others):
+            raise EvoMergeInputError(f"experiment.num_distractors: {spec.num_distractors} > the {len(others)} "
+                                     "adapters left")
+        if spec.num_distractors:
+            idx += rng.choice(others, spec.num_distractors, replace=False).tolist()
+    sub = pool.subset(sorted(idx))
+    label = f"pooled_{len(experts)}"  # the one merge's name; cells are per expert task
+    for method in spec.methods:
+        for variant in spec.variants if method == "evo_merging" else ("full",):
+            runs.append(Run(_label(method, variant, spec, None, None), method, label, sub, variant,
+                            validation_tasks=tuple(experts), test_tasks=tuple(experts)))
     return runs
 
 
@@ -129,9 +172,15 @@ def _label(method: str, variant: str, spec: ExperimentSpec, size: int | None, nu
     return label
 
 
+def pooled_validation(world: World, tasks: tuple[str, ...]) -> list[dict]:
+    """The tasks' validation records interleaved round-robin (any prefix is balanced across tasks)."""
+    lists = [world.records[t]["validation"] for t in tasks]
+    return [lst[i] for i in range(max(map(len, lists))) for lst in lists if i < len(lst)]
+
+
 def _validation_examples(world: World, target: str, spec: ExperimentSpec, val: ValidationConfig,
-                         num_val: int | None) -> tuple[dict, ValidationConfig]:
-    records = world.records[target]["validation"]
+                         num_val: int | None, tasks: tuple[str, ...] = ()) -> tuple[dict, ValidationConfig]:
+    records = pooled_validation(world, tasks) if tasks else world.records[target]["validation"]
     if num_val is not None:
         if num_val > len(records):
             raise EvoMergeInputError(f"experiment.val_sizes: {num_val} > {len(records)} validation records of {target}")
@@ -196,7 +245,7 @@ def run_experiment(
     for r in runs:  # one evaluator (validation set, pool) per group; the pool is shared by its runs
         groups.setdefault((r.target, id(r.pool), r.num_val), []).append(r)
     for (target, _, num_val), group in groups.items():
-        examples, val = _validation_examples(world, target, spec, validation, num_val)
+        examples, val = _validation_examples(world, target, spec, validation, num_val, group[0].validation_tasks)
         evaluator_for = _evaluator_cache(world, group[0].pool, examples, val, population_chunk)
 
         singles, tv_cache = None, {}  # shared by the group's runs: one pool, one validation set
@@ -212,13 +261,15 @@ def run_experiment(
                            tv_cache)
             o.details["search_s"] = time.perf_counter() - t0
             outcomes.append(o)
-        scores = _test_scores(world, target, outcomes, spec)
-        for r, o, s in zip(group, outcomes, scores, strict=True):
-            cell = {**s, "val_fitness": o.val_fitness, "pool_size": r.pool.num_adapters, **o.details}
-            results.setdefault(r.label, {"per_task": {}})["per_task"][target] = cell
-            log.info("%-28s %-18s F1 %.3f (val %.4f)", r.label, target, s["f1"], o.val_fitness or float("nan"))
-            if on_result is not None:
-                on_result(r, o, cell)
+        test_tasks = group[0].test_tasks or (target,)
+        for test_task in test_tasks:  # id: the one merge on every expert's test set
+            scores = _test_scores(world, test_task, outcomes, spec)
+            for r, o, s in zip(group, outcomes, scores, strict=True):
+                cell = {**s, "val_fitness": o.val_fitness, "pool_size": r.pool.num_adapters, **o.details}
+                results.setdefault(r.label, {"per_task": {}})["per_task"][test_task] = cell
+                log.info("%-28s %-18s F1 %.3f (val %.4f)", r.label, test_task, s["f1"], o.val_fitness or float("nan"))
+                if on_result is not None and test_task == test_tasks[0]:  # once per run
+                    on_result(r, o, cell)
     for res in results.values():
         cells = list(res["per_task"].values())
         for key in ("precision", "recall", "f1"):

@@ -26,12 +26,16 @@ class World:
     adapter_task: dict[str, str]  # adapter name -> the task it was trained on
     base_dir: Path
     info: dict  # e.g. the zoo manifest
+    # adapter name -> task | anti | noisy | distractor (zoo adapters; "task" when absent)
+    adapter_kind: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def task_type(self, task: str) -> str:
         return task.split("_", 1)[0]
 
     def own_adapter(self, task: str) -> str | None:
-        return next((a for a, t in self.adapter_task.items() if t == task), None)
+        """The adapter trained on ``task`` itself (not an anti-adapter or noisy duplicate of it)."""
+        return next((a for a, t in self.adapter_task.items()
+                     if t == task and self.adapter_kind.get(a, "task") == "task"), None)
 
 
 def load_zoo_world(zoo_cfg, cache_dir: str | None, dtype: str = "float32", progress: bool = True) -> World:
@@ -44,8 +48,10 @@ def load_zoo_world(zoo_cfg, cache_dir: str | None, dtype: str = "float32", progr
     # the same sorted glob a merge service uses, so local and remote genomes line up
     pool = load_pool(str(zoo.root / "adapters" / "*"), model.config)
     records = {t: zoo.records(t) for t in zoo.task_names}
+    adapters = zoo.adapters
     return World(model, AutoTokenizer.from_pretrained(zoo.base_dir), pool, records,
-                 {t: t for t in zoo.task_names}, zoo.base_dir, {"zoo_root": str(zoo.root), **zoo.manifest})
+                 {n: a["task"] for n, a in adapters.items()}, zoo.base_dir,
+                 {"zoo_root": str(zoo.root), **zoo.manifest}, {n: a["kind"] for n, a in adapters.items()})
 
 
 def load_user_world(model_dir: str, tokenizer_dir: str | None, adapters: str | list[str], data: dict,

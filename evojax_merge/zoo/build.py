@@ -1,13 +1,15 @@
-"""Build (or reuse) the built-in zoo: task data, a tiny pretrained base LM, one LoRA per task.
+"""Build (or reuse) the built-in zoo: task data, a tiny pretrained base LM, one LoRA per adapter.
 
-The zoo is a cache directory keyed by a hash of its config
-(``<cache_dir>/zoo-<hash>/``). It is built in a temporary directory and renamed into place, so
-an interrupted build leaves nothing half-written; a second run with the same config reuses it.
+The zoo is a cache directory keyed by a hash of the zoo's code and its config
+(``<cache_dir>/zoo-<hash>/``): editing any module the build depends on gives a new key, no
+hand-bumped version. It is built in ``.zoo-<hash>.<pid>.tmp`` and renamed into place, so an
+interrupted build leaves nothing half-written; temp dirs of dead builds are removed on start.
 
     zoo-<hash>/
-      manifest.json         config, task names, build timings and adapter F1 (written last)
+      manifest.json         config, tasks, adapters (task, kind), related pools, build timings,
+                            FLOP rates, adapter F1, the pilot gate (written last)
       base/                 config.json, model.safetensors, tokenizer.json (HF directory)
-      adapters/<task>/      adapter_config.json, adapter_model.safetensors (PEFT)
+      adapters/<name>/      adapter_config.json, adapter_model.safetensors (PEFT)
       data/<task>.json      {"train": [...], "validation": [...], "test": [...]} (alpaca records)
 """
 
@@ -19,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,18 +29,35 @@ import numpy as np
 from flax import nnx
 
 from evojax_merge.data.batching import IGNORE_INDEX, encode_examples, special_ids
+from evojax_merge.data.prompt import format_prompt
 from evojax_merge.eval.metrics import ie_scores
 from evojax_merge.lora.export import save_peft_adapter
 from evojax_merge.models.config import ModelConfig
 from evojax_merge.models.io import save_model
 from evojax_merge.models.llama import LlamaForCausalLM
 from evojax_merge.models.loss import answer_targets
-from evojax_merge.zoo.tasks import ZooConfig, generate_zoo, parse_task_name, pretraining_corpus
-from evojax_merge.zoo.tokenizer import build_zoo_tokenizer, save_tokenizer
+from evojax_merge.zoo.flops import FlopMeter, matmul_peak
+from evojax_merge.zoo.gate import format_gate, run_gate
+from evojax_merge.zoo.ie import IEWorldConfig, adapter_datasets, generate_world, pretraining_corpus, vocabulary_texts
+from evojax_merge.zoo.pools import related_pool
+from evojax_merge.zoo.tokenizer import build_tokenizer, save_tokenizer
 from evojax_merge.zoo.trainer import init_lora_stack, pretrain, train_adapters
 
 log = logging.getLogger(__name__)
-ZOO_FORMAT_VERSION = 1
+_PACKAGE = Path(__file__).resolve().parents[1]
+# every module whose code changes what the build writes: the zoo itself, the model, the LoRA
+# layout and export, the prompt and batching, the metric of the gate
+CODE_FILES = ("zoo/*.py", "models/*.py", "lora/adapter.py", "lora/export.py", "data/prompt.py",
+              "data/batching.py", "eval/metrics.py", "eval/generate.py", "eval/evaluate.py")
+
+
+def code_digest() -> str:
+    """SHA-256 over the source of :data:`CODE_FILES` (sorted paths and contents)."""
+    h = hashlib.sha256()
+    for pattern in CODE_FILES:
+        for path in sorted(_PACKAGE.glob(pattern)):
+            h.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,18 +87,49 @@ class AdapterSpec:
     batch_size: int = 8
     lr: float = 1e-2
     eval_examples: int = 50  # test examples per task for the adapter F1 check
+    lora_init: str = "shared"  # one LoRA-A draw for every adapter (a real pool's one seed), or independent
+
+
+@dataclasses.dataclass(frozen=True)
+class GateSpec:
+    targets: tuple[str, ...] = ()  # empty: no gate (the smoke zoo)
+    examples: int = 50
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "targets", tuple(self.targets))
 
 
 @dataclasses.dataclass(frozen=True)
 class ZooBuildConfig:
-    tasks: ZooConfig = ZooConfig()
+    tasks: IEWorldConfig = IEWorldConfig()
     model: BaseModelSpec = BaseModelSpec()
     pretrain: PretrainSpec = PretrainSpec()
     adapters: AdapterSpec = AdapterSpec()
+    gate: GateSpec = GateSpec()
     seed: int = 0
 
+    @classmethod
+    def from_dict(cls, z: dict) -> ZooBuildConfig:
+        """From the ``zoo`` config group (lists become tuples); a bad key is a one-line error."""
+        from evojax_merge.errors import EvoMergeInputError
+
+        parts = {"tasks": IEWorldConfig, "model": BaseModelSpec, "pretrain": PretrainSpec,
+                 "adapters": AdapterSpec, "gate": GateSpec}
+        kwargs: dict = {"seed": int(z.get("seed", 0))}
+        for key, kind in parts.items():
+            sub = {k: tuple(v) if isinstance(v, list) else v for k, v in (z.get(key) or {}).items()}
+            unknown = sorted(set(sub) - {f.name for f in dataclasses.fields(kind)})
+            if unknown:
+                raise EvoMergeInputError(f"zoo.{key}.{unknown[0]}: unknown key")
+            kwargs[key] = kind(**sub)
+        unknown = sorted(set(z) - set(parts) - {"seed"})
+        if unknown:
+            raise EvoMergeInputError(f"zoo.{unknown[0]}: unknown key")
+        return cls(**kwargs)
+
     def digest(self) -> str:
-        blob = json.dumps({"v": ZOO_FORMAT_VERSION, **dataclasses.asdict(self)}, sort_keys=True, default=list)
+        """Hash of the zoo's code and this config: the cache key."""
+        blob = json.dumps({"code": code_digest(), **dataclasses.asdict(self)}, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -99,8 +148,13 @@ class Zoo:
     def task_names(self) -> list[str]:
         return list(self.manifest["tasks"])
 
-    def adapter_dir(self, task: str) -> Path:
-        return self.root / "adapters" / task
+    @property
+    def adapters(self) -> dict[str, dict[str, str]]:
+        """Adapter name -> {"task": the task its data imitates ("" for distractors), "kind"}."""
+        return self.manifest.get("adapters") or {t: {"task": t, "kind": "task"} for t in self.task_names}
+
+    def adapter_dir(self, name: str) -> Path:
+        return self.root / "adapters" / name
 
     def records(self, task: str) -> dict[str, list[dict]]:
         return json.loads((self.root / "data" / f"{task}.json").read_text())
@@ -144,43 +198,77 @@ def _with_answer_targets(encoded: dict[str, np.ndarray], k: int | None = None) -
 
 
 def _pretrain_batches(cfg: ZooBuildConfig, tokenizer, rng: np.random.Generator):
-    corpus = pretraining_corpus(cfg.tasks, n_texts=cfg.pretrain.num_texts, n_records=cfg.pretrain.num_records,
-                                seed=cfg.seed)
+    corpus = pretraining_corpus(cfg.tasks, n_texts=cfg.pretrain.num_texts, n_records=cfg.pretrain.num_records)
     texts = _with_answer_targets(_encode_texts(corpus["texts"], tokenizer, 48))
     records = _with_answer_targets(
         encode_examples(corpus["records"], tokenizer, max_len=cfg.model.max_len, pad_to=cfg.model.max_len))
     b = cfg.pretrain.batch_size
     step = 0
-    while True:  # alternate plain text and format records; two shapes, two compiles
+    while True:  # alternate plain text and format records
         source = texts if step % 2 == 0 else records
         idx = rng.integers(0, source["input_ids"].shape[0], b)
         yield _trim_to_bucket({k: v[idx] for k, v in source.items()})
         step += 1
 
 
-def _adapter_batches(train: dict[str, np.ndarray], batch_size: int, seed: int):
-    """``batches(step)`` -> ``[N, B, T]``: each adapter draws from its own task's train split."""
-    n, m = train["input_ids"].shape[:2]
+def _adapter_batches(train: dict[str, np.ndarray], counts: np.ndarray, batch_size: int, seed: int):
+    """``batches(step)`` -> ``[N, B, T]``: adapter n draws from its own first ``counts[n]`` rows."""
+    n = train["input_ids"].shape[0]
 
     def batches(step: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng((seed, step))
-        idx = rng.integers(0, m, (n, batch_size))
+        idx = (rng.random((n, batch_size)) * counts[:, None]).astype(np.int64)
         rows = np.arange(n)[:, None]
         return _trim_to_bucket({k: v[rows, idx] for k, v in train.items()})
 
     return batches
 
 
-def _adapter_quality(model, tokenizer, stack, tasks: list[str], data: dict, n_eval: int, max_len: int) -> dict:
-    """Each adapter's F1 on its own task's test split (greedy generation)."""
+def _stack_training_sets(sets: list[list[dict]], tokenizer, max_len: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each adapter's records encoded to ``max_len``, stacked ``[N, M, T]`` (short sets repeat)."""
+    encoded = [encode_examples(recs, tokenizer, max_len=max_len, pad_to=max_len) for recs in sets]
+    k = max(int((e["labels"] != IGNORE_INDEX).sum(1).max()) for e in encoded)  # the longest answer
+    encoded = [_with_answer_targets(e, k) for e in encoded]
+    m = max(e["input_ids"].shape[0] for e in encoded)
+    counts = np.array([e["input_ids"].shape[0] for e in encoded])
+    stacked = {key: np.stack([np.resize(e[key], (m, *e[key].shape[1:])) for e in encoded]) for key in encoded[0]}
+    return stacked, counts
+
+
+def _adapter_quality(model, tokenizer, stack, names: list[str], adapters: dict, data: dict, n_eval: int,
+                     max_len: int) -> dict:
+    """Each task adapter's F1 on its own task's test split (greedy generation)."""
     from evojax_merge.eval.evaluate import generate_for_population
 
+    idx = [i for i, n in enumerate(names) if adapters[n]["kind"] == "task"]
+    tasks = [adapters[names[i]]["task"] for i in idx]
     records = [data[t]["test"][:n_eval] for t in tasks]
-    outputs = generate_for_population(model, tokenizer, stack, records, max_len=max_len)
+    outputs = generate_for_population(model, tokenizer, stack.take(idx), records, max_len=max_len)
     return {
-        t: ie_scores(outs, [r["output"] for r in recs], parse_task_name(t)[0])
+        t: ie_scores(outs, [r["output"] for r in recs], t.split("_", 1)[0])
         for t, outs, recs in zip(tasks, outputs, records, strict=True)
     }
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_builds(cache: Path) -> list[Path]:
+    """Remove ``.zoo-*.<pid>.tmp`` dirs whose build process is gone; returns what was removed."""
+    removed = []
+    for tmp in cache.glob(".zoo-*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if not pid.isdigit() or not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
 
 
 def build_zoo(cfg: ZooBuildConfig = ZooBuildConfig(), cache_dir: str | Path | None = None,
@@ -191,7 +279,11 @@ def build_zoo(cfg: ZooBuildConfig = ZooBuildConfig(), cache_dir: str | Path | No
     if (root / "manifest.json").is_file():
         return Zoo(root, json.loads((root / "manifest.json").read_text()))
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=cache))
+    for stale in clean_stale_builds(cache):
+        log.warning("removed the temp dir of an interrupted zoo build: %s", stale)
+    tmp = cache / f".{root.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     try:
         manifest = _build_into(tmp, cfg, progress)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -205,15 +297,26 @@ def build_zoo(cfg: ZooBuildConfig = ZooBuildConfig(), cache_dir: str | Path | No
     return Zoo(root, json.loads((root / "manifest.json").read_text()))
 
 
+def _say(progress: bool, text: str) -> None:
+    log.info("%s", text)
+    if progress:
+        print(text, flush=True)
+
+
 def _build_into(out: Path, cfg: ZooBuildConfig, progress: bool) -> dict:
     timings = {}
-    t0 = time.perf_counter()
-    data = generate_zoo(cfg.tasks)
+    meter = FlopMeter()
+    t_start = t0 = time.perf_counter()
+    data = generate_world(cfg.tasks)
     tasks = list(data)
+    datasets = adapter_datasets(cfg.tasks, data)
+    names = sorted(datasets)  # the order a sorted glob of adapters/* loads them in
+    adapters = {n: {"task": datasets[n]["task"], "kind": datasets[n]["kind"]} for n in names}
     (out / "data").mkdir(parents=True)
     for t in tasks:
         (out / "data" / f"{t}.json").write_text(json.dumps(data[t]))
-    tokenizer = build_zoo_tokenizer(cfg.tasks)
+    template = format_prompt({"instruction": "x", "input": "x", "output": "x", "history": [["x", "x"]]})
+    tokenizer = build_tokenizer([*vocabulary_texts(), template])
     timings["data_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -229,36 +332,64 @@ def _build_into(out: Path, cfg: ZooBuildConfig, progress: bool) -> dict:
     model = LlamaForCausalLM(model_cfg, rngs=nnx.Rngs(cfg.seed))
     rng = np.random.default_rng(cfg.seed)
     model, losses = pretrain(model, _pretrain_batches(cfg, tokenizer, rng), cfg.pretrain.steps, cfg.pretrain.lr,
-                             progress=progress)
+                             progress=progress, meter=meter)
     save_model(model, out / "base")
     save_tokenizer(tokenizer, out / "base")
     timings["pretrain_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    encoded = [encode_examples(data[t]["train"], tokenizer, max_len=spec.max_len, pad_to=spec.max_len) for t in tasks]
-    k = max(int((e["labels"] != IGNORE_INDEX).sum(1).max()) for e in encoded)  # longest answer of all tasks
-    encoded = [_with_answer_targets(e, k) for e in encoded]
-    train = {key: np.stack([e[key] for e in encoded]) for key in encoded[0]}
+    train, counts = _stack_training_sets([datasets[n]["train"] for n in names], tokenizer, spec.max_len)
     a = cfg.adapters
-    stack = init_lora_stack(model, len(tasks), a.rank, a.lora_alpha, jax.random.key(cfg.seed + 1))
-    stack, curve = train_adapters(model, stack, _adapter_batches(train, a.batch_size, cfg.seed), a.steps, a.lr,
-                                  progress=progress)
-    for i, t in enumerate(tasks):
-        save_peft_adapter(stack.adapter(i), out / "adapters" / t, base_model_name_or_path="base",
-                          metadata={"task": t})
+    stack = init_lora_stack(model, len(names), a.rank, a.lora_alpha, jax.random.key(cfg.seed + 1), init=a.lora_init)
+    stack, curve = train_adapters(model, stack, _adapter_batches(train, counts, a.batch_size, cfg.seed), a.steps,
+                                  a.lr, progress=progress, meter=meter)
+    for i, n in enumerate(names):
+        save_peft_adapter(stack.adapter(i), out / "adapters" / n, base_model_name_or_path="base",
+                          metadata=adapters[n])
     timings["adapters_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    quality = _adapter_quality(model, tokenizer, stack, tasks, data, a.eval_examples, spec.max_len)
+    quality = _adapter_quality(model, tokenizer, stack, names, adapters, data, a.eval_examples, spec.max_len)
     timings["adapter_eval_s"] = time.perf_counter() - t0
+    domains = [t.split("_", 1)[1] for t in tasks if t.startswith(cfg.tasks.task_types[0] + "_")]
+    pools = {t: related_pool(t, adapters, domains) for t in tasks}
+
+    t0 = time.perf_counter()
+    gate = None
+    if cfg.gate.targets:
+        unknown = [t for t in cfg.gate.targets if t not in data]
+        if unknown:
+            from evojax_merge.errors import EvoMergeInputError
+
+            raise EvoMergeInputError(f"zoo.gate.targets: {unknown[0]!r} is not a task of this zoo")
+        gate = run_gate(model, tokenizer, stack, names, adapters, domains, data, cfg.gate.targets,
+                        cfg.gate.examples, spec.max_len)
+        _say(progress, format_gate(gate))
+    timings["gate_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_start
+
+    flops = meter.summary()
+    peak = matmul_peak()
+    flops["matmul_peak_gflops_per_s"] = peak
     f1 = [q["f1"] for q in quality.values()]
-    log.info("zoo built: %d tasks, adapter F1 mean %.3f min %.3f", len(tasks), np.mean(f1), np.min(f1))
+    _say(progress, f"zoo built in {timings['total_s']:.0f} s ({len(tasks)} tasks, {len(names)} adapters; "
+         f"pretrain {timings['pretrain_s']:.0f} s, adapters {timings['adapters_s']:.0f} s, "
+         f"gate {timings['gate_s']:.0f} s); adapter F1 on own task mean {100 * np.mean(f1):.1f} "
+         f"min {100 * np.min(f1):.1f}")
+    _say(progress, "achieved " + ", ".join(
+        f"{k} {v['gflops_per_s']:.1f} GFLOP/s ({v['gflop']:.0f} GFLOP in {v['seconds']:.0f} s, "
+        f"+{v['compile_s']:.0f} s compile)" for k, v in flops.items() if isinstance(v, dict))
+        + f"; f32 matmul peak {peak:.1f} GFLOP/s, total at {100 * flops['total']['gflops_per_s'] / peak:.0f}% of it")
     return {
-        "format_version": ZOO_FORMAT_VERSION,
         "config": dataclasses.asdict(cfg),
+        "code_digest": code_digest(),
         "tasks": tasks,
+        "adapters": adapters,
+        "pools": pools,
         "timings": timings,
+        "flops": flops,
         "pretrain_final_loss": float(np.mean(losses[-20:])),
-        "adapter_final_loss": {t: float(curve[-10:, i].mean()) for i, t in enumerate(tasks)},
+        "adapter_final_loss": {n: float(curve[-10:, i].mean()) for i, n in enumerate(names)},
         "adapter_test": quality,
+        "gate": gate,
     }
