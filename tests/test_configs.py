@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 
-EXPERIMENTS = ["ood", "id", "distractors", "pool_size", "val_size", "ablation", "smoke"]
+EXPERIMENTS = ["ood", "id", "distractors", "pool_size", "val_size", "ablation", "smoke", "paper"]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -24,7 +24,9 @@ def test_experiment_composes(experiment):
     if experiment == "ablation":
         assert "no_denoise" in cfg["experiment"]["variants"] and cfg["method"]["names"] == ["evo_merging"]
     if experiment == "distractors":
-        assert cfg["experiment"]["num_distractors"] == 5 and len(cfg["experiment"]["experts"]) <= 10
+        assert len(cfg["experiment"]["extra_adapters"]) == 6 and len(cfg["experiment"]["experts"]) <= 10
+    if experiment == "paper":
+        assert cfg["experiment"]["seeds"] == [0, 1, 2] and len(cfg["experiment"]["suite"]) == 6
 
 
 def test_defaults_are_the_papers():

@@ -378,7 +378,8 @@ def _build_into(out: Path, cfg: ZooBuildConfig, progress: bool) -> dict:
          f"min {100 * np.min(f1):.1f}")
     _say(progress, "achieved " + ", ".join(
         f"{k} {v['gflops_per_s']:.1f} GFLOP/s ({v['gflop']:.0f} GFLOP in {v['seconds']:.0f} s, "
-        f"+{v['compile_s']:.0f} s compile)" for k, v in flops.items() if isinstance(v, dict))
+        f"{v['gflops_per_cpu_s']:.1f} GFLOP per CPU-second, +{v['compile_s']:.0f} s compile)"
+        for k, v in flops.items() if isinstance(v, dict))
         + f"; f32 matmul peak {peak:.1f} GFLOP/s, total at {100 * flops['total']['gflops_per_s'] / peak:.0f}% of it")
     return {
         "config": dataclasses.asdict(cfg),
