@@ -129,3 +129,45 @@ def format_gate(gate: Mapping) -> str:
                      f"{'PASS' if c['passed'] else 'FAIL'}")
     lines.append(f"  gate: {'PASSED' if gate['passed'] else 'FAILED'}")
     return "\n".join(lines)
+
+
+def gate_zoo_dir(root, targets: Sequence[str] | None = None, examples: int | None = None) -> dict:
+    """Rerun the gate on a built zoo directory (its manifest's targets unless given)."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from evojax_merge.lora.pool import load_pool
+    from evojax_merge.models.io import load_model
+
+    root = Path(root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    gate_cfg = manifest["config"]["gate"]
+    model = load_model(root / "base")
+    pool = load_pool(str(root / "adapters" / "*"), model.config)
+    adapters = manifest["adapters"]
+    tasks = manifest["tasks"]
+    first = manifest["config"]["tasks"]["task_types"][0]
+    domains = [t.split("_", 1)[1] for t in tasks if t.startswith(first + "_")]
+    records = {t: json.loads((root / "data" / f"{t}.json").read_text()) for t in tasks}
+    return run_gate(model, AutoTokenizer.from_pretrained(root / "base"), pool.stack, list(pool.names), adapters,
+                    domains, records, list(targets or gate_cfg["targets"]), examples or gate_cfg["examples"],
+                    manifest["config"]["model"]["max_len"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m evojax_merge.zoo.gate ZOO_DIR [TARGET ...]``: print the gate; exit 1 when it fails."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        print("usage: python -m evojax_merge.zoo.gate ZOO_DIR [TARGET ...]", file=sys.stderr)
+        return 2
+    gate = gate_zoo_dir(args[0], args[1:] or None)
+    print(format_gate(gate))
+    return 0 if gate["passed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
