@@ -171,7 +171,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                                  population_chunk=cfg.population_chunk)
     write_search_results(out_dir, searches, int(cfg.seed))
     results["timings"] = {"world_s": world_s, "experiment_s": time.perf_counter() - t0}
-    results["zoo"] = {k: world.info[k] for k in ("zoo_root", "timings", "adapter_test") if k in world.info}
+    zoo_keys = ("zoo_root", "timings", "adapter_test", "flops", "gate")
+    results["zoo"] = {k: world.info[k] for k in zoo_keys if k in world.info}
     results["config"] = resolved
     return finish(results, spec, out_dir, tracker)
 

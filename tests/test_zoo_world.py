@@ -137,6 +137,7 @@ def test_related_pool_is_small_and_excludes_the_target():
     combos = oracle_combos("ner_medicine", adapters, pool)
     assert {"ner_news": 1.0, "et_medicine": 1.0, "et_news": -1.0} in combos
     assert {"ner_sports": 1.0, "es_medicine": 1.0} in combos
+    assert {"ner_sports": 0.5, "es_medicine": 0.5, "es_sports": -0.5} in combos
 
 
 def test_combined_lora_is_the_dense_task_arithmetic_sum():

@@ -4,9 +4,9 @@ For each gate target ``T_D`` (task type T, domain D):
 
 - **best single**: the highest test F1 of any one adapter among the target's related pool
   (:mod:`evojax_merge.zoo.pools`) and every same-type adapter of another domain;
-- **oracle merge**: dense task arithmetic with hand-set signs, ``τ(T_D′) + τ(X_D)`` and
-  ``τ(T_D′) + τ(X_D) − τ(X_D′)`` for each same-type adapter ``T_D′`` of the related pool and each
-  other task type X. The oracle is the candidate with the best *validation* F1; its *test* F1
+- **oracle merge**: dense task arithmetic with hand-set signs, ``λ(τ(T_D′) + τ(X_D))`` and
+  ``λ(τ(T_D′) + τ(X_D) − τ(X_D′))`` for each same-type adapter ``T_D′`` of the related pool, each
+  other task type X, and λ in :data:`LAMBDAS`. The oracle is the candidate with the best *validation* F1; its *test* F1
   is what the gate compares.
 
 The world passes when, on every gate target, the oracle beats the best single by at least
@@ -30,6 +30,7 @@ from evojax_merge.zoo.pools import related_pool
 
 MARGIN = 0.10
 SINGLE_RANGE = (0.20, 0.60)
+LAMBDAS = (0.5, 1.0)  # task arithmetic's scaling: a sum of k full task vectors can overshoot
 
 
 def gate_verdict(best_single_f1: float, oracle_f1: float) -> bool:
@@ -66,9 +67,10 @@ def oracle_combos(target: str, adapters: Mapping[str, Mapping[str, str]], pool: 
         for x in others:
             if f"{x}_{domain}" not in tasks:
                 continue
-            combos.append({s: 1.0, tasks[f"{x}_{domain}"]: 1.0})
-            if f"{x}_{other_domain}" in tasks:
-                combos.append({s: 1.0, tasks[f"{x}_{domain}"]: 1.0, tasks[f"{x}_{other_domain}"]: -1.0})
+            for lam in LAMBDAS:
+                combos.append({s: lam, tasks[f"{x}_{domain}"]: lam})
+                if f"{x}_{other_domain}" in tasks:
+                    combos.append({s: lam, tasks[f"{x}_{domain}"]: lam, tasks[f"{x}_{other_domain}"]: -lam})
     return combos
 
 
