@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +40,25 @@ def read_json(path: str | Path, missing: str | None = None) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise EvoMergeInputError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+
+
+def cached_build(root: Path, build: Callable[[Path], dict]) -> dict:
+    """The manifest of the cached build ``root``, running ``build(tmp) -> manifest`` first if needed.
+
+    The build writes into a temporary directory beside ``root`` that is renamed into place only
+    when complete, so a half-built directory is never used; a concurrent build that finished first
+    is kept.
+    """
+    if (root / "manifest.json").is_file():
+        return json.loads((root / "manifest.json").read_text())
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        manifest = build(tmp)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        if not root.exists():
+            tmp.rename(root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return json.loads((root / "manifest.json").read_text())

@@ -18,8 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from flax import nnx
 
 from evojax_merge.data.batching import IGNORE_INDEX, encode_examples, special_ids
 from evojax_merge.eval.metrics import ie_scores
+from evojax_merge.fileio import cached_build
 from evojax_merge.lora.export import save_peft_adapter
 from evojax_merge.models.config import ModelConfig
 from evojax_merge.models.io import save_model
@@ -189,21 +188,7 @@ def build_zoo(cfg: ZooBuildConfig = ZooBuildConfig(), cache_dir: str | Path | No
     """Return the cached zoo for ``cfg``, building it first if needed."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root = cache / f"zoo-{cfg.digest()}"
-    if (root / "manifest.json").is_file():
-        return Zoo(root, json.loads((root / "manifest.json").read_text()))
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=cache))
-    try:
-        manifest = _build_into(tmp, cfg, progress)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        if root.exists():  # a concurrent build finished first: keep theirs
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return Zoo(root, json.loads((root / "manifest.json").read_text()))
+    return Zoo(root, cached_build(root, lambda tmp: _build_into(tmp, cfg, progress)))
 
 
 def _build_into(out: Path, cfg: ZooBuildConfig, progress: bool) -> dict:

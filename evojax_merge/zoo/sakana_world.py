@@ -32,9 +32,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -44,10 +41,12 @@ import numpy as np
 import optax
 from flax import nnx
 
+from evojax_merge.fileio import cached_build
 from evojax_merge.models.config import ModelConfig
 from evojax_merge.models.io import load_model, save_model
 from evojax_merge.models.llama import LlamaForCausalLM
 from evojax_merge.models.loss import IGNORE_INDEX, answer_targets
+from evojax_merge.zoo.build import default_cache_dir
 from evojax_merge.zoo.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
 from evojax_merge.zoo.trainer import _schedule, batch_loss, pretrain
 
@@ -272,28 +271,12 @@ class SakanaWorld:
         return json.loads((self.root / "data.json").read_text())["tasks"][task]
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("EVOJAX_MERGE_CACHE", Path.home() / ".cache" / "evojax_merge"))
-
-
 def build_sakana_world(cfg: SakanaWorldConfig = SakanaWorldConfig(), cache_dir: str | Path | None = None,
                        progress: bool = False) -> SakanaWorld:
     """Return the cached world for ``cfg``, building it first (a few minutes on 2 cores) if needed."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root = cache / f"sakana-{cfg.digest()}"
-    if (root / "manifest.json").is_file():
-        return SakanaWorld(root, json.loads((root / "manifest.json").read_text()))
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=cache))
-    try:
-        manifest = _build_into(tmp, cfg, progress)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        if not root.exists():
-            tmp.rename(root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return SakanaWorld(root, json.loads((root / "manifest.json").read_text()))
+    return SakanaWorld(root, cached_build(root, lambda tmp: _build_into(tmp, cfg, progress)))
 
 
 def _lm_rows(texts: list[str], tokenizer, length: int) -> dict[str, np.ndarray]:
