@@ -149,10 +149,15 @@ def abstract_call(cfg: ModelConfig, w: Workload, num_batches: int):
 
 def lower_population(cfg: ModelConfig, w: Workload, chunk: int | None, num_batches: int):
     """``population_ce`` lowered for the workload's shapes (``jax.stages.Lowered``)."""
-    from evojax_merge.search.fitness import population_ce
+    from evojax_merge.search import fitness
 
-    graphdef, args = abstract_call(cfg, w, num_batches)
-    return population_ce.lower(graphdef, "A", None, *args, chunk=chunk)
+    graphdef, (params, stack, mags, data, index, alpha, beta) = abstract_call(cfg, w, num_batches)
+    if hasattr(fitness, "PopulationCE"):  # population_ce(fn, args, alpha, beta, index)
+        fn = fitness.PopulationCE(graphdef, "A", chunk, None)
+        args = {"params": params, "stack": stack, "magnitudes": mags, "data": data}
+        return fitness.population_ce.lower(fn, args, alpha, beta, index)
+    return fitness.population_ce.lower(graphdef, "A", None, params, stack, mags, data, index, alpha, beta,
+                                       chunk=chunk)
 
 
 # --------------------------------------------------------------------------- analysis

@@ -100,6 +100,12 @@ class ShardedEvaluator(MergeEvaluator):
         self.stack = shard_stack(self.stack, mesh)
         self.magnitudes = replicate(self.magnitudes, mesh)
         self.data = replicate(self.data, mesh)
+        if hasattr(self, "ce_fn"):  # evaluators that call population_ce(fn, args, ...)
+            from evojax_merge.search.fitness import PopulationCE
+
+            self.ce_fn = PopulationCE(self.graphdef, prune, None, mesh)
+            self.ce_args = {"params": self.params, "stack": self.stack, "magnitudes": self.magnitudes,
+                            "data": self.data}
 
     def _shard(self, x: np.ndarray) -> tuple[jax.Array, int]:
         """Pad the population to a multiple of the ``"pop"`` axis and split it there."""

@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,9 @@ from safetensors import SafetensorError, safe_open
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.fileio import read_json
 from evojax_merge.lora.adapter import PROJECTIONS, LoraStack, module_path
-from evojax_merge.models.config import ModelConfig
+
+if TYPE_CHECKING:  # lora/ needs only the base's shapes; models/ imports lora's adapter types
+    from evojax_merge.models.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
