@@ -33,7 +33,7 @@ def world():
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize(("lam", "density"), [(0.7, 0.5), (1.0, 0.9), (0.3, 1.0)])
+@pytest.mark.parametrize(("lam", "density"), [(0.7, 0.5), (0.3, 1.0)])
 def test_streamed_deltas_equal_the_stacked_merge(world, method, lam, density):
     stack, _ = world
     key = jax.random.key(5)
