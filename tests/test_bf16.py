@@ -16,6 +16,8 @@ from evojax_merge.search.fitness import MergeEvaluator, ValidationConfig
 from evojax_merge.train import zoo_config
 from evojax_merge.zoo.build import build_zoo
 
+pytestmark = pytest.mark.slow  # builds the smoke zoo
+
 SMOKE = OmegaConf.create({"zoo": OmegaConf.load("conf/zoo/smoke.yaml")})
 
 

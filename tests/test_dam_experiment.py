@@ -13,6 +13,8 @@ from evojax_merge.methods.dam import DAM
 from evojax_merge.methods.registry import build_methods
 from evojax_merge.runner.dam import run_dam, summarize
 
+pytestmark = pytest.mark.slow  # builds the smoke zoo
+
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 

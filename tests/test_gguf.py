@@ -62,6 +62,7 @@ def test_tiny_gguf_tokenizer_splits_digits_and_keeps_control_tokens(tmp_path):
     assert tok.decode(ids, skip_special_tokens=True) == "hel the 42"
 
 
+@pytest.mark.slow
 def test_smollm2_logits_match_transformers_gguf_loading():
     """Both sides dequantise the same Q4_1 file to float32. Over 30 layers the float32 rounding of
     either side is ~1e-4 (transformers' float32 vs its own float64: 6e-5..8e-5 on these prompts),

@@ -14,6 +14,8 @@ from hf_oracles import build_hf_model, build_peft_adapter
 
 from evojax_merge.data.records import save_records
 
+pytestmark = pytest.mark.slow  # subprocesses
+
 VOCAB = len(byte_level_vocab()[0])
 BASE_NAME = "my-org/tiny-gguf-base"
 

@@ -47,6 +47,7 @@ def test_streamed_deltas_equal_the_stacked_merge(world, method, lam, density):
         assert not np.allclose(np.asarray(got[m]), np.asarray(task_arithmetic(task_vectors(stack), lam)[m]))
 
 
+@pytest.mark.slow
 def test_grid_search_ce_equals_the_folded_stacked_delta(world):
     stack, evaluator = world
     cfg = BaselineGridConfig(lambdas=(0.3, 1.0), densities=(0.5, 1.0), preselect_top_k=4)

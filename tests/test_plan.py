@@ -22,6 +22,8 @@ from evojax_merge.plan import (
     resolve_model,
 )
 
+pytestmark = pytest.mark.slow  # compiles and times
+
 TINY = {"model_type": "llama", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 160,
         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
 W = Workload(adapters=12, rank=4, population=6, examples=16, seq=64, batch=8, answer_tokens=16,

@@ -34,6 +34,8 @@ from evojax_merge.report.plots import collect_fitness, collect_genomes
 from evojax_merge.report.runs import find_run_dirs, load_run
 from evojax_merge.report.stats import label_stats, paired_gap, size_series, summarize, top_two_gaps
 
+pytestmark = pytest.mark.slow  # subprocesses and W&B
+
 F1 = {"evo_merging": (30, 34, 32), "lorahub": (31, 30, 29), "best_single": (20, 21, 25), "ties": (21, 23, 22)}
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -25,6 +25,7 @@ def two():
     return models, stack, layer_row(stack)
 
 
+@pytest.mark.slow
 def test_identity_path_is_the_source_bit_for_bit(two):
     """Op by op (the scan run eagerly) the source's own path IS the source, bit for bit. Compiled,
     XLA's fusions differ at the last float32 bit, exactly as the project's own model differs

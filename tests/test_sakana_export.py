@@ -17,6 +17,8 @@ from evojax_merge.models.functional import ParamsModel
 from evojax_merge.models.llama import LlamaForCausalLM
 from evojax_merge.models.sources import stack_models
 
+pytestmark = pytest.mark.slow  # transformers oracle
+
 CFG = ModelConfig(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
                   num_attention_heads=2, num_key_value_heads=1, head_dim=8)
 IDS = np.asarray([[1, 5, 9, 2, 7, 30], [1, 3, 3, 8, 0, 0]], np.int32)

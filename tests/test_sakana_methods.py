@@ -17,6 +17,8 @@ from evojax_merge.models.llama import LlamaForCausalLM
 from evojax_merge.models.sources import stack_models
 from evojax_merge.runner.sources import SourcesCell, _no_evaluator, plot_dfs_path
 
+pytestmark = pytest.mark.slow  # searches
+
 CFG = ModelConfig(vocab_size=24, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
                   num_attention_heads=2, num_key_value_heads=1, head_dim=8)
 

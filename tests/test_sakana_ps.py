@@ -22,6 +22,7 @@ def _params(seed):
     return {k: jnp.asarray(v) for k, v in model_weights(LlamaForCausalLM(CFG, rngs=nnx.Rngs(seed))).items()}
 
 
+@pytest.mark.slow
 def test_one_source_at_density_one_weight_one_is_that_source():
     base, src = _params(0), LlamaForCausalLM(CFG, rngs=nnx.Rngs(1))
     stack = stack_models([src], ["src"])
@@ -58,6 +59,7 @@ def test_density_zero_drops_a_source_and_decode_reads_abs():
     np.testing.assert_allclose(np.asarray(out["lm_head.weight"]), 1.0)
 
 
+@pytest.mark.slow
 def test_population_vmap_equals_single_merges():
     base = _params(0)
     stack = stack_models([LlamaForCausalLM(CFG, rngs=nnx.Rngs(s)) for s in (1, 2)], ["a", "b"])

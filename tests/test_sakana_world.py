@@ -52,6 +52,7 @@ def world():
     return build_sakana_world()
 
 
+@pytest.mark.slow  # builds the Sakana world (~3 min on 2 cores)
 def test_gate_the_merge_matters(world):
     cell = make_cell(world)
     tok, target = world.tokenizer, world.target

@@ -111,6 +111,7 @@ def test_clipping_keeps_candidates_inside_the_bounds():
     np.testing.assert_allclose(result.best_genome, 1.0)
 
 
+@pytest.mark.slow
 def test_searches_find_the_adapter_that_wrote_the_answers(setup):
     _, stack, evaluator = setup
     cfg = EvoMergingConfig(population_size=10, sigma0=0.3, stage1_generations=3, stage2_generations=25,
@@ -158,6 +159,7 @@ def test_a_stage_evaluates_x0_first_and_keeps_it_when_nothing_beats_it():
     assert result.best_fitness == 0.0 and np.array_equal(result.best_genome, x0)
 
 
+@pytest.mark.slow
 def test_traced_stage_equals_host_stage(setup):
     """The jitted, scanned generation and the host loop see the same populations and losses."""
     from evojax_merge.search.evo_merging import stage_fitness

@@ -126,6 +126,7 @@ def _session(http, server, key=KEY_A, **body):
 
 
 # -- remote == in-process ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_remote_search_equals_in_process(server, provider, http):
     pool = provider.pools["default"]
     cfg = EvoMergingConfig(population_size=4, stage1_generations=2, stage2_generations=2)
@@ -413,6 +414,7 @@ def test_requests_are_logged_without_their_data(server, http, caplog):
 
 
 # -- load and leaks ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_load(server, shapes):
     report = run_loadtest(server.url, KEY_A, "default", RECORDS, requests=1000, clients=8, population=4,
                           matrix_shapes=shapes)

@@ -21,6 +21,8 @@ from prompt_fixtures import chat_tokenizer, ie_record
 from evojax_merge.data.records import save_records
 from evojax_merge.zoo.tokenizer import save_tokenizer
 
+pytestmark = pytest.mark.slow  # subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["logger=none", "progress=false", "budget.population_size=4",
         "budget.stage1_generations=2", "budget.stage2_generations=2",
