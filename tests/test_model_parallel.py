@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a subprocess on 4 devices
+
 DRIVER = r'''
 import json, sys
 import jax, numpy as np
@@ -22,8 +24,6 @@ from evojax_merge.models.llama import LlamaForCausalLM
 from evojax_merge.search.fitness import ValidationConfig
 from evojax_merge.sharding import ShardedEvaluator, make_mesh
 from flax import nnx
-
-pytestmark = pytest.mark.slow  # a subprocess on 4 devices
 
 cfg = ModelConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=16)
