@@ -5,6 +5,7 @@ import pytest
 from evojax_merge.bench_dam import main
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world", ["lora", "full"])
 def test_bench_dam_same_objective(world, tmp_path):
     out = main(["--world", world, "--hidden", "32", "--layers", "1", "--vocab", "64", "--sources", "3",

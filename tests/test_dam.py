@@ -131,6 +131,7 @@ def lora_dam(llama_with_pool):
     return base_dir, pool, LoraDamModel(load_model(base_dir), pool.stack, pool.names), cfg
 
 
+@pytest.mark.slow
 def test_lora_training_lowers_the_loss_and_counts(lora_dam):
     _, pool, model, cfg = lora_dam
     data = [_examples(cfg.vocab_size, 12, 10, seed=i) for i in range(3)]
@@ -159,6 +160,7 @@ def test_ce_objective_uses_target_data(lora_dam):
         train_dam(model, DamConfig(objective="ce"))
 
 
+@pytest.mark.slow
 def test_non_finite_coefficients_stop_with_the_step_and_key(lora_dam, tmp_path):
     _, _, model, cfg = lora_dam
     data = [_examples(cfg.vocab_size, 8, 10, seed=i) for i in range(3)]
@@ -205,6 +207,7 @@ def test_bad_input_names_the_source(lora_dam):
         stack_sources([a, {"w.weight": np.zeros((2, 3))}], ["one", "two"])
 
 
+@pytest.mark.slow
 def test_lora_export_matches_peft(lora_dam, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -226,6 +229,7 @@ def test_lora_export_matches_peft(lora_dam, tmp_path):
     assert np.abs(ours - plain)[valid].max() > 1e-3  # the merged adapter is really there
 
 
+@pytest.mark.slow
 def test_full_models_train_and_export_to_hf(tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -51,6 +51,7 @@ def _examples(vocab: int, rows: int = 6, length: int = 12, seed: int = 3) -> dic
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+@pytest.mark.slow
 def test_peft_loss_of_the_export_equals_the_fitness_ce(llama_with_pool, tmp_path):
     base_dir, adapters, _ = llama_with_pool
     sources = _sources(adapters, tmp_path, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",

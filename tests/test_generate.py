@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from evojax_merge.eval.generate import greedy_generate, population_generate
@@ -60,6 +61,7 @@ def test_cached_greedy_equals_full_forward_argmax():
         assert out[i].tolist() == _reference(model, prompts[i, :n], steps)
 
 
+@pytest.mark.slow
 def test_population_generation_equals_each_adapter_alone():
     model = LlamaForCausalLM(CFG, rngs=nnx.Rngs(1))
     stack = _random_stack(3)

@@ -83,6 +83,7 @@ def test_smollm2_logits_match_transformers_gguf_loading():
     assert int(ours[0, -1].argmax()) == int(r64[0, -1].argmax())
 
 
+@pytest.mark.slow
 def test_smollm2_tokenizer_and_chat_template_match_transformers():
     _, tok = smollm2()
     path = smollm2_gguf_path()

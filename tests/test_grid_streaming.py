@@ -32,6 +32,7 @@ def world():
     return stack, evaluator
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize(("lam", "density"), [(0.7, 0.5), (0.3, 1.0)])
 def test_streamed_deltas_equal_the_stacked_merge(world, method, lam, density):

@@ -205,6 +205,7 @@ def _two_stages(runner) -> list[StageResult]:
     return [runner(spec, fitness, jax.random.fold_in(jax.random.key(5), i)) for i, spec in enumerate(specs)]
 
 
+@pytest.mark.slow
 def test_interval_preemption_and_resume_in_process(tmp_path):
     """interval=2: saves at even steps, at stage ends (3) and at the preempted step (7, odd)."""
     reference = _two_stages(default_stage_runner(progress=False))

@@ -56,6 +56,7 @@ def _by_hand(models, embed_src, path, ids, mask):
     return h @ m.lm_head[...].T
 
 
+@pytest.mark.slow
 def test_hand_written_path_equals_layers_composed_by_hand(two):
     models, stack, layers = two
     layout = DFSLayout(2, 3, repeats=2)  # M = 6, T = 12

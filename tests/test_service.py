@@ -197,6 +197,7 @@ def test_adapter_subset(server, http):
     assert http.delete(url, headers=_auth()).status_code == 200
 
 
+@pytest.mark.slow
 def test_export_is_provider_side(world, server, tmp_path):
     pool = load_pool(str(world / "adapter_*"), load_config_of(world))
     genome = {"adapters": ["adapter_1", "adapter_3"], "alpha": [0.5, 1.0], "beta": [0.3, -0.2], "prune": "A"}
