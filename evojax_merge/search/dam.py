@@ -22,6 +22,7 @@ Two kinds of world plug in as a :class:`DamModel`: full fine-tunes stacked on a 
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
@@ -94,20 +95,23 @@ class DamNonFiniteError(EvoMergeInputError):
 
 
 # -- the two kinds of world ------------------------------------------------------------------------
-class DamModel:
+class DamModel(abc.ABC):
     """What the trainer needs: arrays (``args``), initial coefficients, merged and source logits."""
 
     names: tuple[str, ...]
     args: dict
 
+    @abc.abstractmethod
     def init(self) -> dict[str, jax.Array]:
-        raise NotImplementedError
+        """The coefficients at the start: 1/N for every source, column and merged weight."""
 
+    @abc.abstractmethod
     def merged_logits(self, args, coeffs, ids, mask, pos) -> jax.Array:
-        raise NotImplementedError
+        """Logits of the merge under ``coeffs`` at the positions ``pos``."""
 
+    @abc.abstractmethod
     def source_logits(self, args, k, ids, mask, pos) -> jax.Array:
-        raise NotImplementedError
+        """Logits of source ``k`` alone at the positions ``pos``."""
 
     @property
     def num_sources(self) -> int:
