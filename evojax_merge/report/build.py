@@ -18,7 +18,7 @@ from evojax_merge.provenance import provenance
 from evojax_merge.report import plots
 from evojax_merge.report.markdown import provenance_section, report_markdown
 from evojax_merge.report.runs import RunRecord, check_same_experiment, find_run_dirs, group_by_seed, load_run
-from evojax_merge.report.stats import LabelStats, label_stats, size_series, top_two_gaps
+from evojax_merge.report.stats import LabelStats, Summary, cost_stats, label_stats, size_series, top_two_gaps
 
 FIGURES = "figures"
 
@@ -34,7 +34,8 @@ def default_out(paths: Sequence[str | Path]) -> Path:
     return Path(os.path.commonpath([str(p) for p in folders])) / "report"
 
 
-def _figures(runs: Sequence[RunRecord], stats: dict[str, LabelStats], title: str, where: Path) -> list[tuple[str, str]]:
+def _figures(runs: Sequence[RunRecord], stats: dict[str, LabelStats], costs: dict[str, dict[str, Summary]],
+             title: str, where: Path) -> list[tuple[str, str]]:
     """Draw every figure into ``where``; returns ``(caption, path relative to the report)``."""
     where.mkdir(parents=True, exist_ok=True)
     made: list[tuple[str, str]] = []
@@ -43,7 +44,9 @@ def _figures(runs: Sequence[RunRecord], stats: dict[str, LabelStats], title: str
         made.append((caption, f"{FIGURES}/{name}"))
         return where / name
 
-    plots.f1_bars(title, list(stats.values()), add("test F1 per method, mean ± std over seeds", "f1_bars.png"))
+    metric = runs[0].metric
+    plots.f1_bars(title, list(stats.values()), add(f"test {metric} per method, mean ± std over seeds", "f1_bars.png"),
+                  metric)
     for param, xlabel in (("N", "pool size N (adapters)"), ("V", "validation examples V")):
         series = size_series(stats, param)
         if series:
@@ -98,7 +101,8 @@ def build_report(paths: Sequence[str | Path], out: str | Path | None = None, wan
     """
     runs = [load_run(d) for d in find_run_dirs(paths)]
     check_same_experiment(runs)
-    stats = label_stats(group_by_seed(runs))
+    by_seed = group_by_seed(runs)
+    stats, costs = label_stats(by_seed), cost_stats(by_seed)
     gaps = top_two_gaps(stats)
     out = Path(out) if out is not None else default_out(paths)
     if out.exists() and not out.is_dir():
@@ -113,10 +117,10 @@ def build_report(paths: Sequence[str | Path], out: str | Path | None = None, wan
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
-        figures = _figures(runs, stats, title, staging / FIGURES)
+        figures = _figures(runs, stats, costs, title, staging / FIGURES)
         text = report_markdown(first.experiment, first.setting, stats, gaps, figures,
                                provenance_section(runs, common, report_prov["command"], report_prov["git_commit"],
-                                                  report_prov["git_dirty"]))
+                                                  report_prov["git_dirty"]), metric=first.metric, costs=costs)
         (staging / "REPORT.md").write_text(text, encoding="utf-8")
         _install(staging, out)
     finally:

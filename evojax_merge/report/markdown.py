@@ -35,11 +35,37 @@ def _ordered(stats: Mapping[str, LabelStats]) -> list[LabelStats]:
     return sorted(stats.values(), key=lambda s: (suffix(s.label), -s.f1.mean, s.label))
 
 
-def methods_table(stats: Mapping[str, LabelStats]) -> str:
+def methods_table(stats: Mapping[str, LabelStats], metric: str = "F1") -> str:
+    if metric != "F1":  # an accuracy has no precision and recall of its own
+        rows = [[f"`{s.label}`", str(s.f1.n), fmt(s.f1), fmt_gap(s.vs_best_single)] for s in _ordered(stats)]
+        return _table(["method", "n", metric, f"Δ vs {BEST_SINGLE}"], rows)
     head = ["method", "n", "F1", f"Δ vs {BEST_SINGLE}", "precision", "recall"]
     rows = [[f"`{s.label}`", str(s.f1.n), fmt(s.f1), fmt_gap(s.vs_best_single), fmt(s.precision), fmt(s.recall)]
             for s in _ordered(stats)]
     return _table(head, rows)
+
+
+_COST_HEAD = {"val_ce": "val CE", "wall_s": "wall s", "forward_examples": "forward examples",
+              "backward_examples": "backward examples"}
+
+
+def cost_table(stats: Mapping[str, LabelStats], costs: Mapping[str, Mapping[str, Summary]], metric: str) -> str | None:
+    """Quality beside cost, per method: mean ± std over seeds of each cost a method's cells carry."""
+    keys = [k for k in _COST_HEAD if any(k in c for c in costs.values())]
+    if not keys:
+        return None
+    rows = [[f"`{s.label}`", fmt(s.f1), *[_fmt_cost(costs.get(s.label, {}).get(k), k) for k in keys]]
+            for s in _ordered(stats)]
+    return _table(["method", metric, *[_COST_HEAD[k] for k in keys]], rows)
+
+
+def _fmt_cost(s: Summary | None, key: str) -> str:
+    if s is None:
+        return ""
+    if key == "val_ce":
+        return f"{s.mean:.4f} ± {s.std:.4f}" if math.isfinite(s.std) else f"{s.mean:.4f}"
+    body = f"{s.mean:.1f}" if key == "wall_s" else f"{s.mean:,.0f}"
+    return body + (f" ± {s.std:.1f}" if key == "wall_s" and math.isfinite(s.std) else "")
 
 
 def top_two_lines(gaps: Mapping[str, Gap]) -> str:
@@ -119,13 +145,14 @@ def _rel(path, common: str) -> str:
 
 
 def report_markdown(experiment: str, setting: str, stats: Mapping[str, LabelStats], gaps: Mapping[str, Gap],
-                    figures: Sequence[tuple[str, str]], provenance: str) -> str:
-    """The whole REPORT.md; ``figures`` are ``(caption, relative path)``."""
+                    figures: Sequence[tuple[str, str]], provenance: str, metric: str = "F1",
+                    costs: Mapping[str, Mapping[str, Summary]] | None = None) -> str:
+    """The whole REPORT.md; ``figures`` are ``(caption, relative path)``; ``metric`` names what ``f1`` holds."""
     seeds = sorted({k for s in stats.values() for k in s.per_seed})
     n = len(seeds)
     parts = [
-        f"# {experiment} ({setting} setting): test F1 over {n} seed{'s' * (n != 1)}",
-        f"Seeds {', '.join(map(str, seeds))} (n = {n}). Test F1 ×100 averaged over each run's targets; "
+        f"# {experiment} ({setting} setting): test {metric} over {n} seed{'s' * (n != 1)}",
+        f"Seeds {', '.join(map(str, seeds))} (n = {n}). Test {metric} ×100 averaged over each run's targets; "
         "mean ± sample standard deviation (n − 1) over seeds; `n` is the seeds a method ran with. "
         f"A gap (Δ) is paired over seeds: the mean per-seed difference ± its standard error; {MARK} marks a gap "
         "larger than two standard errors.",
@@ -133,15 +160,20 @@ def report_markdown(experiment: str, setting: str, stats: Mapping[str, LabelStat
     if n < 3:
         parts.append(f"> **Only {n} seed{'s' * (n != 1)}:** at least 3 are expected; with one seed there is no "
                      "standard deviation and nothing is marked.")
-    parts += ["## Methods", methods_table(stats)]
+    parts += ["## Methods", methods_table(stats, metric)]
     if gaps:
         parts.append(top_two_lines(gaps))
     checked = check_predictions(stats)
     if checked:
         parts += ["## The paper's predictions", "Hypotheses this world tests, not targets: each held or not on the "
-                  "mean F1 over seeds.", "\n".join(f"- {p.claim}: **{'held' if p.held else 'not held'}** "
+                  f"mean {metric} over seeds.", "\n".join(f"- {p.claim}: **{'held' if p.held else 'not held'}** "
                                                    f"({p.evidence})." for p in checked)]
-    parts += ["## F1 per target", per_target_table(stats), "## F1 per seed", per_seed_table(stats)]
+    cost = cost_table(stats, costs or {}, metric)
+    if cost:
+        parts += ["## Cost", "Per method and seed, the mean over targets; then mean ± std over seeds. Forward "
+                  "examples: examples pushed through a model forward (search, grid or training); backward: "
+                  "examples differentiated.", cost]
+    parts += [f"## {metric} per target", per_target_table(stats), f"## {metric} per seed", per_seed_table(stats)]
     for param, title in (("N", "Pool size"), ("V", "Validation size")):
         table = size_table(stats, param)
         if table:

@@ -157,7 +157,7 @@ def genome_figure(label: str, adapters: Sequence[str], targets: Sequence[str], a
     return _save(fig, path)
 
 
-def f1_bars(title: str, stats: Sequence[LabelStats], path: Path) -> Path:
+def f1_bars(title: str, stats: Sequence[LabelStats], path: Path, metric: str = "F1") -> Path:
     ordered = sorted(stats, key=lambda s: (-s.f1.mean, s.label))
     fig = Figure(figsize=(max(5.0, 0.7 * len(ordered) + 2), 4.2), layout="constrained")
     ax = fig.subplots()
@@ -172,7 +172,7 @@ def f1_bars(title: str, stats: Sequence[LabelStats], path: Path) -> Path:
             ax.annotate("*", (i, means[i] + errors[i]), xytext=(0, 3), textcoords="offset points", ha="center",
                         va="bottom", fontsize=14)
     ax.set_xticks(x, [s.label for s in ordered], rotation=40, ha="right", fontsize=8)
-    ax.set_ylabel("test F1 ×100")
+    ax.set_ylabel(f"test {metric} ×100")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
     ax.set_title(title + "\n* gap to best_single > 2 SE (paired over seeds)", fontsize=10)

@@ -40,6 +40,7 @@ class RunRecord:
     command_source: str  # where the command came from
     commit: str | None
     dirty: bool | None
+    metric: str = "F1"  # what ``f1`` holds: F1, or exact-match accuracy for the Sakana world
 
     @property
     def results_path(self) -> Path:
@@ -150,8 +151,11 @@ def load_run(run_dir: str | Path) -> RunRecord:
         raise EvoMergeInputError(f"{file}: config.seed is missing or not an integer (got {seed!r})")
     command, source = _command(run_dir, data, config)
     commit, dirty = _commit(data, config)
+    metric = data.get("metric", "F1")
+    if not isinstance(metric, str) or not metric:
+        raise EvoMergeInputError(f"{file}: 'metric' must be a name such as 'F1' (got {metric!r})")
     return RunRecord(run_dir, experiment["name"], str(experiment.get("setting", "?")), seed, methods, config,
-                     command, source, commit, dirty)
+                     command, source, commit, dirty, metric)
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
@@ -171,6 +175,9 @@ def check_same_experiment(runs: list[RunRecord]) -> None:
     """Runs of different experiments, or of one experiment with different settings, are not mixed."""
     first = runs[0]
     for run in runs[1:]:
+        if run.metric != first.metric:
+            raise EvoMergeInputError(f"{run.results_path}: metric {run.metric!r} mixed with {first.metric!r} "
+                                     f"({first.results_path})")
         if run.experiment != first.experiment:
             raise EvoMergeInputError(f"{run.results_path}: experiment {run.experiment!r} mixed with "
                                      f"{first.experiment!r} ({first.results_path}); report one experiment at a time")

@@ -151,3 +151,24 @@ def size_series(stats: Mapping[str, LabelStats], param: str) -> dict[str, list[t
         rest = "".join(f"@{k}={v}" for k, v in params.items() if k != param)
         series.setdefault(base + rest, []).append((x, s.f1))
     return {k: sorted(v, key=lambda p: p[0]) for k, v in sorted(series.items())}
+
+
+COST_KEYS = ("val_ce", "wall_s", "forward_examples", "backward_examples")
+
+
+def cost_stats(by_seed: Mapping[int, Mapping[str, Mapping]]) -> dict[str, dict[str, Summary]]:
+    """``{label: {key: Summary over seeds}}`` for the :data:`COST_KEYS` a label's cells carry.
+
+    Each seed's value is the mean over its targets (validation CE, search wall seconds, examples
+    pushed through a forward or a backward pass); labels without any of them are left out.
+    """
+    values: dict[str, dict[str, list[float]]] = {}
+    for methods in by_seed.values():
+        for label, res in methods.items():
+            cells = list(res.get("per_task", {}).values())
+            for key in COST_KEYS:
+                got = [float(c[key]) for c in cells if isinstance(c.get(key), int | float)
+                       and not isinstance(c.get(key), bool) and math.isfinite(c[key])]
+                if got:
+                    values.setdefault(label, {}).setdefault(key, []).append(float(np.mean(got)))
+    return {label: {k: summarize(v) for k, v in keys.items()} for label, keys in sorted(values.items())}
