@@ -20,7 +20,7 @@ CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 def _cfg(*overrides):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("config", overrides=["+experiment=dam", *overrides])
+        return compose("config", overrides=["+experiment=dam_lora", *overrides])
 
 
 def test_method_configs_instantiate():
@@ -68,8 +68,15 @@ def test_dam_experiment_on_the_smoke_zoo(tmp_path):
     saved = json.loads((out / "dam_results.json").read_text())
     assert set(saved["summary"]) == set(rows)
     assert "| dam |" in (out / "dam_results.md").read_text()
-    for png in ("dam_quality_vs_cost.png", "dam_loss_curves.png", "dam_coefficients.png"):
-        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    # the report command's tables and figures, from one run directory per seed
+    report = (out / "report" / "REPORT.md").read_text()
+    assert "## Cost" in report and "| `dam` |" in report
+    for png in ("quality_vs_cost.png", "training_dam.png", "coefficients_dam.png", "training_dam_no_kl.png"):
+        assert (out / "report" / "figures" / png).read_bytes()[:4] == b"\x89PNG"
+    seed0 = json.loads((out / "seeds" / "seed_0" / "results.json").read_text())
+    assert seed0["config"]["seed"] == 0 and seed0["methods"]["dam"]["per_task"]
+    cell = next(iter(seed0["methods"]["dam"]["per_task"].values()))
+    assert cell["forward_examples"] == rows["dam"]["forward_examples"] and len(cell["coefficients"]) > 0
     with pytest.raises(EvoMergeInputError, match="dam.methods: unknown method 'nope'"):
         run_dam(_cfg(f"cache_dir={tmp_path / 'cache'}", "progress=false", "experiment.num_targets=1",
                      "dam.seeds=[0]", "dam.methods=[nope]"), tmp_path / "bad")

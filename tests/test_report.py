@@ -367,3 +367,52 @@ def test_provenance_is_this_checkout():
     prov = provenance("evojax_merge.train", ["+experiment=smoke", "seed=1", "note=a b"])
     assert prov["command"] == "python -m evojax_merge.train +experiment=smoke seed=1 'note=a b'"
     assert prov["git_commit"] == head and isinstance(prov["git_dirty"], bool)
+
+
+def test_seed_runs_with_costs_paths_and_coefficients_by_hand(tmp_path):
+    """Runs written by ``runner.seed_runs`` (the Sakana and DAM experiments): the metric is named
+    accuracy, and the cost table is the mean over seeds of each seed's value, worked out by hand:
+
+        dam   wall 10, 14 -> 12 ± 2.83; forward 100, 300 -> 200; val CE 2.0, 3.0 -> 2.5000 ± 0.7071
+        dfs   wall  1,  3 ->  2 ± 1.41; forward 40, 40 -> 40
+    accuracy: dam 0.5, 0.3 -> 40.00 ± 14.14; dfs 0.2, 0.4 -> 30.00 ± 14.14; best_single 0.1 -> 10.00 ± 0.00
+    """
+    from evojax_merge.runner.seed_runs import report_cell, write_seed_runs
+
+    path = [{"slot": 1, "source_index": 0, "layer": 1, "scale": 1.2}, {"slot": 2, "source_index": 1, "layer": 0,
+                                                                       "scale": 0.8}]
+    cells = {}
+    for seed, (acc_dam, acc_dfs, wall, fwd, ce) in enumerate(((0.5, 0.2, 10, 100, 2.0), (0.3, 0.4, 14, 300, 3.0))):
+        dam = report_cell(acc_dam, {"history": [{"step": 0, "loss": 2.0, "kl": 1.9}, {"step": 1, "loss": 1.5,
+                                                                                      "kl": 1.4}],
+                                    "coefficients": {"model.layers.0.mlp.up_proj.weight": [0.4, 0.6],
+                                                     "model.layers.1.mlp.up_proj.weight": [0.5, 0.5]},
+                                    "sources": ["lang", "skill"], "forward_examples": fwd, "backward_examples": 8},
+                          val_ce=ce, wall_s=wall)
+        dfs = report_cell(acc_dfs, {"history": [{"best": 2.0, "mean": 3.0, "std": 0.1, "sigma": 0.5}],
+                                    "path": path, "num_slots": 4, "sources": ["lang", "skill"], "forward_examples": 40},
+                          wall_s=1 + 2 * seed)
+        cells[seed] = {"dam": {"skill_b": dam}, "sakana_dfs": {"skill_b": dfs},
+                       "best_single": {"skill_b": report_cell(0.1, {})}}
+    assert "train_history" in cells[0]["dam"]["skill_b"] and "stages" not in cells[0]["dam"]["skill_b"]
+    assert cells[0]["sakana_dfs"]["skill_b"]["stages"]["dfs"]["history"][0]["best"] == 2.0
+    dirs = write_seed_runs(tmp_path / "seeds", {"experiment": {"name": "dam", "setting": "cross_domain"}},
+                           "accuracy", cells)
+    text = build_report(dirs, tmp_path / "report", wandb=False).read_text()
+    assert "# dam (cross_domain setting): test accuracy over 2 seeds" in text
+    assert "| method | n | accuracy | Δ vs best_single |" in text
+    assert "| `dam` | 40.00 ± 14.14 | 2.5000 ± 0.7071 | 12.0 ± 2.8 | 200 | 8 |" in text
+    assert "| `sakana_dfs` | 30.00 ± 14.14 |  | 2.0 ± 1.4 | 40 |  |" in text
+    names = sorted(p.name for p in (tmp_path / "report" / "figures").iterdir())
+    assert names == ["coefficients_dam.png", "f1_bars.png", "fitness_sakana_dfs.png", "path_sakana_dfs.png",
+                     "quality_vs_cost.png", "training_dam.png"]
+    for name in names:
+        _check_png(tmp_path / "report" / "figures" / name)
+    # the report command rebuilds the same tables from the seed directories
+    assert main([str(tmp_path / "seeds"), "--out", str(tmp_path / "again"), "--no-wandb"]) == 0
+    assert "| `dam` | 40.00 ± 14.14 | 2.5000 ± 0.7071 | 12.0 ± 2.8 | 200 | 8 |" in (tmp_path / "again" /
+                                                                                  "REPORT.md").read_text()
+    # runs of two metrics are not mixed
+    other = write_run(tmp_path / "f1run", 5, {"dam": 0.2}, experiment="dam")
+    with pytest.raises(EvoMergeInputError, match="metric 'F1' mixed with 'accuracy'"):
+        build_report([*dirs, other], tmp_path / "mixed", wandb=False)

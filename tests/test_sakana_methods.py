@@ -15,7 +15,8 @@ from evojax_merge.methods.sakana_ps_dfs import SakanaPSDFS
 from evojax_merge.models import ModelConfig, model_weights
 from evojax_merge.models.llama import LlamaForCausalLM
 from evojax_merge.models.sources import stack_models
-from evojax_merge.runner.sources import SourcesCell, _no_evaluator, plot_dfs_path
+from evojax_merge.report.method_plots import dfs_path_figure
+from evojax_merge.runner.sources import SourcesCell, _no_evaluator
 
 pytestmark = pytest.mark.slow  # searches
 
@@ -72,5 +73,40 @@ def test_bad_input_is_one_line_before_any_search(cell):
 def test_dfs_path_plot(tmp_path):
     path = [{"slot": 0, "source_index": 0, "layer": 0, "scale": 1.0}, {"slot": 5, "source_index": 1, "layer": 1,
                                                                        "scale": 0.7}]
-    out = plot_dfs_path(path, 8, 2, ["lang", "skill"], "test", tmp_path / "p.png")
+    cell = {"path": path, "num_slots": 8, "sources": ["lang", "skill"]}
+    out = dfs_path_figure("sakana_dfs", [(0, "skill_b", cell), (1, "skill_b", cell)], tmp_path / "p.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _examples(seed: int, n: int = 4, length: int = 8) -> dict:
+    rng = np.random.default_rng(seed)
+    labels = np.full((n, length), -100, np.int32)
+    labels[:, 5:7] = rng.integers(4, 24, (n, 2))
+    return {"input_ids": rng.integers(4, 24, (n, length)).astype(np.int32),
+            "attention_mask": np.ones((n, length), np.int32), "labels": labels}
+
+
+def test_dam_and_soup_run_on_full_fine_tunes(cell):
+    """``+experiment=dam``'s rows on a sources cell: DAM (KL on each source's own data, or CE on the
+    target's validation data) merges into a model scored on the cell; the soup is the sources' mean."""
+    import dataclasses
+
+    from evojax_merge.methods.dam import DAM
+
+    full = dataclasses.replace(cell, source_data=(_examples(1), _examples(2)), val_data=_examples(3))
+    for objective in ("kl", "ce"):
+        out = DAM(objective=objective, positions="all", batch_size=2, max_len=8).run(_task(full))
+        assert np.isfinite(out.val_ce)
+        assert out.details["sources"] == ["a", "b"]
+        assert out.details["forward_examples"] > 4 and out.details["backward_examples"] > 0
+        assert set(out.model.params) == set(cell.stack.params)
+        # one coefficient vector per source for every linear weight, initialised at 1/N and moved by training
+        coeffs = out.details["coefficients"]["model.layers.0.mlp.down_proj.weight"]
+        assert len(coeffs) == 2 and coeffs != [0.5, 0.5]
+    with pytest.raises(EvoMergeInputError, match="dam: source 'b' has no records of its own task"):
+        DAM(positions="all").run(_task(dataclasses.replace(cell, source_data=(_examples(1), None))))
+    soup = SakanaGrid(kind="soup").run(_task(cell))
+    for k in ("model.layers.1.self_attn.q_proj.weight", "lm_head.weight"):
+        np.testing.assert_allclose(np.asarray(soup.model.params[k]), np.asarray(cell.stack.params[k]).mean(0),
+                                   rtol=0, atol=1e-6)
+    assert soup.details["grid"][0][:2] == [0.5, 1.0] and soup.details["forward_examples"] == 4

@@ -15,6 +15,7 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -78,6 +79,10 @@ class DAM(MergeMethod):
         return out
 
     def run(self, task: MergeTask) -> Outcome:
+        from evojax_merge.runner.sources import SourcesCell
+
+        if isinstance(task.world, SourcesCell):
+            return self.run_sources(task.world, task.seed)
         if task.stack is None or task.world is None:
             raise EvoMergeInputError("method dam: needs the pool's weights and the world (a local run)")
         t0 = time.perf_counter()
@@ -95,9 +100,33 @@ class DAM(MergeMethod):
         val_examples = int(getattr(evaluator, "num_batches", 0) * getattr(evaluator, "batch_size", 0))
         details = dam_details(res, val_examples)
         details["wall_s"] = time.perf_counter() - t0
+        details["sources"] = list(task.pool_names)
         return Outcome(self.name, adapter=adapter, val_ce=val_ce, val_fitness=val_ce, details=details)
 
     # -- full fine-tunes ---------------------------------------------------------------------------
+    def run_sources(self, cell, seed: int) -> Outcome:
+        """DAM over a :class:`~evojax_merge.runner.sources.SourcesCell` (``+experiment=dam``): the KL term
+        takes each source on its own task's records, the "w/o KL" variant the target's validation set."""
+        from evojax_merge.merge.dam import DamParts
+        from evojax_merge.models.functional import ParamsModel
+        from evojax_merge.search.sakana import _ce
+
+        model = FullDamModel(cell.stack.model(0), cell.stack.params, cell.labels,
+                             DamParts(embeddings=self.embeddings, norms=self.norms))
+        if self.objective == "kl":
+            missing = [n for n, d in zip(cell.labels, cell.source_data, strict=True) if d is None]
+            if missing:
+                raise EvoMergeInputError(f"dam: source {missing[0]!r} has no records of its own task for the KL term")
+            outcome, res = self.run_full(model, source_data=cell.source_data, seed=seed)
+        else:
+            outcome, res = self.run_full(model, target_data=cell.val_data, seed=seed)
+        merged = ParamsModel(cell.stack.config, model.merged_weights({k: jnp.asarray(v) for k, v in
+                                                                       res.coefficients.items()}))
+        val_ce = float(jax.jit(lambda m: _ce(m.logits, cell.batch))(merged))
+        details = {**outcome.details, "forward_examples": outcome.details["forward_examples"]
+                   + int(cell.batch["input_ids"].shape[0]), "sources": list(cell.labels)}
+        return Outcome(self.name, model=merged, val_ce=val_ce, val_fitness=val_ce, details=details)
+
     def run_full(self, model: FullDamModel, source_data: Sequence[Mapping[str, np.ndarray] | None] | None = None,
                  target_data: Mapping[str, np.ndarray] | None = None, seed: int = 0) -> tuple[Outcome, DamResult]:
         """DAM over stacked full models; the Outcome's ``model`` is the merged model."""

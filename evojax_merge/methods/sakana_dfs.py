@@ -9,7 +9,7 @@ from __future__ import annotations
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.merge.sakana_dfs import dfs_model
 from evojax_merge.methods.base import MergeMethod, MergeTask, Outcome
-from evojax_merge.methods.sakana_ps import sources_cell
+from evojax_merge.methods.sakana_ps import searched_examples, sources_cell
 from evojax_merge.models.sources import SourceStack
 from evojax_merge.search.sakana import DFSConfig, dfs_search
 
@@ -24,7 +24,9 @@ def run_dfs(stack: SourceStack, batch: dict, cfg: DFSConfig, seed: int, progress
     return Outcome(method=name, model=model, val_ce=result.best_fitness, val_fitness=result.best_fitness,
                    search=result, details={"path": list(model.path), "num_slots": layout.num_slots,
                                            "sources": list(stack.names), "genome": genome.tolist(),
-                                           "history": result.history_rows()})
+                                           "history": result.history_rows(),
+                                           "forward_examples": searched_examples(cfg.population_size, result,
+                                                                                 batch)})
 
 
 class SakanaDFS(MergeMethod):

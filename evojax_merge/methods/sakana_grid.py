@@ -28,16 +28,19 @@ from evojax_merge.search.sakana import PSFitness, _ce
 
 
 class SakanaGrid(MergeMethod):
-    """``kind``: ``task_arithmetic``, ``ties`` or ``dare_ties``; the grid is lambdas x densities."""
+    """``kind``: ``task_arithmetic``, ``ties`` or ``dare_ties``; the grid is lambdas x densities.
+    ``soup`` is the uniform average of the sources, θ_base + (1/S) Σ_s τ_s (TA at λ = 1/S, no grid)."""
 
     def __init__(self, kind: str = "task_arithmetic", lambdas=(0.5, 0.75, 1.0), densities=(0.3, 0.6, 1.0)):
-        if kind not in ("task_arithmetic", "ties", "dare_ties"):
-            raise EvoMergeInputError(f"method.kind: {kind!r} is not task_arithmetic, ties or dare_ties")
+        if kind not in ("task_arithmetic", "ties", "dare_ties", "soup"):
+            raise EvoMergeInputError(f"method.kind: {kind!r} is not task_arithmetic, ties, dare_ties or soup")
         if not lambdas or not densities:
             raise EvoMergeInputError("method.lambdas and method.densities must not be empty")
         self.kind, self.lambdas, self.densities = kind, tuple(map(float, lambdas)), tuple(map(float, densities))
 
-    def grid(self) -> list[tuple[float, float]]:
+    def grid(self, num_sources: int = 1) -> list[tuple[float, float]]:
+        if self.kind == "soup":
+            return [(1.0 / num_sources, 1.0)]
         dens = (1.0,) if self.kind == "task_arithmetic" else self.densities
         return list(itertools.product(self.lambdas, dens))
 
@@ -45,7 +48,7 @@ class SakanaGrid(MergeMethod):
         cell = sources_cell(task)
         cfg, base = cell.stack.config, cell.base
         tv = task_vectors_of(cell.stack, base)
-        grid = self.grid()
+        grid = self.grid(cell.stack.num_sources)
         if self.kind == "dare_ties":
             layout = PSLayout(cell.stack.num_sources, cfg.num_hidden_layers)
             fit = PSFitness(layout, cfg)
@@ -55,7 +58,7 @@ class SakanaGrid(MergeMethod):
             best = int(np.nanargmin(ces))
             params = fit.params(args, pop[best])
         else:
-            kind = self.kind
+            kind = "task_arithmetic" if self.kind == "soup" else self.kind
 
             def merged(base, tv, lam, d):
                 delta = task_arithmetic(tv, lam) if kind == "task_arithmetic" else ties(tv, d, lam)
@@ -72,5 +75,6 @@ class SakanaGrid(MergeMethod):
         lam, d = grid[best]
         return Outcome(method=self.kind, model=ParamsModel(cfg, params), val_ce=float(ces[best]),
                        val_fitness=float(ces[best]),
-                       details={"lambda": lam, "density": d, "grid": [[*g, float(c)] for g, c in zip(grid, ces,
-                                                                                                   strict=True)]})
+                       details={"lambda": lam, "density": d,
+                                "grid": [[*g, float(c)] for g, c in zip(grid, ces, strict=True)],
+                                "forward_examples": len(grid) * int(cell.batch["input_ids"].shape[0])})

@@ -30,7 +30,13 @@ def run_ps(cell, cfg: PSConfig, seed: int, progress: bool) -> Outcome:
     return Outcome(method="sakana_ps", model=ParamsModel(cell.stack.config, params), val_ce=result.best_fitness,
                    val_fitness=result.best_fitness, search=result,
                    details={"genome": genome.tolist(), "density": density.tolist(), "weight": weight.tolist(),
-                            "history": result.history_rows()})
+                            "history": result.history_rows(),
+                            "forward_examples": searched_examples(cfg.population_size, result, cell.batch)})
+
+
+def searched_examples(population_size: int, result, batch: dict) -> int:
+    """Examples forwarded by a CMA-ES stage: x0, then the population every generation."""
+    return (1 + population_size * len(result.history)) * int(batch["input_ids"].shape[0])
 
 
 class SakanaPS(MergeMethod):

@@ -35,4 +35,6 @@ class SakanaPSDFS(MergeMethod):
         out = run_dfs(stack, cell.batch, self.dfs.config(), task.seed, task.progress, name="sakana_ps_dfs")
         out.details["ps"] = {k: ps.details[k] for k in ("density", "weight")}
         out.details["ps_val_ce"] = ps.val_ce
+        out.details["ps_history"] = ps.details["history"]
+        out.details["forward_examples"] += ps.details["forward_examples"]
         return out

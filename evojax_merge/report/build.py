@@ -15,7 +15,7 @@ from pathlib import Path
 
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.provenance import provenance
-from evojax_merge.report import plots
+from evojax_merge.report import method_plots, plots
 from evojax_merge.report.markdown import provenance_section, report_markdown
 from evojax_merge.report.runs import RunRecord, check_same_experiment, find_run_dirs, group_by_seed, load_run
 from evojax_merge.report.stats import LabelStats, Summary, cost_stats, label_stats, size_series, top_two_gaps
@@ -61,7 +61,29 @@ def _figures(runs: Sequence[RunRecord], stats: dict[str, LabelStats], costs: dic
         if adapters:
             plots.genome_figure(label, adapters, targets, alpha, beta, seeds,
                                 add(f"{label}: α and β, adapters × targets", f"genome_{_slug(label)}.png"))
+    _method_figures(runs, stats, costs, title, add)
     return made
+
+
+def _method_figures(runs: Sequence[RunRecord], stats: dict[str, LabelStats], costs: dict[str, dict[str, Summary]],
+                    title: str, add) -> None:
+    """What some methods leave in their cells: DFS paths, DAM coefficients and loss curves, costs."""
+    metric = runs[0].metric
+    for label in method_plots.labels_with(runs, "path"):
+        method_plots.dfs_path_figure(label, method_plots.collect_cells(runs, label, "path"),
+                                     add(f"{label}: the found layer paths (slot × source)", f"path_{_slug(label)}.png"))
+    for label in method_plots.labels_with(runs, "coefficients"):
+        cells = method_plots.collect_cells(runs, label, "coefficients")
+        method_plots.coefficient_figure(label, cells, cells[0][2].get("sources"),
+                                        add(f"{label}: coefficients per weight and source",
+                                            f"coefficients_{_slug(label)}.png"))
+    for label in method_plots.labels_with(runs, "train_history"):
+        method_plots.training_figure(label, method_plots.collect_cells(runs, label, "train_history"),
+                                     add(f"{label}: training loss per step", f"training_{_slug(label)}.png"))
+    if any("wall_s" in c or "forward_examples" in c for c in costs.values()):
+        method_plots.quality_vs_cost(f"{title}: quality against cost", metric, stats, costs,
+                                     add(f"test {metric} against wall time and forward examples",
+                                         "quality_vs_cost.png"))
 
 
 def _install(staging: Path, out: Path) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from evojax_merge.report.plots import _save
 from evojax_merge.report.runs import RunRecord
@@ -125,6 +126,7 @@ def quality_vs_cost(title: str, metric: str, stats: Mapping[str, LabelStats],
                         capsize=3, color=f"C{k % 10}", label=label)
             ax.annotate(label, (cost[key].mean, s.mean), xytext=(4, 3), textcoords="offset points", fontsize=7)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # decades only: the minor labels overlap
         ax.set_xlabel(xlabel)
     axes[0].set_ylabel(f"test {metric} ×100 (mean ± std over seeds)")
     fig.suptitle(title, fontsize=10)

@@ -1,11 +1,12 @@
-"""``+experiment=dam``: DAM and its variants against soup, TA, TIES and Evo-Merging, quality vs cost.
+"""``+experiment=dam_lora``: DAM and its variants against soup, TA, TIES and Evo-Merging, quality vs cost.
 
 For every target (OOD pool: everything but the target's own adapter) and every seed, each method
 runs on the same validation set and is scored on the target's test split. Cost is measured two
 ways: wall time, and the number of examples pushed through a forward pass (a backward counted
 apart), so a gradient method and a black-box search can be put on one axis.
 
-    run_dam(cfg, out_dir)  ->  results dict; writes dam_results.json, dam_results.md and PNG plots
+    run_dam(cfg, out_dir)  ->  results dict; writes dam_results.json, dam_results.md, one run directory
+    per seed (seeds/) and the report command's REPORT.md with its figures (report/)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from evojax_merge.eval.evaluate import generate_for_population, score
 from evojax_merge.methods.base import MergeTask
 from evojax_merge.models.delta import fold_into_params
 from evojax_merge.runner.experiment import pick_targets
+from evojax_merge.runner.seed_runs import build_seed_report, report_cell, write_seed_runs
 from evojax_merge.search.fitness import MergeEvaluator, ValidationConfig
 
 log = logging.getLogger(__name__)
@@ -124,7 +126,7 @@ def run_dam_cells(world, spec, validation: ValidationConfig, methods: dict, seed
                              "forward_examples": int(forward), "backward_examples": int(backward),
                              "val_ce": None if val_ce is None else float(val_ce),
                              "details": {k: v for k, v in o.details.items() if k in ("history", "coefficients",
-                                                                                     "steps", "params")}})
+                                                                                     "steps", "params", "sources")}})
                 log.info("dam experiment: %s %s seed %d: val %.4f, %.1fs", target, name, seed,
                          meta[-1]["val_ce"] or float("nan"), wall)
             texts = _test_texts(world, test_records, outcomes, spec)
@@ -165,63 +167,8 @@ def results_markdown(rows: list[dict], summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_plots(rows: list[dict], summary: dict, out_dir: Path) -> list[Path]:
-    """Quality vs wall time and vs forward examples; DAM loss curves; a coefficient heatmap per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, s in summary.items():
-        for ax, key in zip(axes, ("wall_s", "forward_examples"), strict=True):
-            ax.errorbar(s[key]["mean"], s["val_ce"]["mean"], xerr=s[key]["std"], fmt="o", label=name, capsize=3)
-    for ax, label in zip(axes, ("wall time (s)", "examples forwarded"), strict=True):
-        ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel("validation CE (lower is better)")
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out_dir / "dam_quality_vs_cost.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-
-    dam_rows = [r for r in rows if r["details"].get("history")]
-    if dam_rows:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for r in dam_rows:
-            h = r["details"]["history"]
-            ax.plot([x["step"] for x in h], [x["loss"] for x in h], lw=1,
-                    label=f"{r['method']} {r['target']} s{r['seed']}")
-        ax.set_xlabel("step")
-        ax.set_ylabel("training loss")
-        ax.legend(fontsize=6)
-        fig.tight_layout()
-        paths.append(out_dir / "dam_loss_curves.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
-        r = dam_rows[0]
-        coeffs = r["details"]["coefficients"]
-        keys = list(coeffs)
-        grid = np.asarray([coeffs[k] for k in keys])  # [modules, sources]
-        fig, ax = plt.subplots(figsize=(max(4, 0.5 * grid.shape[1] + 2), max(3, 0.22 * len(keys) + 1)))
-        im = ax.imshow(grid, aspect="auto", cmap="viridis")
-        ax.set_yticks(range(len(keys)), [k.replace("layers.", "L").replace("self_attn.", "").replace("mlp.", "")
-                                          for k in keys], fontsize=6)
-        ax.set_xticks(range(grid.shape[1]))
-        ax.set_xlabel("source")
-        ax.set_title(f"mean DAM coefficient per module: {r['method']} {r['target']} seed {r['seed']}", fontsize=8)
-        fig.colorbar(im)
-        fig.tight_layout()
-        paths.append(out_dir / "dam_coefficients.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
-    return paths
-
-
 def run_dam(cfg, out_dir: str | Path) -> dict:
-    """The whole experiment from a composed Hydra config (``+experiment=dam``)."""
+    """The whole experiment from a composed Hydra config (``+experiment=dam_lora``)."""
     from omegaconf import OmegaConf
 
     from evojax_merge.train import experiment_spec, load_world, methods_from_config, validate
@@ -230,7 +177,7 @@ def run_dam(cfg, out_dir: str | Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     validate(cfg)
     if "dam" not in cfg:
-        raise EvoMergeInputError("dam: the config needs the dam block (+experiment=dam)")
+        raise EvoMergeInputError("dam: the config needs the dam block (+experiment=dam_lora)")
     spec, built = experiment_spec(cfg), methods_from_config(cfg)
     if spec.setting != "ood":
         raise EvoMergeInputError(f"experiment.setting: the dam experiment runs the ood setting, not {spec.setting!r}")
@@ -253,13 +200,25 @@ def run_dam(cfg, out_dir: str | Path) -> dict:
                "config": OmegaConf.to_container(cfg, resolve=True)}
     (out_dir / "dam_results.json").write_text(json.dumps(results, indent=1, default=float))
     (out_dir / "dam_results.md").write_text(results_markdown(rows, summary))
-    results["plots"] = [str(p) for p in write_plots(rows, summary, out_dir)]
-    print(results_markdown(rows, summary))
+    dirs = write_seed_runs(out_dir / "seeds", results["config"], "F1", seed_cells(rows))
+    results["report"] = str(build_seed_report(dirs, out_dir / "report"))
+    print(f"{results_markdown(rows, summary)}\n\nreport: {results['report']}")
     return results
 
 
+def seed_cells(rows: list[dict]) -> dict[int, dict[str, dict[str, dict]]]:
+    """``{seed: {method: {target: report cell}}}`` from the experiment's rows (the report's input)."""
+    cells: dict[int, dict[str, dict[str, dict]]] = {}
+    for r in rows:
+        details = {**r["details"], **{k: r[k] for k in ("forward_examples", "backward_examples")}}
+        cell = report_cell(r["f1"], details, r["val_ce"], r["wall_s"])
+        cell.update(precision=r.get("precision", r["f1"]), recall=r.get("recall", r["f1"]))
+        cells.setdefault(r["seed"], {}).setdefault(r["method"], {})[r["target"]] = cell
+    return cells
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m evojax_merge.runner.dam OUT_DIR [hydra overrides]`` (defaults: +experiment=dam)."""
+    """``python -m evojax_merge.runner.dam OUT_DIR [hydra overrides]`` (defaults: +experiment=dam_lora)."""
     import sys
 
     from hydra import compose, initialize_config_dir
@@ -269,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("usage: python -m evojax_merge.runner.dam OUT_DIR [overrides...]")
     conf = str(Path(__file__).resolve().parents[2] / "conf")
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
-        cfg = compose("config", overrides=["+experiment=dam", *argv[1:]])
+        cfg = compose("config", overrides=["+experiment=dam_lora", *argv[1:]])
     try:
         run_dam(cfg, argv[0])
     except EvoMergeInputError as e:

@@ -43,6 +43,8 @@ class SourcesCell:
     base: Params
     batch: dict
     labels: tuple[str, ...]  # short names of the sources ("lang", "skill")
+    source_data: tuple[dict | None, ...] = ()  # each source's own-task records, encoded (DAM's KL term)
+    val_data: dict | None = None  # the target's validation records, encoded as numpy (DAM w/o KL)
 
 
 def _no_evaluator(prune: str):
@@ -69,8 +71,14 @@ def make_cell(world: SakanaWorld, sources: tuple[str, ...] = ("lang", "skill"), 
         raise EvoMergeInputError(f"experiment.sources: unknown source {unknown[0]!r} (have {', '.join(dirs)})")
     stack = load_sources([dirs[s] for s in sources])
     base = {k: jnp.asarray(v) for k, v in _read_safetensors(world.base_dir).items()}
-    val = world.records(world.target)["validation"][:val_examples]
-    return SourcesCell(stack, base, validation_batch(encode(val, world.tokenizer, world.max_len)), tuple(sources))
+    tok, length = world.tokenizer, world.max_len
+    val = encode(world.records(world.target)["validation"][:val_examples], tok, length)
+    own = []
+    for s in sources:  # a source's own data: its task's training records (validation if it has none)
+        splits = world.records(world.own_task[s]) if s in world.own_task else {}
+        recs = splits.get("train") or splits.get("validation")
+        own.append(encode(recs, tok, length) if recs else None)
+    return SourcesCell(stack, base, validation_batch(val), tuple(sources), tuple(own), val)
 
 
 def _score(model, world: SakanaWorld, task: str, tokenizer, test_examples: int | None) -> float:
@@ -107,6 +115,9 @@ def run_sources_experiment(world: SakanaWorld, methods: dict[str, MergeMethod], 
             cellres["own_task_accuracy"] = _score(model, world, world.own_task[name], tok, test_examples)
         results[label] = {"per_task": {target: cellres}}
         log.info("%-16s target acc %.3f", label, acc)
+    sources_only = {k: v for k, v in results.items() if k.startswith("source:")}
+    best = min(sources_only, key=lambda k: sources_only[k]["per_task"][target]["val_ce"])
+    results["best_single"] = {"per_task": {target: {**results[best]["per_task"][target], "source": best}}}
     for label, method in methods.items():
         accs, details = [], []
         for seed in seeds:
@@ -130,7 +141,8 @@ def run_sources_experiment(world: SakanaWorld, methods: dict[str, MergeMethod], 
         cells = list(res["per_task"].values())
         for key in ("precision", "recall", "f1"):
             res[key] = float(np.mean([c[key] for c in cells]))
-    return {"methods": results, "target": target, "sources": [str(d) for d in cell.stack.names]}
+    return {"methods": results, "target": target, "sources": [str(d) for d in cell.stack.names],
+            "seeds": [int(s) for s in seeds]}
 
 
 def results_markdown(results: dict) -> str:
@@ -144,51 +156,34 @@ def results_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_dfs_path(path: list[dict], num_slots: int, num_layers: int, sources: list[str], title: str,
-                  out: Path) -> Path:
-    """A slot x source map of a found DFS path: the layer index in the cell, colour = scale."""
-    import matplotlib
+def seed_cells(results: dict) -> dict[int, dict[str, dict[str, dict]]]:
+    """``{seed: {label: {target: report cell}}}`` from the experiment's results (the report's input)."""
+    from evojax_merge.runner.seed_runs import report_cell
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    grid = np.full((len(sources), num_slots), np.nan)
-    fig, ax = plt.subplots(figsize=(max(6, num_slots * 0.35), 1.2 + 0.6 * len(sources)))
-    for step in path:
-        grid[step["source_index"], step["slot"]] = step["scale"]
-    im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
-    for k, step in enumerate(path):
-        ax.text(step["slot"], step["source_index"], f"{step['layer']}\n#{k}", ha="center", va="center", fontsize=6,
-                color="white")
-    ax.set_yticks(range(len(sources)), [Path(s).name for s in sources])
-    ax.set_xlabel(f"slot (M = {len(sources) * num_layers} layers x {num_slots // (len(sources) * num_layers)} "
-                  "repeats); cell text: layer, step")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, label="input scale W[prev, j]")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    target, out = results["target"], {}
+    for label, res in results["methods"].items():
+        c = res["per_task"][target]
+        runs = c.get("seeds") or [{"seed": s, "accuracy": a, "val_ce": c.get("val_ce")}
+                                  for s, a in zip(results["seeds"], c["accuracy_per_seed"], strict=True)]
+        for d in runs:
+            details = {k: v for k, v in d.items() if k not in ("seed", "accuracy", "val_ce", "search_s")}
+            out.setdefault(int(d["seed"]), {})[label] = {
+                target: report_cell(d["accuracy"], details, d.get("val_ce"), d.get("search_s"))}
     return out
 
 
-def write_outputs(results: dict, out_dir: Path) -> None:
+def write_outputs(results: dict, out_dir: Path, config: dict | None = None) -> Path:
+    """results.json and results.md, then one run directory per seed (``seeds/``) and the report
+    command's REPORT.md with its figures (``report/``); returns REPORT.md."""
     from evojax_merge.fileio import write_text_atomic
+    from evojax_merge.runner.seed_runs import build_seed_report, write_seed_runs
 
     out_dir = Path(out_dir)
     write_text_atomic(out_dir / "results.json", json.dumps(results, indent=2, default=float))
     write_text_atomic(out_dir / "results.md", results_markdown(results) + "\n")
-    target = results["target"]
-    for label, res in results["methods"].items():
-        for d in res["per_task"][target].get("seeds", []):
-            if "path" in d:
-                plot_dfs_path(d["path"], d["num_slots"], _num_layers(results), d["sources"],
-                              f"{label}, seed {d['seed']}: {len(d['path'])} layers, accuracy {d['accuracy']:.3f}",
-                              out_dir / "plots" / f"dfs_path_{label}_seed{d['seed']}.png")
-
-
-def _num_layers(results: dict) -> int:
-    return int(results.get("num_layers", 0)) or 1
+    config = config or {"experiment": {"name": "sakana", "setting": results["target"]}}
+    dirs = write_seed_runs(out_dir / "seeds", config, "accuracy", seed_cells(results))
+    return build_seed_report(dirs, out_dir / "report")
 
 
 def run_sakana(cfg, out_dir: Path) -> dict:
@@ -210,6 +205,13 @@ def run_sakana(cfg, out_dir: Path) -> dict:
     world = build_sakana_world(world_cfg, cache, progress=bool(e.get("progress", False)))
     world_s = time.perf_counter() - t0
     methods = build_methods(e.get("methods") or {})  # one-line errors naming the method and the key
+    rows = e.get("rows")  # the table's method rows, in order (default: every configured method)
+    if rows is not None:
+        unknown = [r for r in rows if r not in methods]
+        if unknown:
+            raise EvoMergeInputError(f"experiment.rows: unknown method {unknown[0]!r} "
+                                     f"(configured: {', '.join(methods)})")
+        methods = {r: methods[r] for r in rows}
     t0 = time.perf_counter()
     results = run_sources_experiment(world, methods, tuple(e.get("seeds", (0, 1, 2))), e.get("test_examples"),
                                      e.get("val_examples"), tuple(e.get("sources", ("lang", "skill"))),
@@ -218,6 +220,7 @@ def run_sakana(cfg, out_dir: Path) -> dict:
     results["timings"] = {"world_s": world_s, "experiment_s": time.perf_counter() - t0}
     results["world"] = {"root": str(world.root), **world.manifest}
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_outputs(results, out_dir)
-    print(f"\nsakana ({results['target']}), test accuracy x100:\n{results_markdown(results)}\n\nwritten to {out_dir}")
+    report = write_outputs(results, out_dir, OmegaConf.to_container(cfg, resolve=True))
+    print(f"\n{e.get('name', 'sakana')} ({results['target']}), test accuracy x100:\n{results_markdown(results)}\n\n"
+          f"written to {out_dir}; report: {report}")
     return results
