@@ -4,6 +4,8 @@
     python -m evojax_merge.bench --adapters 20 --no-scaling --json bench.json
     python -m evojax_merge.bench --plan llama-3.1-8b     # compile-time plan (evojax_merge.plan), no weights
     python -m evojax_merge.bench --plan bench-tiny --check-host   # the plan against a measured run here
+    python -m evojax_merge.bench --sakana [...]          # PS / DFS: one population call vs a loop
+    python -m evojax_merge.bench --dam [...]             # the DAM step against a PyTorch reference
 
 On identical shapes, in one run, it times:
   (a) the batched population call (merge + forward + loss for all P candidates in one jit call);
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from collections.abc import Callable
 
@@ -203,6 +206,15 @@ def run_plan(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--sakana"]:  # the other benchmarks, under one command
+        from evojax_merge.bench_sakana import main as sakana
+
+        return sakana(argv[1:])
+    if argv[:1] == ["--dam"]:
+        from evojax_merge.bench_dam import main as dam
+
+        return dam(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--plan", metavar="MODEL", help="compile-time plan for a named model "
                     "(llama-3.1-8b, llama-3.2-1b, bench-tiny) or a config.json path: memory, FLOPs, "

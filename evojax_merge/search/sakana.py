@@ -25,6 +25,7 @@ from evojax_merge.models.functional import logits_of
 from evojax_merge.models.loss import answer_loss
 from evojax_merge.models.sources import SourceStack
 from evojax_merge.search.cmaes import StageResult, StageSpec, TracedFitness, init_stage, run_stage
+from evojax_merge.search.fitness import resolve_population_chunk
 from evojax_merge.search.genome import GenomeLayout
 
 BATCH_KEYS = ("input_ids", "attention_mask", "answer_pos", "answer_tgt", "answer_mask")
@@ -43,12 +44,22 @@ def _ce(logits_fn, batch) -> jax.Array:
     return answer_loss(logits, batch["answer_tgt"], batch["answer_mask"])
 
 
+def over_population(one, population: jax.Array, chunk: int | None) -> jax.Array:
+    """``one`` on every candidate in one call: vmapped whole, or ``chunk`` at a time (``lax.map``), as
+    ``population_chunk`` does for the LoRA fitness: on a CPU a whole population's activations overflow
+    the caches, and one candidate at a time is faster."""
+    if chunk is None or chunk >= population.shape[0]:
+        return jax.vmap(one)(population)
+    return jax.lax.map(one, population, batch_size=chunk)
+
+
 @dataclasses.dataclass(frozen=True)
 class PSFitness:
     """``args = {"base", "tv", "key", "batch"}``; one candidate = one merged model."""
 
     layout: PSLayout
     config: ModelConfig
+    chunk: int | None = None  # candidates per vmap inside the call (resolve_population_chunk)
 
     def params(self, args, genome: jax.Array) -> Params:
         return ps_merge_genome(self.layout, args["base"], args["tv"], genome, jax.random.wrap_key_data(args["key"]))
@@ -58,7 +69,7 @@ class PSFitness:
             p = self.params(args, g)
             return _ce(lambda i, m, a: logits_of(self.config, p, i, m, a), args["batch"])
 
-        return jax.vmap(one)(population)
+        return over_population(one, population, self.chunk)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,13 +78,14 @@ class DFSFitness:
 
     layout: DFSLayout
     config: ModelConfig
+    chunk: int | None = None  # candidates per vmap inside the call (resolve_population_chunk)
 
     def __call__(self, args, population, generation):
         def one(g):
             return _ce(lambda i, m, a: dfs_logits(self.layout, self.config, args["top"], args["layers"], g, i, m, a),
                        args["batch"])
 
-        return jax.vmap(one)(population)
+        return over_population(one, population, self.chunk)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +131,7 @@ def ps_search(stack: SourceStack, base: Params, batch: dict, cfg: PSConfig = PSC
     x0 = layout.check(np.full(layout.length, cfg.x0), "method.x0")
     args = {"base": {k: jnp.asarray(v) for k, v in base.items()}, "tv": task_vectors_of(stack, base),
             "key": jax.random.key_data(jax.random.key(seed)), "batch": batch}
-    fitness = PSFitness(layout, stack.config)
+    fitness = PSFitness(layout, stack.config, resolve_population_chunk("auto"))
     spec = StageSpec("sakana_ps", GenomeLayout("ps", layout.length, *cfg.bounds), tuple(map(float, x0)),
                      cfg.sigma0, cfg.population_size, cfg.generations)
     result = _run(spec, TracedFitness(fitness, args), seed, progress)
@@ -134,5 +146,6 @@ def dfs_search(stack: SourceStack, batch: dict, cfg: DFSConfig = DFSConfig(), se
     args = {"top": top_level(stack, cfg.embed_source), "layers": layer_row(stack), "batch": batch}
     spec = StageSpec("sakana_dfs", GenomeLayout("dfs", layout.length, *cfg.bounds), tuple(map(float, x0)),
                      cfg.sigma0, cfg.population_size, cfg.generations)
-    result = _run(spec, TracedFitness(DFSFitness(layout, stack.config), args), seed, progress)
+    fitness = DFSFitness(layout, stack.config, resolve_population_chunk("auto"))
+    result = _run(spec, TracedFitness(fitness, args), seed, progress)
     return result.best_genome, result, layout, args
