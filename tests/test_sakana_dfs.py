@@ -97,3 +97,22 @@ def test_cap_truncates_the_path_and_check_rejects_bad_genomes():
         DFSLayout(2, 3, repeats=2).check(bad)
     with pytest.raises(EvoMergeInputError, match="length 3"):
         layout.check(np.ones(3))
+
+
+@pytest.mark.slow
+def test_fitness_chunked_equals_whole_population_vmap(two):
+    """The search's population_chunk (lax.map, 2 candidates at a time, 5 candidates: a ragged last
+    chunk) gives the whole-population vmap's losses."""
+    from evojax_merge.search.sakana import DFSFitness
+
+    _, stack, layers = two
+    layout = DFSLayout(2, 3, repeats=2, max_path=5)
+    pop = jnp.asarray(np.random.default_rng(4).normal(size=(5, layout.length)).astype(np.float32))
+    at = jnp.asarray([[5], [3]], jnp.int32)
+    batch = {"input_ids": IDS, "attention_mask": MASK, "answer_pos": at,
+             "answer_tgt": jnp.asarray([[7], [9]], jnp.int32), "answer_mask": jnp.ones((2, 1), bool)}
+    args = {"top": top_level(stack, 0), "layers": layers, "batch": batch}
+    whole = jax.jit(DFSFitness(layout, CFG))(args, pop, jnp.int32(0))
+    chunked = jax.jit(DFSFitness(layout, CFG, chunk=2))(args, pop, jnp.int32(0))
+    assert whole.shape == chunked.shape == (5,) and np.all(np.isfinite(np.asarray(whole)))
+    np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), rtol=1e-6, atol=1e-6)
