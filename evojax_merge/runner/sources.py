@@ -200,10 +200,6 @@ def run_sakana(cfg, out_dir: Path) -> dict:
         world_cfg = SakanaWorldConfig(model=model, **wcfg)
     except TypeError as err:
         raise EvoMergeInputError(f"experiment.world: {err}") from None
-    t0 = time.perf_counter()
-    cache = e.get("cache_dir") or cfg.get("cache_dir")
-    world = build_sakana_world(world_cfg, cache, progress=bool(e.get("progress", False)))
-    world_s = time.perf_counter() - t0
     methods = build_methods(e.get("methods") or {})  # one-line errors naming the method and the key
     rows = e.get("rows")  # the table's method rows, in order (default: every configured method)
     if rows is not None:
@@ -212,6 +208,10 @@ def run_sakana(cfg, out_dir: Path) -> dict:
             raise EvoMergeInputError(f"experiment.rows: unknown method {unknown[0]!r} "
                                      f"(configured: {', '.join(methods)})")
         methods = {r: methods[r] for r in rows}
+    t0 = time.perf_counter()
+    cache = e.get("cache_dir") or cfg.get("cache_dir")
+    world = build_sakana_world(world_cfg, cache, progress=bool(e.get("progress", False)))
+    world_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     results = run_sources_experiment(world, methods, tuple(e.get("seeds", (0, 1, 2))), e.get("test_examples"),
                                      e.get("val_examples"), tuple(e.get("sources", ("lang", "skill"))),
