@@ -110,3 +110,35 @@ def test_dam_and_soup_run_on_full_fine_tunes(cell):
         np.testing.assert_allclose(np.asarray(soup.model.params[k]), np.asarray(cell.stack.params[k]).mean(0),
                                    rtol=0, atol=1e-6)
     assert soup.details["grid"][0][:2] == [0.5, 1.0] and soup.details["forward_examples"] == 4
+
+
+def test_exact_match_error_by_hand():
+    """Three examples, answers of 2, 1 and 2 tokens (the third padded): example 0 right on both
+    tokens, example 1 right, example 2 wrong on its second token -> accuracy 2/3, error 1/3. A wrong
+    argmax on a padded position does not count."""
+    from evojax_merge.search.sakana import exact_match_error
+
+    logits = np.full((3, 2, 5), -1.0, np.float32)
+    for b, toks in enumerate(([1, 2], [3, 0], [4, 4])):  # the argmax token per position
+        for k, t in enumerate(toks):
+            logits[b, k, t] = 1.0
+    targets = np.asarray([[1, 2], [3, 4], [4, 1]])
+    mask = np.asarray([[True, True], [True, False], [True, True]])
+    err = float(exact_match_error(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(mask)))
+    assert err == pytest.approx(1 / 3)
+    assert float(exact_match_error(jnp.asarray(logits), jnp.asarray(targets), jnp.zeros_like(mask))) == 0.0
+
+
+def test_accuracy_fitness_searches_and_reports_the_ce(cell):
+    """fitness: accuracy minimises 1 - exact match; the outcome's val_ce is still the CE of the found model."""
+    from evojax_merge.models.functional import ParamsModel
+    from evojax_merge.search.sakana import _ce
+
+    out = SakanaPS(population_size=4, generations=2, fitness="accuracy").run(_task(cell))
+    assert 0.0 <= out.val_fitness <= 1.0 and out.val_fitness * 4 == pytest.approx(round(out.val_fitness * 4))
+    assert isinstance(out.model, ParamsModel)
+    assert out.val_ce == pytest.approx(float(_ce(out.model.logits, cell.batch)), rel=1e-5)
+    dfs = SakanaDFS(population_size=4, generations=1, repeats=1, fitness="accuracy").run(_task(cell))
+    assert 0.0 <= dfs.val_fitness <= 1.0 and np.isfinite(dfs.val_ce)
+    with pytest.raises(EvoMergeInputError, match="method.fitness: 'f1' is not one of ce, accuracy"):
+        SakanaPS(fitness="f1")

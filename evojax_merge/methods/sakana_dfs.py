@@ -9,9 +9,9 @@ from __future__ import annotations
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.merge.sakana_dfs import dfs_model
 from evojax_merge.methods.base import MergeMethod, MergeTask, Outcome
-from evojax_merge.methods.sakana_ps import searched_examples, sources_cell
+from evojax_merge.methods.sakana_ps import searched_examples, sources_cell, validation_ce
 from evojax_merge.models.sources import SourceStack
-from evojax_merge.search.sakana import DFSConfig, dfs_search
+from evojax_merge.search.sakana import DFSConfig, check_objective, dfs_search
 
 
 def run_dfs(stack: SourceStack, batch: dict, cfg: DFSConfig, seed: int, progress: bool, name: str = "sakana_dfs"
@@ -21,7 +21,8 @@ def run_dfs(stack: SourceStack, batch: dict, cfg: DFSConfig, seed: int, progress
             raise EvoMergeInputError(f"method.{key}: {value} is not a source index (0..{stack.num_sources - 1})")
     genome, result, layout, _ = dfs_search(stack, batch, cfg, seed, progress)
     model = dfs_model(layout, stack, cfg.embed_source, genome)
-    return Outcome(method=name, model=model, val_ce=result.best_fitness, val_fitness=result.best_fitness,
+    return Outcome(method=name, model=model, val_ce=validation_ce(model.logits, batch, cfg, result),
+                   val_fitness=result.best_fitness,
                    search=result, details={"path": list(model.path), "num_slots": layout.num_slots,
                                            "sources": list(stack.names), "genome": genome.tolist(),
                                            "history": result.history_rows(),
@@ -35,17 +36,19 @@ class SakanaDFS(MergeMethod):
     searches = True
 
     def __init__(self, population_size: int = 128, generations: int = 100, repeats: int = 3,
-                 max_path: int | None = None, start_source: int = 0, embed_source: int = 0, sigma0: float = 0.5):
+                 max_path: int | None = None, start_source: int = 0, embed_source: int = 0, sigma0: float = 0.5,
+                 fitness: str = "ce"):
         if population_size < 2 or generations < 1 or repeats < 1:
             raise EvoMergeInputError("method: population_size >= 2, generations >= 1 and repeats >= 1 required")
         if max_path is not None and max_path < 1:
             raise EvoMergeInputError(f"method.max_path: {max_path} (a positive number of layers or null)")
         self.population_size, self.generations, self.repeats = population_size, generations, repeats
         self.max_path, self.start_source, self.embed_source, self.sigma0 = max_path, start_source, embed_source, sigma0
+        self.fitness = check_objective(fitness)
 
     def config(self) -> DFSConfig:
         return DFSConfig(self.population_size, self.generations, self.repeats, self.max_path, self.start_source,
-                         self.embed_source, self.sigma0)
+                         self.embed_source, self.sigma0, fitness=self.fitness)
 
     def run(self, task: MergeTask) -> Outcome:
         cell = sources_cell(task)

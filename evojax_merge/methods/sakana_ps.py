@@ -7,11 +7,13 @@ their base and the target's validation batch); the outcome carries the merged mo
 
 from __future__ import annotations
 
+import jax
+
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.merge.sakana_ps import PSLayout
 from evojax_merge.methods.base import MergeMethod, MergeTask, Outcome
 from evojax_merge.models.functional import ParamsModel
-from evojax_merge.search.sakana import PSConfig, ps_search
+from evojax_merge.search.sakana import PSConfig, _ce, check_objective, ps_search
 
 
 def sources_cell(task: MergeTask):
@@ -27,11 +29,19 @@ def run_ps(cell, cfg: PSConfig, seed: int, progress: bool) -> Outcome:
     genome, result, fitness, args = ps_search(cell.stack, cell.base, cell.batch, cfg, seed, progress)
     params = fitness.params(args, genome)
     density, weight = PSLayout(cell.stack.num_sources, cell.stack.config.num_hidden_layers).decode(genome)
-    return Outcome(method="sakana_ps", model=ParamsModel(cell.stack.config, params), val_ce=result.best_fitness,
+    model = ParamsModel(cell.stack.config, params)
+    return Outcome(method="sakana_ps", model=model, val_ce=validation_ce(model.logits, cell.batch, cfg, result),
                    val_fitness=result.best_fitness, search=result,
                    details={"genome": genome.tolist(), "density": density.tolist(), "weight": weight.tolist(),
                             "history": result.history_rows(),
                             "forward_examples": searched_examples(cfg.population_size, result, cell.batch)})
+
+
+def validation_ce(logits_fn, batch: dict, cfg, result) -> float:
+    """The found model's validation CE: the best fitness itself when the search minimised the CE."""
+    if cfg.fitness == "ce":
+        return float(result.best_fitness)
+    return float(jax.jit(lambda b: _ce(logits_fn, b))(batch))
 
 
 def searched_examples(population_size: int, result, batch: dict) -> int:
@@ -44,13 +54,15 @@ class SakanaPS(MergeMethod):
 
     searches = True
 
-    def __init__(self, population_size: int = 16, generations: int = 60, x0: float = 0.5, sigma0: float = 1 / 6):
+    def __init__(self, population_size: int = 16, generations: int = 60, x0: float = 0.5, sigma0: float = 1 / 6,
+                 fitness: str = "ce"):
         if population_size < 2 or generations < 1:
             raise EvoMergeInputError("method.population_size must be >= 2 and method.generations >= 1")
         self.population_size, self.generations, self.x0, self.sigma0 = population_size, generations, x0, sigma0
+        self.fitness = check_objective(fitness)
 
     def config(self) -> PSConfig:
-        return PSConfig(self.population_size, self.generations, self.x0, self.sigma0)
+        return PSConfig(self.population_size, self.generations, self.x0, self.sigma0, fitness=self.fitness)
 
     def run(self, task: MergeTask) -> Outcome:
         return run_ps(sources_cell(task), self.config(), task.seed, task.progress)

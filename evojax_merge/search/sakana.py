@@ -2,10 +2,13 @@
 
 Both fitnesses are :class:`~evojax_merge.search.cmaes.TracedFitness`: a frozen, hashable static
 part and a pytree of arrays, so one generation (ask, clip, merge/route the whole population in one
-``vmap``, answer-only CE on the validation batch, tell) is one jitted step.
+``vmap``, the objective on the validation batch, tell) is one jitted step.
 
-    PS   fitness(x) = CE(θ_base + DARE-TIES(τ; d(x), w(x)))          x0 = 0.5, σ0 = 1/6, x ∈ [0, 1]
-    DFS  fitness(x) = CE(path(I(x), W(x)))                            x0 = a source's own path, W = 1
+    PS   fitness(x) = L(θ_base + DARE-TIES(τ; d(x), w(x)))           x0 = 0.5, σ0 = 1/6, x ∈ [0, 1]
+    DFS  fitness(x) = L(path(I(x), W(x)))                             x0 = a source's own path, W = 1
+
+L is the answer-only CE (``fitness: ce``, smooth and fast) or 1 - the exact-match accuracy of the
+greedy answer (``fitness: accuracy``, the paper's task metric), both from one forward.
 """
 
 from __future__ import annotations
@@ -44,6 +47,34 @@ def _ce(logits_fn, batch) -> jax.Array:
     return answer_loss(logits, batch["answer_tgt"], batch["answer_mask"])
 
 
+OBJECTIVES = ("ce", "accuracy")
+
+
+def exact_match_error(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+    """``1 - accuracy``: the fraction of examples whose greedy answer is not exactly the gold one.
+
+    With the logits at the answer positions of the gold sequence (teacher forcing), greedy decoding
+    reproduces the gold answer and its ``</s>`` exactly when every gold token is the argmax given the
+    gold prefix, so one forward gives the exact-match accuracy of generated answers (in tokens).
+    """
+    hit = (jnp.argmax(logits, axis=-1) == targets) | ~mask
+    return 1.0 - jnp.mean(jnp.all(hit, axis=-1).astype(jnp.float32))
+
+
+def objective_value(objective: str, logits_fn, batch) -> jax.Array:
+    """``ce``: the answer-only CE; ``accuracy``: 1 - exact match (the paper's task metric as fitness)."""
+    logits = logits_fn(batch["input_ids"], batch["attention_mask"], batch["answer_pos"])
+    if objective == "accuracy":
+        return exact_match_error(logits, batch["answer_tgt"], batch["answer_mask"])
+    return answer_loss(logits, batch["answer_tgt"], batch["answer_mask"])
+
+
+def check_objective(objective: str) -> str:
+    if objective not in OBJECTIVES:
+        raise EvoMergeInputError(f"method.fitness: {objective!r} is not one of {', '.join(OBJECTIVES)}")
+    return objective
+
+
 def over_population(one, population: jax.Array, chunk: int | None) -> jax.Array:
     """``one`` on every candidate in one call: vmapped whole, or ``chunk`` at a time (``lax.map``), as
     ``population_chunk`` does for the LoRA fitness: on a CPU a whole population's activations overflow
@@ -60,6 +91,7 @@ class PSFitness:
     layout: PSLayout
     config: ModelConfig
     chunk: int | None = None  # candidates per vmap inside the call (resolve_population_chunk)
+    objective: str = "ce"  # or "accuracy" (1 - exact match)
 
     def params(self, args, genome: jax.Array) -> Params:
         return ps_merge_genome(self.layout, args["base"], args["tv"], genome, jax.random.wrap_key_data(args["key"]))
@@ -67,7 +99,7 @@ class PSFitness:
     def __call__(self, args, population, generation):
         def one(g):
             p = self.params(args, g)
-            return _ce(lambda i, m, a: logits_of(self.config, p, i, m, a), args["batch"])
+            return objective_value(self.objective, lambda i, m, a: logits_of(self.config, p, i, m, a), args["batch"])
 
         return over_population(one, population, self.chunk)
 
@@ -79,11 +111,13 @@ class DFSFitness:
     layout: DFSLayout
     config: ModelConfig
     chunk: int | None = None  # candidates per vmap inside the call (resolve_population_chunk)
+    objective: str = "ce"  # or "accuracy" (1 - exact match)
 
     def __call__(self, args, population, generation):
         def one(g):
-            return _ce(lambda i, m, a: dfs_logits(self.layout, self.config, args["top"], args["layers"], g, i, m, a),
-                       args["batch"])
+            return objective_value(self.objective, lambda i, m, a: dfs_logits(self.layout, self.config, args["top"],
+                                                                             args["layers"], g, i, m, a),
+                                   args["batch"])
 
         return over_population(one, population, self.chunk)
 
@@ -97,6 +131,7 @@ class PSConfig:
     x0: float = 0.5
     sigma0: float = 1 / 6
     bounds: tuple[float, float] = (0.0, 1.0)
+    fitness: str = "ce"  # ce (fast, smooth) or accuracy (1 - exact match of the greedy answer, as the paper)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +146,7 @@ class DFSConfig:
     embed_source: int = 0  # whose embeddings, final norm and head the DFS model uses
     sigma0: float = 0.5
     bounds: tuple[float, float] = (-1.0, 2.0)
+    fitness: str = "ce"  # ce (fast, smooth) or accuracy (1 - exact match of the greedy answer, as the paper)
 
 
 @dataclasses.dataclass
@@ -131,7 +167,7 @@ def ps_search(stack: SourceStack, base: Params, batch: dict, cfg: PSConfig = PSC
     x0 = layout.check(np.full(layout.length, cfg.x0), "method.x0")
     args = {"base": {k: jnp.asarray(v) for k, v in base.items()}, "tv": task_vectors_of(stack, base),
             "key": jax.random.key_data(jax.random.key(seed)), "batch": batch}
-    fitness = PSFitness(layout, stack.config, resolve_population_chunk("auto"))
+    fitness = PSFitness(layout, stack.config, resolve_population_chunk("auto"), check_objective(cfg.fitness))
     spec = StageSpec("sakana_ps", GenomeLayout("ps", layout.length, *cfg.bounds), tuple(map(float, x0)),
                      cfg.sigma0, cfg.population_size, cfg.generations)
     result = _run(spec, TracedFitness(fitness, args), seed, progress)
@@ -146,6 +182,6 @@ def dfs_search(stack: SourceStack, batch: dict, cfg: DFSConfig = DFSConfig(), se
     args = {"top": top_level(stack, cfg.embed_source), "layers": layer_row(stack), "batch": batch}
     spec = StageSpec("sakana_dfs", GenomeLayout("dfs", layout.length, *cfg.bounds), tuple(map(float, x0)),
                      cfg.sigma0, cfg.population_size, cfg.generations)
-    fitness = DFSFitness(layout, stack.config, resolve_population_chunk("auto"))
+    fitness = DFSFitness(layout, stack.config, resolve_population_chunk("auto"), check_objective(cfg.fitness))
     result = _run(spec, TracedFitness(fitness, args), seed, progress)
     return result.best_genome, result, layout, args
