@@ -148,7 +148,7 @@ def run(cfg: DictConfig, out_dir: Path, guard=None) -> dict:
 
         return run_sakana(cfg, out_dir)
     validate(cfg)
-    if cfg.get("dam") is not None:  # +experiment=dam: its own driver (quality against cost, per seed)
+    if cfg.get("dam") is not None:  # +experiment=dam_lora: its own driver (quality against cost, per seed)
         from evojax_merge.runner.dam import run_dam
 
         return run_dam(cfg, out_dir)
