@@ -94,3 +94,27 @@ def test_logits_at_answer_positions_give_the_same_loss(tmp_path):
     assert at.shape == (3, 6, hf.config.vocab_size)
     ref = float(causal_lm_loss(full, jnp.asarray(labels)))
     assert abs(float(answer_loss(at, t["answer_tgt"], t["answer_mask"])) - ref) <= 1e-6
+
+
+@pytest.mark.parametrize("dim,theta,llama3", [(64, 100000.0, None), (64, 10000.0, None), (128, 500000.0, None),
+                                              (128, 1000000.0, None), (128, 500000.0, (8.0, 1.0, 4.0, 8192))])
+def test_rope_inv_freq_is_bitwise_transformers(dim, theta, llama3):
+    """The float32 power correctly rounded, as torch's vectorised pow nearly always gives it; numpy's float32
+    pow is an ulp off for several entries (5 of 32 at 64/1e5, SmolLM2's), and at position p that is p ulps of
+    angle. Torch's own pow is an ulp off the correct rounding in rare entries (1 of 64 at 128/1e6)."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from evojax_merge.models.config import ModelConfig
+
+    rope = {"rope_type": "default", "rope_theta": theta}
+    if llama3 is not None:
+        f, lo, hi, old = llama3
+        rope = {"rope_type": "llama3", "rope_theta": theta, "factor": f, "low_freq_factor": lo,
+                "high_freq_factor": hi, "original_max_position_embeddings": old}
+    hf = LlamaConfig(hidden_size=dim * 4, num_attention_heads=4, head_dim=dim, rope_parameters=rope)
+    ref = LlamaRotaryEmbedding(hf).inv_freq.numpy()
+    ours = ModelConfig(head_dim=dim, rope_theta=theta, rope_llama3=llama3).inv_freq()
+    assert ours.dtype == np.float32
+    np.testing.assert_array_max_ulp(ours, ref, maxulp=1)
+    assert (ours != ref).sum() <= 1

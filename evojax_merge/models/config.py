@@ -58,8 +58,13 @@ class ModelConfig:
     def inv_freq(self) -> np.ndarray:
         """RoPE inverse frequencies, with Llama-3 scaling when configured (as transformers)."""
         dim = self.head_dim
-        inv = 1.0 / (self.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
-        inv = inv.astype(np.float32)
+        # As transformers' float32 ``1 / base ** (arange(0, dim, 2).float() / dim)``: the power
+        # correctly rounded to float32 (torch's vectorised pow nearly always is; numpy's float32 pow
+        # is an ulp off for several entries, which at position p moves the angle by p ulps), then
+        # a float32 reciprocal.
+        exponent = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+        power = (self.rope_theta ** exponent.astype(np.float64)).astype(np.float32)
+        inv = (np.float32(1.0) / power).astype(np.float32)
         if self.rope_llama3 is None:
             return inv
         factor, low, high, old_len = self.rope_llama3
