@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from evojax_merge.lora.adapter import LoraAdapter, module_path
@@ -74,6 +75,18 @@ def rope_tables(cfg: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.
     return jnp.cos(emb), jnp.sin(emb)
 
 
+def rope_tables_static(cfg: ModelConfig, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin of shape ``[1, T, head_dim]`` for the positions ``0 .. T-1`` of every row.
+
+    The same float32 numbers as :func:`rope_tables` up to the last bit of ``cos``/``sin``, but host
+    constants: inside ``jit`` the traced tables are fused into every rope of every layer and the
+    transcendentals are recomputed there per head, which costs more than the attention's softmax.
+    """
+    freqs = np.arange(t, dtype=np.float32)[:, None] * cfg.inv_freq()  # float32, as rope_tables
+    emb = np.concatenate([freqs, freqs], axis=-1)[None]
+    return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
+
+
 def _rotate_half(x: jax.Array) -> jax.Array:
     half = x.shape[-1] // 2
     return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
@@ -108,12 +121,19 @@ class Attention(nnx.Module):
             k = write(cache.k, k.astype(cache.k.dtype), write_pos).astype(x.dtype)
             v = write(cache.v, v.astype(cache.v.dtype), write_pos).astype(x.dtype)
             cache = KVCache(k, v)
-        groups = self.num_heads // self.num_kv_heads
-        qg = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
-        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k) * (self.head_dim**-0.5)
-        scores = jnp.where(mask[:, None, None, :, :], scores.astype(jnp.float32), _NEG_INF)
-        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, -1)
+        # Heads-major grouped-query attention: q as [B, kv, T·groups, hd] (query rows ordered t-major,
+        # group-minor), k and v as [B, kv, S, hd], so both contractions are plain batched GEMMs over
+        # (B, kv) and the scores need no transpose between them and the masked softmax.
+        nkv, groups, hd = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
+        s = k.shape[1]
+        qh = q.reshape(b, t, nkv, groups, hd).transpose(0, 2, 1, 3, 4).reshape(b, nkv, t * groups, hd)
+        kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+        scores = jnp.einsum("bkqd,bksd->bkqs", qh, kh) * (hd**-0.5)
+        scores = scores.reshape(b, nkv, t, groups, s)
+        scores = jnp.where(mask[:, None, :, None, :], scores.astype(jnp.float32), _NEG_INF)
+        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype).reshape(b, nkv, t * groups, s)
+        out = jnp.einsum("bkqs,bksd->bkqd", probs, vh).reshape(b, nkv, t, groups, hd)
+        out = out.transpose(0, 2, 1, 3, 4).reshape(b, t, -1)
         return self.o_proj(out, lora), cache
 
 
@@ -188,6 +208,7 @@ class LlamaForCausalLM(nnx.Module):
         """
         cfg = self.config
         b, t = input_ids.shape
+        static_positions = positions is None
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t), (b, t))
         if cache is None:
@@ -200,7 +221,10 @@ class LlamaForCausalLM(nnx.Module):
         mask = (key_pos[:, None, :] <= positions[:, :, None]) & valid[:, None, :]
         if cfg.sliding_window is not None:
             mask &= key_pos[:, None, :] > positions[:, :, None] - cfg.sliding_window
-        cos, sin = rope_tables(cfg, positions)
+        if static_positions:
+            cos, sin = rope_tables_static(cfg, t)
+        else:
+            cos, sin = rope_tables(cfg, positions)
         x = self.model.embed_tokens(input_ids)
         new_cache = [] if cache is not None else None
         write_pos = positions[:, 0]
