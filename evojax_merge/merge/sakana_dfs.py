@@ -154,7 +154,7 @@ def path_logits(cfg: ModelConfig, top: dict[str, jax.Array], layers: dict[str, j
     def slot(h, xs):
         j, is_on, s = xs
         layer = _layer(cfg, jax.tree.map(lambda a: a[j], layers))
-        out, _ = layer(s.astype(h.dtype) * h, cos, sin, attn_mask, None, None, positions[:, 0])
+        out, _ = layer(s.astype(h.dtype) * h, cos, sin, attn_mask, None, None, positions[:, 0], causal=True)
         return jnp.where(is_on, out, h), None
 
     h, _ = jax.lax.scan(slot, h, (layer_of_slot, on, scale))
