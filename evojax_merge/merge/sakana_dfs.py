@@ -33,7 +33,7 @@ from flax import nnx
 
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.models.config import ModelConfig
-from evojax_merge.models.llama import DecoderLayer, rope_tables
+from evojax_merge.models.llama import DecoderLayer, rope_tables_static
 from evojax_merge.models.sources import SourceStack
 
 LAYER_PREFIX = "model.layers."
@@ -147,14 +147,14 @@ def path_logits(cfg: ModelConfig, top: dict[str, jax.Array], layers: dict[str, j
     attn_mask = (positions[:, None, :] <= positions[:, :, None]) & valid[:, None, :]
     if cfg.sliding_window is not None:
         attn_mask &= positions[:, None, :] > positions[:, :, None] - cfg.sliding_window
-    cos, sin = rope_tables(cfg, positions)
+    cos, sin = rope_tables_static(cfg, t)  # as LlamaForCausalLM without explicit positions
     emb = top["model.embed_tokens.weight"]
     h = jnp.take(emb, ids, axis=0)
 
     def slot(h, xs):
         j, is_on, s = xs
         layer = _layer(cfg, jax.tree.map(lambda a: a[j], layers))
-        out, _ = layer(s.astype(h.dtype) * h, cos, sin, attn_mask, None, None, positions[:, 0])
+        out, _ = layer(s.astype(h.dtype) * h, cos, sin, attn_mask, None, None, positions[:, 0], causal=True)
         return jnp.where(is_on, out, h), None
 
     h, _ = jax.lax.scan(slot, h, (layer_of_slot, on, scale))

@@ -16,12 +16,14 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from evojax_merge.lora.adapter import LoraAdapter, module_path
 from evojax_merge.models.config import ModelConfig
 
 _NEG_INF = -1e30  # finite, so fully-masked (padding) rows stay NaN-free
+_QUERY_BLOCK, _MAX_QUERY_BLOCKS = 32, 4  # causal attention without a cache: query blocks skip later keys
 
 
 def dtype_of(cfg: ModelConfig) -> jnp.dtype:
@@ -74,6 +76,18 @@ def rope_tables(cfg: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.
     return jnp.cos(emb), jnp.sin(emb)
 
 
+def rope_tables_static(cfg: ModelConfig, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin of shape ``[1, T, head_dim]`` for the positions ``0 .. T-1`` of every row.
+
+    The same float32 numbers as :func:`rope_tables` up to the last bit of ``cos``/``sin``, but host
+    constants: inside ``jit`` the traced tables are fused into every rope of every layer and the
+    transcendentals are recomputed there per head, which costs more than the attention's softmax.
+    """
+    freqs = np.arange(t, dtype=np.float32)[:, None] * cfg.inv_freq()  # float32, as rope_tables
+    emb = np.concatenate([freqs, freqs], axis=-1)[None]
+    return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
+
+
 def _rotate_half(x: jax.Array) -> jax.Array:
     half = x.shape[-1] // 2
     return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
@@ -96,7 +110,8 @@ class Attention(nnx.Module):
         self.o_proj = Linear(nh * hd, h, False, module_path(layer, "o_proj"), dt, rngs)
         self.num_heads, self.num_kv_heads, self.head_dim = nh, nkv, hd
 
-    def __call__(self, x, cos, sin, mask, lora, cache: KVCache | None, write_pos):
+    def __call__(self, x, cos, sin, mask, lora, cache: KVCache | None, write_pos, causal: bool = False):
+        """``causal``: query t is position t of the T keys (no cache), so later keys are never seen."""
         b, t, _ = x.shape
         q = self.q_proj(x, lora).reshape(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x, lora).reshape(b, t, self.num_kv_heads, self.head_dim)
@@ -108,12 +123,34 @@ class Attention(nnx.Module):
             k = write(cache.k, k.astype(cache.k.dtype), write_pos).astype(x.dtype)
             v = write(cache.v, v.astype(cache.v.dtype), write_pos).astype(x.dtype)
             cache = KVCache(k, v)
-        groups = self.num_heads // self.num_kv_heads
-        qg = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
-        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k) * (self.head_dim**-0.5)
-        scores = jnp.where(mask[:, None, None, :, :], scores.astype(jnp.float32), _NEG_INF)
-        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, -1)
+        # Heads-major grouped-query attention: q as [B, kv, T·groups, hd] (query rows ordered t-major,
+        # group-minor), k and v as [B, kv, S, hd], so both contractions are plain batched GEMMs over
+        # (B, kv) and the scores need no transpose between them and the masked softmax.
+        nkv, groups, hd = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
+        qh = q.reshape(b, t, nkv, groups, hd).transpose(0, 2, 1, 3, 4).reshape(b, nkv, t * groups, hd)
+        kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+        # Causal without a cache: query block [t0, t1) sees keys [0, t1) only; the later keys are
+        # masked for all its rows, so leaving them out changes nothing but float summation order
+        # (and rows with no visible key at all, left padding, average fewer values: never read).
+        blocks = [(0, t)]
+        if causal and t >= 2 * _QUERY_BLOCK:
+            tb = -(-t // min(_MAX_QUERY_BLOCKS, t // _QUERY_BLOCK))
+            blocks = [(t0, min(t0 + tb, t)) for t0 in range(0, t, tb)]
+        outs = []
+        for t0, t1 in blocks:
+            s = k.shape[1] if len(blocks) == 1 else t1
+            scores = jnp.einsum("bkqd,bksd->bkqs", qh[:, :, t0 * groups : t1 * groups], kh[:, :, :s]) * (hd**-0.5)
+            scores = scores.reshape(b, nkv, t1 - t0, groups, s)
+            scores = jnp.where(mask[:, None, t0:t1, None, :s], scores.astype(jnp.float32), _NEG_INF)
+            # The softmax is normalized after the second GEMM (on [.., hd] instead of [.., S]): the
+            # same numbers up to float rounding, one pass less over the scores.
+            e = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+            den = jnp.sum(e, axis=-1, keepdims=True).reshape(b, nkv, (t1 - t0) * groups, 1)
+            o = jnp.einsum("bkqs,bksd->bkqd", e.astype(x.dtype).reshape(b, nkv, (t1 - t0) * groups, s), vh[:, :, :s])
+            outs.append((o.astype(jnp.float32) / den).astype(x.dtype))
+        out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
+        out = out.reshape(b, nkv, t, groups, hd)
+        out = out.transpose(0, 2, 1, 3, 4).reshape(b, t, -1)
         return self.o_proj(out, lora), cache
 
 
@@ -136,8 +173,8 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dt)
         self.mlp = MLP(cfg, layer, rngs)
 
-    def __call__(self, x, cos, sin, mask, lora, cache, write_pos):
-        attn, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, lora, cache, write_pos)
+    def __call__(self, x, cos, sin, mask, lora, cache, write_pos, causal: bool = False):
+        attn, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, lora, cache, write_pos, causal)
         x = x + attn
         x = x + self.mlp(self.post_attention_layernorm(x), lora)
         return x, cache
@@ -188,6 +225,7 @@ class LlamaForCausalLM(nnx.Module):
         """
         cfg = self.config
         b, t = input_ids.shape
+        static_positions = positions is None
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t), (b, t))
         if cache is None:
@@ -200,12 +238,16 @@ class LlamaForCausalLM(nnx.Module):
         mask = (key_pos[:, None, :] <= positions[:, :, None]) & valid[:, None, :]
         if cfg.sliding_window is not None:
             mask &= key_pos[:, None, :] > positions[:, :, None] - cfg.sliding_window
-        cos, sin = rope_tables(cfg, positions)
+        if static_positions:
+            cos, sin = rope_tables_static(cfg, t)
+        else:
+            cos, sin = rope_tables(cfg, positions)
         x = self.model.embed_tokens(input_ids)
         new_cache = [] if cache is not None else None
         write_pos = positions[:, 0]
         for i, layer in enumerate(self.model.layers):
-            x, c = layer(x, cos, sin, mask, lora, None if cache is None else cache[i], write_pos)
+            x, c = layer(x, cos, sin, mask, lora, None if cache is None else cache[i], write_pos,
+                         causal=static_positions and cache is None)
             if cache is not None:
                 new_cache.append(c)
         if logits_at is not None:

@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.lora.adapter import LoraAdapter, LoraStack
 from evojax_merge.merge import evo_merge, stack_magnitudes
-from evojax_merge.models.delta import fold_into_params
+from evojax_merge.models.delta import fold_adapter, fold_into_params
 from evojax_merge.models.llama import LlamaForCausalLM
 from evojax_merge.models.loss import answer_loss, answer_targets
 from evojax_merge.search.genome import check_population
@@ -76,13 +76,16 @@ class PopulationCE:
     ``{"params", "stack", "magnitudes", "data"}``. ``chunk`` vmaps that many candidates at a time
     (``lax.map``), which keeps the working set in cache on a CPU; None vmaps the whole population
     (accelerators). With a mesh the population is padded to a multiple of its size and sharded
-    over the ``pop`` axis; the losses come back replicated.
+    over the ``pop`` axis; the losses come back replicated. ``fold`` merges each candidate's adapter
+    into dense weights before its forward (``W + s·B A``, :func:`fold_adapter`) instead of applying it
+    in factor form: faster on a CPU one candidate at a time, but ``chunk`` copies of the weights.
     """
 
     graphdef: object
     prune: str = "A"
     chunk: int | None = None
     mesh: Mesh | None = None
+    fold: bool = False
 
     def __call__(self, args, alpha, beta, index):
         p = alpha.shape[0]
@@ -101,6 +104,8 @@ class PopulationCE:
         adapters = jax.vmap(lambda a, b: evo_merge(stack, magnitudes, a, b, prune=self.prune))(alpha, beta)
 
         def candidate_ce(adapter):
+            if self.fold:
+                return _mean_batch_ce(self.graphdef, fold_adapter(args["params"], adapter), None, args["data"], index)
             return _mean_batch_ce(self.graphdef, args["params"], adapter, args["data"], index)
 
         if self.chunk is None or self.chunk >= alpha.shape[0]:
@@ -126,6 +131,12 @@ def resolve_population_chunk(chunk: int | str | None) -> int | None:
     if chunk is None or (isinstance(chunk, int) and chunk >= 1):
         return chunk
     raise EvoMergeInputError(f"population_chunk: {chunk!r} is not auto, null or a positive integer")
+
+
+def fold_on_host(chunk: int | None, dtype: str) -> bool:
+    """Whether a population call folds each adapter into the weights (:class:`PopulationCE` ``fold``):
+    on a CPU, one float32 candidate at a time. Elsewhere the factored form keeps one copy of W."""
+    return chunk == 1 and dtype == "float32" and jax.default_backend() == "cpu"
 
 
 @partial(jax.jit, static_argnames=("graphdef",))
@@ -170,8 +181,8 @@ class MergeEvaluator:
         self.mesh = _population_mesh()
         # Losses come back replicated: on a multi-host mesh a 'pop'-sharded result spans devices of other
         # processes and could not be fetched with np.asarray.
-        self.ce_fn = PopulationCE(self.graphdef, prune, None if self.mesh is not None else self.population_chunk,
-                                  self.mesh)
+        chunk = None if self.mesh is not None else self.population_chunk
+        self.ce_fn = PopulationCE(self.graphdef, prune, chunk, self.mesh, fold=fold_on_host(chunk, model.config.dtype))
         self.ce_args = {"params": self.params, "stack": stack, "magnitudes": self.magnitudes, "data": self.data}
 
     # -- batches -------------------------------------------------------------------------------
