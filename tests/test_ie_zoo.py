@@ -115,13 +115,13 @@ def test_siblings_are_disjoint_noisy_slices_of_the_target(world):
     for j, ins in enumerate(inputs):
         assert ins == [r["input"] for r in train[12 * j:12 * (j + 1)]]  # its own slice
     changed = 0
-    for s in sibs:
-        for a, b in zip(train, s["train"], strict=False):
+    for j, s in enumerate(sibs):
+        for a, b in zip(train[12 * j:12 * (j + 1)], s["train"], strict=True):
             gold, noisy = [tuple(e) for e in a["entities"]], [tuple(e) for e in b["entities"]]
             assert {sp for _, sp in noisy} <= {sp for _, sp in gold}  # spans are only dropped, never invented
             changed += gold != noisy
             parsed = parse_output(b["output"], "ner")
-            assert [(t, sp) for t, sp in parsed] == noisy or (b["output"] == "None" and not noisy)
+            assert sorted(tuple(x) for x in parsed) == sorted(noisy) or (b["output"] == "None" and not noisy)
     assert changed > 0.3 * 36
     cfg = dataclasses.replace(SMALL, sibling_drop=0.0, sibling_flip=0.0, sibling_confusions=0)
     clean = adapter_datasets(cfg, world)["sib1_ner_medicine"]["train"]
@@ -229,8 +229,9 @@ def test_cache_key_follows_config_and_code(monkeypatch):
     assert a.digest() != ZooBuildConfig.from_dict({"adapters": {"lora_init": "independent"}}).digest()
     import evojax_merge.zoo.ie_build as ie_build
 
+    before = a.digest()
     monkeypatch.setattr(ie_build, "code_digest", lambda: "edited")
-    assert a.digest() != ZooBuildConfig.from_dict({"seed": 0}).digest()
+    assert a.digest() != before
 
 
 def test_shared_lora_a_init():

@@ -295,7 +295,7 @@ def _build_into(out: Path, cfg: ZooBuildConfig, progress: bool) -> dict:
     (out / "data").mkdir(parents=True)
     for t in tasks:
         (out / "data" / f"{t}.json").write_text(json.dumps(data[t]))
-    template = format_prompt({"instruction": "x", "input": "x", "output": "x", "history": [["x", "x"]]})
+    template = format_prompt({"instruction": "x", "input": "y", "output": "x", "history": [["x", "x"]]})
     tokenizer = build_tokenizer([*vocabulary_texts(), template])
     timings["data_s"] = time.perf_counter() - t0
     _say(progress, f"IE zoo: {len(tasks)} tasks, {len(names)} adapters, vocabulary {len(tokenizer)}")
