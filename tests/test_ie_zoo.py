@@ -175,10 +175,17 @@ def test_gate_pool_and_recipes():
     third = 1 / 3
     sibs = {f"sib{j}_ner_medicine": third for j in range(3)}
     assert combos[0] == pytest.approx(sibs)
-    assert {**sibs, "ner_sports": 0.5} in combos
-    assert {f"sib{j}_ner_medicine": 2 * third for j in range(3)} in combos
-    assert len(combos) == 3 * (1 + 2 * 2)  # λ x (mean alone, + each other-domain ner at μ = 0.5, 1)
+    assert {f"sib{j}_ner_medicine": 1.5 * third for j in range(3)} in combos
+    assert {**{f"sib{j}_ner_medicine": 0.5 * third for j in range(3)}, "ner_sports": 0.5} in combos
+    assert len(combos) == 2 + 2 * 2  # λ in (1, 1.5); μ in (0.25, 0.5) for ner_news and ner_sports
     assert oracle_combos("ner_news", adapters) == []
+    cfg = dataclasses.replace(cfg, anti=("ner_medicine",))
+    sets = adapter_datasets(cfg, generate_world(cfg))
+    adapters = {n: {"task": s["task"], "kind": s["kind"]} for n, s in sorted(sets.items())}
+    combos = oracle_combos("ner_medicine", adapters)
+    assert {**sibs, "anti_ner_medicine": -0.5} in combos
+    assert {**sibs, "ner_news": 0.25, "anti_ner_medicine": -0.25} in combos
+    assert len(combos) == 6 + 2 + 2 * 2
 
 
 def test_combined_lora_is_the_dense_task_arithmetic_sum():

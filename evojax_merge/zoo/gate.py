@@ -10,8 +10,12 @@ target ``T_D`` (a task whose noisy siblings are in the pool, :func:`evojax_merge
   F1 (its *test* F1 is what the gate compares):
 
   - ``λ · mean(τ(sib_j))`` for λ in :data:`SIBLING_LAMBDAS` (the siblings' average denoises);
-  - ``λ · mean(τ(sib_j)) + μ · τ(T_D′)`` for each same-type adapter ``T_D′`` of another domain and
-    μ in :data:`TRANSFER_MUS` (the other domain adds the skill on the shared core labels).
+  - ``(1 − μ) · mean(τ(sib_j)) + μ · τ(T_D′)`` for each same-type adapter ``T_D′`` of another
+    domain and μ in :data:`TRANSFER_MUS` (the other domain adds the skill on the shared core labels);
+  - with an anti-adapter of the target (its labels permuted, the same direction as the siblings'
+    confusions): ``mean(τ(sib_j)) − γ · τ(anti)`` and ``mean(τ(sib_j)) + γ · (τ(T_D′) − τ(anti))``
+    for γ in :data:`ANTI_GAMMAS` (the issue's hand-signed form: the difference keeps the format and
+    copy skill both adapters share and removes the permuted labels).
 
 The world passes when, on every gate target, the oracle beats the best single by at least
 ``MARGIN`` (0.10 = 10 F1) and the best single scores within ``SINGLE_RANGE`` (0.20-0.60). If it
@@ -33,8 +37,9 @@ from evojax_merge.lora.adapter import LoraStack
 
 MARGIN = 0.10
 SINGLE_RANGE = (0.20, 0.60)
-SIBLING_LAMBDAS = (1.0, 1.5, 2.0)  # the siblings' mean, and that mean scaled up (averaging shrinks it)
-TRANSFER_MUS = (0.5, 1.0)
+SIBLING_LAMBDAS = (1.0, 1.5)  # the siblings' mean, and that mean scaled up (averaging shrinks it)
+TRANSFER_MUS = (0.25, 0.5)  # interpolation weight of a same-type adapter of another domain
+ANTI_GAMMAS = (0.25, 0.5)  # weight of the negated anti-adapter
 
 
 def gate_verdict(best_single_f1: float, oracle_f1: float) -> bool:
@@ -71,11 +76,16 @@ def oracle_combos(target: str, adapters: Mapping[str, Mapping[str, str]]) -> lis
         return []
     same = [n for n, a in adapters.items()
             if a["kind"] == "task" and a["task"] != target and a["task"].startswith(f"{task_type}_")]
-    combos: list[dict[str, float]] = []
-    for lam in SIBLING_LAMBDAS:
-        mean = {s: lam / len(sibs) for s in sibs}
-        combos.append(mean)
-        combos += [{**mean, x: mu} for x in same for mu in TRANSFER_MUS]
+    anti = [n for n, a in adapters.items() if a["kind"] == "anti" and a["task"] == target]
+
+    def mean(w: float) -> dict[str, float]:
+        return {s: w / len(sibs) for s in sibs}
+
+    combos: list[dict[str, float]] = [mean(lam) for lam in SIBLING_LAMBDAS]
+    combos += [{**mean(1 - mu), x: mu} for x in same for mu in TRANSFER_MUS]
+    for a in anti:  # the anti-adapter learned the target's labels permuted: negating it pushes them back
+        combos += [{**mean(1.0), a: -g} for g in ANTI_GAMMAS]
+        combos += [{**mean(1.0), x: g, a: -g} for x in same for g in ANTI_GAMMAS]
     return combos
 
 
