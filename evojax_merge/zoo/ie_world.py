@@ -262,16 +262,18 @@ def _relabel(rec: Record, mapping: dict[str, str], task_type: str) -> Record:
 
 
 def sibling_confusion(types: Sequence[str], j: int, confusions: int, offset: int = 0) -> dict[str, str]:
-    """Sibling ``j``'s systematic relabelling: ``confusions`` consecutive labels, each renamed to
-    the next label of the domain, starting at ``offset + j * confusions`` (cyclically).
+    """Sibling ``j``'s systematic relabelling: ``confusions`` consecutive labels starting at
+    ``offset + j * confusions`` (cyclically); the ``m``-th of them is renamed to the label ``m + 1``
+    places further on.
 
     Consecutive siblings corrupt consecutive labels, so with ``count * confusions <= len(types)``
-    every label is corrupted by at most one sibling: a majority of siblings gets each label right,
-    while every sibling alone gets some label wrong every time it occurs.
+    each label is corrupted by at most one sibling, and with ``count * confusions <= 2 * len(types)``
+    by at most two that rename it to *different* labels: the right label keeps a plurality of the
+    siblings' votes, while every sibling alone gets some labels wrong every time they occur.
     """
     n = len(types)
-    return {types[(offset + j * confusions + m) % n]: types[(offset + j * confusions + m + 1) % n]
-            for m in range(min(confusions, n))}
+    return {types[(offset + j * confusions + m) % n]: types[(offset + j * confusions + 2 * m + 1) % n]
+            for m in range(min(confusions, n - 1))}
 
 
 def sibling_sets(cfg: IEWorldConfig, task: str, train: Sequence[Record]) -> list[list[Record]]:
