@@ -152,6 +152,7 @@ def test_base_corpus_uses_every_label_word_but_never_types_an_entity():
     for label in (*CORE_TYPES, *PRIVATE_TYPES):
         assert re.search(rf"\b{label}\b", text), label
     assert all("Option" not in r["instruction"] for r in corpus["records"])
+    assert any(r["output"] == "None" for r in corpus["records"])  # the empty answer is pretrained too
 
 
 def test_impossible_split_sizes_are_one_line_errors_naming_the_key():

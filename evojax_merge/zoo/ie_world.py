@@ -346,6 +346,7 @@ def adapter_datasets(cfg: IEWorldConfig, world: dict[str, dict[str, list[Record]
 _LABEL_FRAMES = ("the report mentioned a {a} and a {b} .", "every {a} differs from a {b} .",
                  "she asked about the {a} , not the {b} .", "a {a} is not a {b} .")
 _EXERCISES = {"repeat": "Repeat the text word for word.",
+              "repeated": 'List the items that occur twice. Output format is "item; item", or None.',
               "join": 'Join the items with semicolons. Output format is "item; item".',
               "fields": 'Rewrite each pair as key: value. Output format is "key: value; key: value".'}
 
@@ -374,6 +375,12 @@ def pretraining_corpus(cfg: IEWorldConfig, n_texts: int, n_records: int) -> dict
         elif kind == "join":
             items = rng.sample(words, rng.randint(1, 4))
             src, out = " | ".join(items), "; ".join(items)
+        elif kind == "repeated":  # the empty answer, None, is an answer word the base must know too
+            items = rng.sample(words, rng.randint(2, 5))
+            twice = [x for x in items if rng.random() < 0.3]
+            seq = items + twice
+            rng.shuffle(seq)
+            src, out = " | ".join(seq), _join([x for x in dict.fromkeys(seq) if x in twice])
         else:
             pairs = [(rng.choice(labels), rng.choice(words)) for _ in range(rng.randint(1, 3))]
             src, out = " | ".join(f"{k} = {v}" for k, v in pairs), "; ".join(f"{k}: {v}" for k, v in pairs)
