@@ -5,13 +5,14 @@ A world of its own next to the first zoo (:mod:`evojax_merge.zoo.build`, still t
 prints the pilot gate (:mod:`evojax_merge.zoo.gate`).
 
 The zoo is a cache directory keyed by a hash of the zoo's code and its config
-(``<cache_dir>/zoo-<hash>/``): editing any module the build depends on gives a new key, no
-hand-bumped version. It is built in ``.zoo-<hash>.<pid>.tmp`` and renamed into place, so an
-interrupted build leaves nothing half-written; temp dirs of dead builds are removed on start.
+(``<cache_dir>/iezoo-<hash>/``): editing any module the build depends on (:data:`CODE_FILES`)
+gives a new key, no hand-bumped version. :func:`evojax_merge.fileio.cached_build` builds it in a
+temp dir beside it, renamed into place when complete, so an interrupted build leaves nothing
+half-written; temp dirs of killed builds are removed on start.
 
-    zoo-<hash>/
-      manifest.json         config, tasks, adapters (task, kind), related pools, build timings,
-                            FLOP rates, adapter F1, the pilot gate (written last)
+    iezoo-<hash>/
+      manifest.json         config, code digest, tasks, adapters (task, kind), build timings,
+                            FLOP rates and the matmul peak, adapter F1, the pilot gate (written last)
       base/                 config.json, model.safetensors, tokenizer.json (HF directory)
       adapters/<name>/      adapter_config.json, adapter_model.safetensors (PEFT)
       data/<task>.json      {"train": [...], "validation": [...], "test": [...]} (alpaca records)
