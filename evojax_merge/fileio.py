@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -42,17 +43,50 @@ def read_json(path: str | Path, missing: str | None = None) -> Any:
         raise EvoMergeInputError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "_") or "host"
+
+
+def clean_stale_builds(parent: Path) -> list[Path]:
+    """Remove the temp dirs ``.<name>.<host>.<pid>.<random>`` that builds on this host left behind when
+    killed (their process is gone); temp dirs of live builds and of other hosts are kept."""
+    removed = []
+    if not parent.is_dir():
+        return removed
+    host = _host()
+    for tmp in parent.glob(".*"):
+        parts = tmp.name.split(".")
+        if not tmp.is_dir() or len(parts) < 5 or parts[-3] != host or not parts[-2].isdigit():
+            continue
+        if not _pid_alive(int(parts[-2])):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
 def cached_build(root: Path, build: Callable[[Path], dict]) -> dict:
     """The manifest of the cached build ``root``, running ``build(tmp) -> manifest`` first if needed.
 
-    The build writes into a temporary directory beside ``root`` that is renamed into place only
-    when complete, so a half-built directory is never used; a concurrent build that finished first
-    is kept.
+    The build writes into a temporary directory beside ``root`` (``.<name>.<host>.<pid>.<random>``)
+    that is renamed into place only when complete, so a half-built directory is never used; a
+    concurrent build that finished first is kept. Temp dirs of killed builds (their process gone)
+    are removed before a build starts, so nothing stale accumulates.
     """
     if (root / "manifest.json").is_file():
         return json.loads((root / "manifest.json").read_text())
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    clean_stale_builds(root.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.{_host()}.{os.getpid()}.", dir=root.parent))
     try:
         manifest = build(tmp)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))

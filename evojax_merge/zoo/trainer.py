@@ -14,6 +14,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.lora.adapter import LoraAdapter, LoraStack, module_path
 from evojax_merge.models.llama import LlamaForCausalLM
 from evojax_merge.models.loss import answer_loss, causal_lm_loss
@@ -50,8 +51,13 @@ def pretrain(
     lr: float = 3e-3,
     weight_decay: float = 0.01,
     progress: bool = True,
+    meter=None,
 ) -> tuple[LlamaForCausalLM, list[float]]:
-    """Full-parameter AdamW on ``batches``; returns the trained model and the loss curve."""
+    """Full-parameter AdamW on ``batches``; returns the trained model and the loss curve.
+
+    ``meter`` (a :class:`evojax_merge.zoo.flops.FlopMeter`, optional) runs each step through its
+    compiled executable and counts XLA's FLOPs and the time.
+    """
     graphdef, params = nnx.split(model)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(_schedule(lr, steps), weight_decay=weight_decay))
     opt_state = opt.init(params)
@@ -69,7 +75,8 @@ def pretrain(
     bar = _progress(steps, "pretrain base", progress)
     for _ in range(steps):
         batch = {k: jnp.asarray(v) for k, v in next(batches).items()}
-        params, opt_state, loss = step(params, opt_state, batch)
+        params, opt_state, loss = (meter.call("pretrain", step, params, opt_state, batch) if meter is not None
+                                   else step(params, opt_state, batch))
         losses.append(float(loss))
         if bar is not None:
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -82,8 +89,16 @@ def pretrain(
 def init_lora_stack(
     model: LlamaForCausalLM, num_adapters: int, rank: int, lora_alpha: float, key: jax.Array,
     projections: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    init: str = "independent",
 ) -> LoraStack:
-    """PEFT's initialisation: A ~ kaiming-uniform(a=√5), i.e. U(±1/√d_in); B = 0 (so ΔW starts at 0)."""
+    """PEFT's initialisation: A ~ kaiming-uniform(a=√5), i.e. U(±1/√d_in); B = 0 (so ΔW starts at 0).
+
+    ``init="shared"`` draws one A per module and gives it to every adapter, like a real pool
+    trained with one fixed seed (the PEFT / LLaMA-Factory default); ``"independent"`` draws each
+    adapter's own.
+    """
+    if init not in ("shared", "independent"):
+        raise EvoMergeInputError(f"zoo.adapters.lora_init: {init!r} is not shared or independent")
     cfg = model.config
     A, B = {}, {}
     for layer in range(cfg.num_hidden_layers):
@@ -92,7 +107,9 @@ def init_lora_stack(
             key, sub = jax.random.split(key)
             bound = 1.0 / np.sqrt(d_in)
             m = module_path(layer, proj)
-            A[m] = jax.random.uniform(sub, (num_adapters, rank, d_in), minval=-bound, maxval=bound)
+            draws = 1 if init == "shared" else num_adapters
+            a = jax.random.uniform(sub, (draws, rank, d_in), minval=-bound, maxval=bound)
+            A[m] = jnp.broadcast_to(a, (num_adapters, rank, d_in))
             B[m] = jnp.zeros((num_adapters, d_out, rank))
     return LoraStack(A=A, B=B, scale=jnp.full((num_adapters,), lora_alpha / rank, jnp.float32))
 
@@ -104,6 +121,7 @@ def train_adapters(
     steps: int,
     lr: float = 5e-3,
     progress: bool = True,
+    meter=None,
 ) -> tuple[LoraStack, np.ndarray]:
     """Train every adapter of ``stack`` on its own task in one vmapped optax step.
 
@@ -133,7 +151,8 @@ def train_adapters(
     bar = _progress(steps, f"train {stack.num_adapters} adapters", progress)
     for i in range(steps):
         batch = {k: jnp.asarray(v) for k, v in batches(i).items()}
-        trainable, opt_state, losses = step(trainable, opt_state, batch)
+        trainable, opt_state, losses = (meter.call("adapters", step, trainable, opt_state, batch)
+                                        if meter is not None else step(trainable, opt_state, batch))
         curve.append(np.asarray(losses))
         if bar is not None:
             bar.set_postfix(mean_loss=f"{float(np.mean(curve[-1])):.3f}")

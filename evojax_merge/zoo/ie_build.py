@@ -1,0 +1,406 @@
+"""Build (or reuse) the compositional IE zoo: task data, a tiny pretrained base LM, one LoRA per adapter.
+
+A world of its own next to the first zoo (:mod:`evojax_merge.zoo.build`, still the default):
+``conf/zoo/ie.yaml``; ``python -m evojax_merge.zoo.ie_build conf/zoo/ie.yaml`` builds it and
+prints the pilot gate (:mod:`evojax_merge.zoo.gate`).
+
+The zoo is a cache directory keyed by a hash of the zoo's code and its config
+(``<cache_dir>/iezoo-<hash>/``): editing any module the build depends on (:data:`CODE_FILES`)
+gives a new key, no hand-bumped version. :func:`evojax_merge.fileio.cached_build` builds it in a
+temp dir beside it, renamed into place when complete, so an interrupted build leaves nothing
+half-written; temp dirs of killed builds are removed on start.
+
+    iezoo-<hash>/
+      manifest.json         config, code digest, tasks, adapters (task, kind), build timings,
+                            FLOP rates and the matmul peak, adapter F1, the pilot gate (written last)
+      base/                 config.json, model.safetensors, tokenizer.json (HF directory)
+      adapters/<name>/      adapter_config.json, adapter_model.safetensors (PEFT)
+      data/<task>.json      {"train": [...], "validation": [...], "test": [...]} (alpaca records)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from evojax_merge.data.batching import IGNORE_INDEX, encode_examples, special_ids
+from evojax_merge.data.prompt import format_prompt
+from evojax_merge.eval.metrics import ie_scores
+from evojax_merge.fileio import cached_build
+from evojax_merge.lora.export import save_peft_adapter
+from evojax_merge.models.config import ModelConfig
+from evojax_merge.models.io import save_model
+from evojax_merge.models.llama import LlamaForCausalLM
+from evojax_merge.models.loss import answer_targets
+from evojax_merge.zoo.flops import FlopMeter
+from evojax_merge.zoo.gate import format_gate, run_gate
+from evojax_merge.zoo.ie_world import (
+    IEWorldConfig,
+    adapter_datasets,
+    generate_world,
+    pretraining_corpus,
+    vocabulary_texts,
+)
+from evojax_merge.zoo.tokenizer import build_tokenizer, save_tokenizer
+from evojax_merge.zoo.trainer import init_lora_stack, pretrain, train_adapters
+
+log = logging.getLogger(__name__)
+_PACKAGE = Path(__file__).resolve().parents[1]
+# every module whose code changes what the build writes: the zoo itself, the model, the LoRA
+# layout and export, the prompt and batching, the metric of the gate
+CODE_FILES = ("zoo/*.py", "models/*.py", "lora/adapter.py", "lora/export.py", "data/prompt.py",
+              "data/batching.py", "eval/metrics.py", "eval/generate.py", "eval/evaluate.py")
+
+
+def code_digest() -> str:
+    """SHA-256 over the source of :data:`CODE_FILES` (sorted paths and contents)."""
+    h = hashlib.sha256()
+    for pattern in CODE_FILES:
+        for path in sorted(_PACKAGE.glob(pattern)):
+            h.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseModelSpec:
+    hidden_size: int = 96
+    num_hidden_layers: int = 3
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    intermediate_size: int = 264
+    max_len: int = 128  # tokens per training row (prompt + answer)
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainSpec:
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 3e-3
+    num_texts: int = 20000
+    num_records: int = 10000
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterSpec:
+    rank: int = 8
+    lora_alpha: float = 16.0
+    steps: int = 250
+    batch_size: int = 8
+    lr: float = 1e-2
+    eval_examples: int = 50  # test examples per task for the adapter F1 check
+    lora_init: str = "shared"  # one LoRA-A draw for every adapter (a real pool's one seed), or independent
+
+
+@dataclasses.dataclass(frozen=True)
+class GateSpec:
+    targets: tuple[str, ...] = ()  # empty: no gate (the smoke zoo)
+    examples: int = 50
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "targets", tuple(self.targets))
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooBuildConfig:
+    tasks: IEWorldConfig = IEWorldConfig()
+    model: BaseModelSpec = BaseModelSpec()
+    pretrain: PretrainSpec = PretrainSpec()
+    adapters: AdapterSpec = AdapterSpec()
+    gate: GateSpec = GateSpec()
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, z: dict) -> ZooBuildConfig:
+        """From the ``zoo`` config group (lists become tuples); a bad key is a one-line error."""
+        from evojax_merge.errors import EvoMergeInputError
+
+        parts = {"tasks": IEWorldConfig, "model": BaseModelSpec, "pretrain": PretrainSpec,
+                 "adapters": AdapterSpec, "gate": GateSpec}
+        kwargs: dict = {"seed": int(z.get("seed", 0))}
+        for key, kind in parts.items():
+            sub = {k: tuple(v) if isinstance(v, list) else v for k, v in (z.get(key) or {}).items()}
+            unknown = sorted(set(sub) - {f.name for f in dataclasses.fields(kind)})
+            if unknown:
+                raise EvoMergeInputError(f"zoo.{key}.{unknown[0]}: unknown key")
+            kwargs[key] = kind(**sub)
+        unknown = sorted(set(z) - set(parts) - {"seed"})
+        if unknown:
+            raise EvoMergeInputError(f"zoo.{unknown[0]}: unknown key")
+        return cls(**kwargs)
+
+    def __post_init__(self) -> None:
+        from evojax_merge.errors import EvoMergeInputError
+
+        bad = [t for t in self.gate.targets if t not in self.tasks.siblings]
+        if bad:
+            raise EvoMergeInputError(f"zoo.gate.targets: {bad[0]!r} has no siblings (add it to zoo.tasks.siblings)")
+        if self.adapters.lora_init not in ("shared", "independent"):
+            raise EvoMergeInputError(f"zoo.adapters.lora_init: {self.adapters.lora_init!r} is not shared or "
+                                     "independent")
+
+    def digest(self) -> str:
+        """Hash of the zoo's code and this config: the cache key."""
+        blob = json.dumps({"code": code_digest(), **dataclasses.asdict(self)}, sort_keys=True, default=list)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+@dataclasses.dataclass(frozen=True)
+class Zoo:
+    """Paths of a built zoo, and its manifest."""
+
+    root: Path
+    manifest: dict
+
+    @property
+    def base_dir(self) -> Path:
+        return self.root / "base"
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.manifest["tasks"])
+
+    @property
+    def adapters(self) -> dict[str, dict[str, str]]:
+        """Adapter name -> {"task": the task its data imitates ("" for distractors), "kind"}."""
+        return self.manifest.get("adapters") or {t: {"task": t, "kind": "task"} for t in self.task_names}
+
+    def adapter_dir(self, name: str) -> Path:
+        return self.root / "adapters" / name
+
+    def records(self, task: str) -> dict[str, list[dict]]:
+        return json.loads((self.root / "data" / f"{task}.json").read_text())
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("EVOJAX_MERGE_CACHE", Path.home() / ".cache" / "evojax_merge"))
+
+
+def _encode_texts(texts: list[str], tokenizer, length: int) -> dict[str, np.ndarray]:
+    """Plain sentences with a full LM loss: ``<s> text </s>``, right-padded to ``length``."""
+    pad, bos, eos = special_ids(tokenizer)
+    rows = [[bos, *ids[: length - 2], eos] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    ids = np.full((len(rows), length), pad, np.int32)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+    mask = (np.arange(length)[None] < np.array([len(r) for r in rows])[:, None]).astype(np.int32)
+    return {"input_ids": ids, "attention_mask": mask, "labels": np.where(mask == 1, ids, IGNORE_INDEX)}
+
+
+TRAIN_BUCKETS = (32, 48, 64, 80, 96, 112, 128, 160, 192, 256)
+
+
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "labels")
+
+
+def _trim_to_bucket(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Cut right padding down to the smallest bucket that holds the batch's longest row.
+
+    Rows are padded to the model's max length once; each step only pays for a few compiles
+    (one per bucket) instead of the full length.
+    """
+    longest = int(batch["attention_mask"].sum(-1).max())
+    width = batch["input_ids"].shape[-1]
+    t = min(next((b for b in TRAIN_BUCKETS if b >= longest), width), width)
+    return {k: v[..., :t] if k in SEQUENCE_KEYS else v for k, v in batch.items()}
+
+
+def _with_answer_targets(encoded: dict[str, np.ndarray], k: int | None = None) -> dict[str, np.ndarray]:
+    return {**encoded, **answer_targets(encoded["labels"], k)}
+
+
+def _pretrain_batches(cfg: ZooBuildConfig, tokenizer, rng: np.random.Generator):
+    corpus = pretraining_corpus(cfg.tasks, n_texts=cfg.pretrain.num_texts, n_records=cfg.pretrain.num_records)
+    texts = _with_answer_targets(_encode_texts(corpus["texts"], tokenizer, 48))
+    records = _with_answer_targets(
+        encode_examples(corpus["records"], tokenizer, max_len=cfg.model.max_len, pad_to=cfg.model.max_len))
+    b = cfg.pretrain.batch_size
+    step = 0
+    while True:  # alternate plain text and format records
+        source = texts if step % 2 == 0 else records
+        idx = rng.integers(0, source["input_ids"].shape[0], b)
+        yield _trim_to_bucket({k: v[idx] for k, v in source.items()})
+        step += 1
+
+
+def _adapter_batches(train: dict[str, np.ndarray], counts: np.ndarray, batch_size: int, seed: int):
+    """``batches(step)`` -> ``[N, B, T]``: adapter n draws from its own first ``counts[n]`` rows."""
+    n = train["input_ids"].shape[0]
+
+    def batches(step: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng((seed, step))
+        idx = (rng.random((n, batch_size)) * counts[:, None]).astype(np.int64)
+        rows = np.arange(n)[:, None]
+        return _trim_to_bucket({k: v[rows, idx] for k, v in train.items()})
+
+    return batches
+
+
+def _stack_training_sets(sets: list[list[dict]], tokenizer, max_len: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each adapter's records encoded to ``max_len``, stacked ``[N, M, T]`` (short sets repeat)."""
+    encoded = [encode_examples(recs, tokenizer, max_len=max_len, pad_to=max_len) for recs in sets]
+    k = max(int((e["labels"] != IGNORE_INDEX).sum(1).max()) for e in encoded)  # the longest answer
+    encoded = [_with_answer_targets(e, k) for e in encoded]
+    m = max(e["input_ids"].shape[0] for e in encoded)
+    counts = np.array([e["input_ids"].shape[0] for e in encoded])
+    stacked = {key: np.stack([np.resize(e[key], (m, *e[key].shape[1:])) for e in encoded]) for key in encoded[0]}
+    return stacked, counts
+
+
+def _adapter_quality(model, tokenizer, stack, names: list[str], adapters: dict, data: dict, n_eval: int,
+                     max_len: int) -> dict:
+    """Each task adapter's F1 on its own task's test split (greedy generation)."""
+    from evojax_merge.eval.evaluate import generate_for_population
+
+    idx = [i for i, n in enumerate(names) if adapters[n]["kind"] == "task"]
+    tasks = [adapters[names[i]]["task"] for i in idx]
+    records = [data[t]["test"][:n_eval] for t in tasks]
+    outputs = generate_for_population(model, tokenizer, stack.take(idx), records, max_len=max_len)
+    return {
+        t: ie_scores(outs, [r["output"] for r in recs], t.split("_", 1)[0])
+        for t, outs, recs in zip(tasks, outputs, records, strict=True)
+    }
+
+
+def build_ie_zoo(cfg: ZooBuildConfig = ZooBuildConfig(), cache_dir: str | Path | None = None,
+                 progress: bool = True) -> Zoo:
+    """Return the cached IE zoo for ``cfg``, building it first if needed."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = cache / f"iezoo-{cfg.digest()}"
+    return Zoo(root, cached_build(root, lambda tmp: _build_into(tmp, cfg, progress)))
+
+
+def _say(progress: bool, text: str) -> None:
+    log.info("%s", text)
+    if progress:
+        print(text, flush=True)
+
+
+def _build_into(out: Path, cfg: ZooBuildConfig, progress: bool) -> dict:
+    timings = {}
+    meter = FlopMeter()
+    t_start = t0 = time.perf_counter()
+    data = generate_world(cfg.tasks)
+    tasks = list(data)
+    datasets = adapter_datasets(cfg.tasks, data)
+    names = sorted(datasets)  # the order a sorted glob of adapters/* loads them in
+    adapters = {n: {"task": datasets[n]["task"], "kind": datasets[n]["kind"]} for n in names}
+    (out / "data").mkdir(parents=True)
+    for t in tasks:
+        (out / "data" / f"{t}.json").write_text(json.dumps(data[t]))
+    template = format_prompt({"instruction": "x", "input": "y", "output": "x", "history": [["x", "x"]]})
+    tokenizer = build_tokenizer([*vocabulary_texts(), template])
+    timings["data_s"] = time.perf_counter() - t0
+    _say(progress, f"IE zoo: {len(tasks)} tasks, {len(names)} adapters, vocabulary {len(tokenizer)}")
+
+    t0 = time.perf_counter()
+    pad, bos, eos = special_ids(tokenizer)
+    spec = cfg.model
+    model_cfg = ModelConfig(
+        vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads, head_dim=spec.hidden_size // spec.num_attention_heads,
+        max_position_embeddings=spec.max_len * 2, tie_word_embeddings=True,
+        bos_token_id=bos, eos_token_id=eos, pad_token_id=pad,
+    )
+    model = LlamaForCausalLM(model_cfg, rngs=nnx.Rngs(cfg.seed))
+    rng = np.random.default_rng(cfg.seed)
+    model, losses = pretrain(model, _pretrain_batches(cfg, tokenizer, rng), cfg.pretrain.steps, cfg.pretrain.lr,
+                             progress=progress, meter=meter)
+    save_model(model, out / "base")
+    save_tokenizer(tokenizer, out / "base")
+    timings["pretrain_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    train, counts = _stack_training_sets([datasets[n]["train"] for n in names], tokenizer, spec.max_len)
+    a = cfg.adapters
+    stack = init_lora_stack(model, len(names), a.rank, a.lora_alpha, jax.random.key(cfg.seed + 1), init=a.lora_init)
+    stack, curve = train_adapters(model, stack, _adapter_batches(train, counts, a.batch_size, cfg.seed), a.steps,
+                                  a.lr, progress=progress, meter=meter)
+    for i, n in enumerate(names):
+        save_peft_adapter(stack.adapter(i), out / "adapters" / n, base_model_name_or_path="base",
+                          metadata=adapters[n])
+    timings["adapters_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    quality = _adapter_quality(model, tokenizer, stack, names, adapters, data, a.eval_examples, spec.max_len)
+    timings["adapter_eval_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    gate = None
+    if cfg.gate.targets:
+        gate = run_gate(model, tokenizer, stack, names, adapters, data, cfg.gate.targets, cfg.gate.examples,
+                        spec.max_len)
+        _say(progress, format_gate(gate))
+    timings["gate_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_start
+
+    flops = meter.summary()
+    from evojax_merge.bench import matmul_peak
+
+    peak = matmul_peak() / 1e9
+    flops["matmul_peak_gflops_per_s"] = peak
+    f1 = [q["f1"] for q in quality.values()]
+    _say(progress, f"zoo built in {timings['total_s']:.0f} s ({len(tasks)} tasks, {len(names)} adapters; "
+         f"pretrain {timings['pretrain_s']:.0f} s, adapters {timings['adapters_s']:.0f} s, "
+         f"gate {timings['gate_s']:.0f} s); adapter F1 on own task mean {100 * np.mean(f1):.1f} "
+         f"min {100 * np.min(f1):.1f}")
+    _say(progress, "achieved " + ", ".join(
+        f"{k} {v['gflops_per_s']:.1f} GFLOP/s ({v['gflop']:.0f} GFLOP in {v['seconds']:.0f} s, "
+        f"{v['gflops_per_cpu_s']:.1f} GFLOP per CPU-second, +{v['compile_s']:.0f} s compile)"
+        for k, v in flops.items() if isinstance(v, dict))
+        + f"; f32 matmul peak {peak:.1f} GFLOP/s, total at {100 * flops['total']['gflops_per_s'] / peak:.0f}% of it")
+    return {
+        "config": dataclasses.asdict(cfg),
+        "code_digest": code_digest(),
+        "tasks": tasks,
+        "adapters": adapters,
+        "timings": timings,
+        "flops": flops,
+        "pretrain_final_loss": float(np.mean(losses[-20:])),
+        "adapter_final_loss": {n: float(curve[-10:, i].mean()) for i, n in enumerate(names)},
+        "adapter_test": quality,
+        "gate": gate,
+    }
+
+
+def load_zoo_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ZooBuildConfig:
+    """A ``conf/zoo/*.yaml`` file plus ``key.sub=value`` overrides (OmegaConf dotlist)."""
+    from omegaconf import OmegaConf
+
+    conf = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides)))
+    return ZooBuildConfig.from_dict(OmegaConf.to_container(conf, resolve=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m evojax_merge.zoo.ie_build CONF.yaml [CACHE_DIR] [key=value ...]``: build, print the gate.
+
+    Exit status 1 when the gate fails.
+    """
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        print("usage: python -m evojax_merge.zoo.ie_build CONF.yaml [CACHE_DIR] [key=value ...]", file=sys.stderr)
+        return 2
+    overrides = [a for a in args[1:] if "=" in a]
+    rest = [a for a in args[1:] if "=" not in a]
+    cfg = load_zoo_config(args[0], overrides)
+    zoo = build_ie_zoo(cfg, rest[0] if rest else None)
+    print(zoo.root)
+    gate = zoo.manifest.get("gate")
+    if gate:
+        print(format_gate(gate))
+    return 0 if gate is None or gate["passed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
