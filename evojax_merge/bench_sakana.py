@@ -6,10 +6,10 @@
 Two random sources of the Sakana world's shape (4 layers, hidden 64) and a validation batch of
 32 x 32 tokens. "loop" is the same jitted single-candidate fitness called P times (compiled once,
 as mergekit-evolve scores one candidate at a time); "batched" is the population fitness the CMA-ES
-stage runs, with the search's ``population_chunk: auto`` (1 on a CPU: a ``lax.map`` over candidates
-inside the call; the whole population vmapped on an accelerator); "vmapped" is the whole population
-in one vmap whatever the device. All are timed after a warm-up call, median of ``--repeats``, in one
-run. Prints the seconds and the ratios loop / batched and loop / vmapped.
+stage runs, with the method's default ``population_chunk`` (PS: auto, one candidate at a time inside
+the call on a CPU; DFS: the whole population); "vmapped" is the whole population in one vmap. All
+are timed after a warm-up call, median of ``--repeats``, in one run. Prints the seconds and the
+ratios loop / batched and loop / vmapped.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from evojax_merge.models.io import model_weights
 from evojax_merge.models.llama import LlamaForCausalLM
 from evojax_merge.models.sources import stack_models
 from evojax_merge.search.fitness import resolve_population_chunk
-from evojax_merge.search.sakana import DFSFitness, PSFitness
+from evojax_merge.search.sakana import DFSConfig, DFSFitness, PSConfig, PSFitness
 
 CFG = ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=160, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=16)
@@ -68,13 +68,14 @@ def bench(population: int = 16, repeats: int = 3) -> dict:
     out = {"population": population, "device": str(jax.devices()[0]), "batch_tokens": 32 * 32}
 
     ps_layout = PSLayout(2, CFG.num_hidden_layers)
-    chunk = resolve_population_chunk("auto")
-    out["population_chunk"] = chunk
-    ps = PSFitness(ps_layout, CFG, chunk)
+    chunks = {"ps": resolve_population_chunk(PSConfig().population_chunk),
+              "dfs": resolve_population_chunk(DFSConfig().population_chunk)}
+    out["population_chunk"] = chunks
+    ps = PSFitness(ps_layout, CFG, chunks["ps"])
     ps_args = {"base": base, "tv": task_vectors_of(stack, base), "key": jax.random.key_data(jax.random.key(0)),
                "batch": batch}
     dfs_layout = DFSLayout(2, CFG.num_hidden_layers, repeats=3)
-    dfs = DFSFitness(dfs_layout, CFG, chunk)
+    dfs = DFSFitness(dfs_layout, CFG, chunks["dfs"])
     dfs_args = {"top": top_level(stack, 0), "layers": layer_row(stack), "batch": batch}
     for name, fit, args, length in (("ps", ps, ps_args, ps_layout.length), ("dfs", dfs, dfs_args, dfs_layout.length)):
         pop = jnp.asarray(rng.uniform(0.1, 1.0, (population, length)), jnp.float32)
@@ -105,11 +106,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=3)
     a = p.parse_args(argv)
     res = bench(a.population, a.repeats)
-    print(f"device {res['device']}; population chunk auto -> {res['population_chunk'] or 'whole population'}")
+    print(f"device {res['device']}")
     for name in ("ps", "dfs"):
         r = res[name]
-        print(f"{name}: population {res['population']}: one call {r['batched_s']:.3f}s, whole-population vmap "
-              f"{r['vmapped_s']:.3f}s, loop {r['loop_s']:.3f}s; loop / one call {r['ratio_loop_over_batched']:.2f}x, "
+        chunk = res["population_chunk"][name] or "whole population"
+        print(f"{name}: population {res['population']} (chunk: {chunk}): one call {r['batched_s']:.3f}s, "
+              f"whole-population vmap {r['vmapped_s']:.3f}s, loop {r['loop_s']:.3f}s; "
+              f"loop / one call {r['ratio_loop_over_batched']:.2f}x, "
               f"loop / vmap {r['ratio_loop_over_vmapped']:.2f}x (max |diff| {r['max_abs_diff']:.2e})")
     print(json.dumps(res))
     return res

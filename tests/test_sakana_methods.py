@@ -142,3 +142,13 @@ def test_accuracy_fitness_searches_and_reports_the_ce(cell):
     assert 0.0 <= dfs.val_fitness <= 1.0 and np.isfinite(dfs.val_ce)
     with pytest.raises(EvoMergeInputError, match="method.fitness: 'f1' is not one of ce, accuracy"):
         SakanaPS(fitness="f1")
+
+
+def test_population_chunk_knob(cell):
+    """PS defaults to auto (one candidate at a time on a CPU), DFS to the whole population; both take
+    an int, and a bad value is a one-line error when the method is built."""
+    assert SakanaPS().config().population_chunk == "auto" and SakanaDFS().config().population_chunk is None
+    out = SakanaDFS(population_size=4, generations=1, repeats=1, population_chunk=2).run(_task(cell))
+    assert np.isfinite(out.val_ce)
+    with pytest.raises(EvoMergeInputError, match="population_chunk: 0 is not auto"):
+        SakanaDFS(population_chunk=0)

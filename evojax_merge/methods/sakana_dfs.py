@@ -11,6 +11,7 @@ from evojax_merge.merge.sakana_dfs import dfs_model
 from evojax_merge.methods.base import MergeMethod, MergeTask, Outcome
 from evojax_merge.methods.sakana_ps import searched_examples, sources_cell, validation_ce
 from evojax_merge.models.sources import SourceStack
+from evojax_merge.search.fitness import resolve_population_chunk
 from evojax_merge.search.sakana import DFSConfig, check_objective, dfs_search
 
 
@@ -37,7 +38,7 @@ class SakanaDFS(MergeMethod):
 
     def __init__(self, population_size: int = 128, generations: int = 100, repeats: int = 3,
                  max_path: int | None = None, start_source: int = 0, embed_source: int = 0, sigma0: float = 0.5,
-                 fitness: str = "ce"):
+                 fitness: str = "ce", population_chunk: int | str | None = None):
         if population_size < 2 or generations < 1 or repeats < 1:
             raise EvoMergeInputError("method: population_size >= 2, generations >= 1 and repeats >= 1 required")
         if max_path is not None and max_path < 1:
@@ -45,10 +46,12 @@ class SakanaDFS(MergeMethod):
         self.population_size, self.generations, self.repeats = population_size, generations, repeats
         self.max_path, self.start_source, self.embed_source, self.sigma0 = max_path, start_source, embed_source, sigma0
         self.fitness = check_objective(fitness)
+        self.population_chunk = population_chunk
+        resolve_population_chunk(population_chunk)  # a bad value is a one-line error now
 
     def config(self) -> DFSConfig:
         return DFSConfig(self.population_size, self.generations, self.repeats, self.max_path, self.start_source,
-                         self.embed_source, self.sigma0, fitness=self.fitness)
+                         self.embed_source, self.sigma0, fitness=self.fitness, population_chunk=self.population_chunk)
 
     def run(self, task: MergeTask) -> Outcome:
         cell = sources_cell(task)

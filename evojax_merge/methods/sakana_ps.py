@@ -13,6 +13,7 @@ from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.merge.sakana_ps import PSLayout
 from evojax_merge.methods.base import MergeMethod, MergeTask, Outcome
 from evojax_merge.models.functional import ParamsModel
+from evojax_merge.search.fitness import resolve_population_chunk
 from evojax_merge.search.sakana import PSConfig, _ce, check_objective, ps_search
 
 
@@ -55,14 +56,17 @@ class SakanaPS(MergeMethod):
     searches = True
 
     def __init__(self, population_size: int = 16, generations: int = 60, x0: float = 0.5, sigma0: float = 1 / 6,
-                 fitness: str = "ce"):
+                 fitness: str = "ce", population_chunk: int | str | None = "auto"):
         if population_size < 2 or generations < 1:
             raise EvoMergeInputError("method.population_size must be >= 2 and method.generations >= 1")
         self.population_size, self.generations, self.x0, self.sigma0 = population_size, generations, x0, sigma0
         self.fitness = check_objective(fitness)
+        self.population_chunk = population_chunk
+        resolve_population_chunk(population_chunk)  # a bad value is a one-line error now
 
     def config(self) -> PSConfig:
-        return PSConfig(self.population_size, self.generations, self.x0, self.sigma0, fitness=self.fitness)
+        return PSConfig(self.population_size, self.generations, self.x0, self.sigma0, fitness=self.fitness,
+                        population_chunk=self.population_chunk)
 
     def run(self, task: MergeTask) -> Outcome:
         return run_ps(sources_cell(task), self.config(), task.seed, task.progress)
