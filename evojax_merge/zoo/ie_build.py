@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -40,7 +39,15 @@ from evojax_merge.lora.export import save_peft_adapter
 from evojax_merge.models.config import ModelConfig
 from evojax_merge.models.io import save_model
 from evojax_merge.models.llama import LlamaForCausalLM
-from evojax_merge.models.loss import answer_targets
+from evojax_merge.zoo import build
+from evojax_merge.zoo.build import (
+    BaseModelSpec,
+    PretrainSpec,
+    _encode_texts,
+    _trim_to_bucket,
+    _with_answer_targets,
+    default_cache_dir,
+)
 from evojax_merge.zoo.flops import FlopMeter
 from evojax_merge.zoo.gate import format_gate, run_gate
 from evojax_merge.zoo.ie_world import (
@@ -71,32 +78,9 @@ def code_digest() -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class BaseModelSpec:
-    hidden_size: int = 96
-    num_hidden_layers: int = 3
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    intermediate_size: int = 264
-    max_len: int = 128  # tokens per training row (prompt + answer)
+class AdapterSpec(build.AdapterSpec):
+    """The first zoo's adapter recipe, plus how the LoRA-A factors start."""
 
-
-@dataclasses.dataclass(frozen=True)
-class PretrainSpec:
-    steps: int = 1000
-    batch_size: int = 32
-    lr: float = 3e-3
-    num_texts: int = 20000
-    num_records: int = 10000
-
-
-@dataclasses.dataclass(frozen=True)
-class AdapterSpec:
-    rank: int = 8
-    lora_alpha: float = 16.0
-    steps: int = 250
-    batch_size: int = 8
-    lr: float = 1e-2
-    eval_examples: int = 50  # test examples per task for the adapter F1 check
     lora_init: str = "shared"  # one LoRA-A draw for every adapter (a real pool's one seed), or independent
 
 
@@ -154,67 +138,13 @@ class ZooBuildConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class Zoo:
-    """Paths of a built zoo, and its manifest."""
-
-    root: Path
-    manifest: dict
-
-    @property
-    def base_dir(self) -> Path:
-        return self.root / "base"
-
-    @property
-    def task_names(self) -> list[str]:
-        return list(self.manifest["tasks"])
+class Zoo(build.Zoo):
+    """Paths of a built IE world and its manifest; adapters are not one per task here."""
 
     @property
     def adapters(self) -> dict[str, dict[str, str]]:
         """Adapter name -> {"task": the task its data imitates ("" for distractors), "kind"}."""
         return self.manifest.get("adapters") or {t: {"task": t, "kind": "task"} for t in self.task_names}
-
-    def adapter_dir(self, name: str) -> Path:
-        return self.root / "adapters" / name
-
-    def records(self, task: str) -> dict[str, list[dict]]:
-        return json.loads((self.root / "data" / f"{task}.json").read_text())
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("EVOJAX_MERGE_CACHE", Path.home() / ".cache" / "evojax_merge"))
-
-
-def _encode_texts(texts: list[str], tokenizer, length: int) -> dict[str, np.ndarray]:
-    """Plain sentences with a full LM loss: ``<s> text </s>``, right-padded to ``length``."""
-    pad, bos, eos = special_ids(tokenizer)
-    rows = [[bos, *ids[: length - 2], eos] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    ids = np.full((len(rows), length), pad, np.int32)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = r
-    mask = (np.arange(length)[None] < np.array([len(r) for r in rows])[:, None]).astype(np.int32)
-    return {"input_ids": ids, "attention_mask": mask, "labels": np.where(mask == 1, ids, IGNORE_INDEX)}
-
-
-TRAIN_BUCKETS = (32, 48, 64, 80, 96, 112, 128, 160, 192, 256)
-
-
-SEQUENCE_KEYS = ("input_ids", "attention_mask", "labels")
-
-
-def _trim_to_bucket(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Cut right padding down to the smallest bucket that holds the batch's longest row.
-
-    Rows are padded to the model's max length once; each step only pays for a few compiles
-    (one per bucket) instead of the full length.
-    """
-    longest = int(batch["attention_mask"].sum(-1).max())
-    width = batch["input_ids"].shape[-1]
-    t = min(next((b for b in TRAIN_BUCKETS if b >= longest), width), width)
-    return {k: v[..., :t] if k in SEQUENCE_KEYS else v for k, v in batch.items()}
-
-
-def _with_answer_targets(encoded: dict[str, np.ndarray], k: int | None = None) -> dict[str, np.ndarray]:
-    return {**encoded, **answer_targets(encoded["labels"], k)}
 
 
 def _pretrain_batches(cfg: ZooBuildConfig, tokenizer, rng: np.random.Generator):
