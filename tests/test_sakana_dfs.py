@@ -73,6 +73,7 @@ def test_hand_written_path_equals_layers_composed_by_hand(two):
         ("a", 0, 1.0), ("b", 1, 0.5), ("b", 2, 1.5), ("a", 1, pytest.approx(0.8)), ("b", 0, pytest.approx(1.2))]
 
 
+@pytest.mark.slow  # P compiled single-path runs (6 s)
 def test_population_equals_single_runs(two):
     _, stack, layers = two
     layout = DFSLayout(2, 3, repeats=2, max_path=5)

@@ -15,6 +15,7 @@ CFG = ModelConfig(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidde
                   num_attention_heads=2, num_key_value_heads=1, head_dim=8)
 
 
+@pytest.mark.slow  # writes and reloads full checkpoints (4 s)
 def test_load_sources_stacks_every_weight(tmp_path):
     models = [LlamaForCausalLM(CFG, rngs=nnx.Rngs(s)) for s in range(3)]
     dirs = [save_model(m, tmp_path / f"m{i}") for i, m in enumerate(models)]

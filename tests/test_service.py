@@ -169,6 +169,7 @@ def test_generate(server, http):
         assert texts == remote.generate([1.0, 0.5, 1.0, 0.2], [0.7, -0.4, 0.1, 0.3], PROMPTS, max_new_tokens=5)
 
 
+@pytest.mark.slow  # a real HTTP round trip of generation (7 s)
 def test_generate_decodes_exactly_like_a_local_run(server, provider, http):
     """One decoding rule (cut at EOS, special tokens dropped, stripped) for the service and local runs."""
     import jax
