@@ -15,7 +15,6 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -109,7 +108,7 @@ class DAM(MergeMethod):
         takes each source on its own task's records, the "w/o KL" variant the target's validation set."""
         from evojax_merge.merge.dam import DamParts
         from evojax_merge.models.functional import ParamsModel
-        from evojax_merge.search.sakana import _ce
+        from evojax_merge.search.sakana import model_ce
 
         model = FullDamModel(cell.stack.model(0), cell.stack.params, cell.labels,
                              DamParts(embeddings=self.embeddings, norms=self.norms))
@@ -122,7 +121,7 @@ class DAM(MergeMethod):
             outcome, res = self.run_full(model, target_data=cell.val_data, seed=seed)
         merged = ParamsModel(cell.stack.config, model.merged_weights({k: jnp.asarray(v) for k, v in
                                                                        res.coefficients.items()}))
-        val_ce = float(jax.jit(lambda m: _ce(m.logits, cell.batch))(merged))
+        val_ce = float(model_ce(merged, cell.batch))
         details = {**outcome.details, "forward_examples": outcome.details["forward_examples"]
                    + int(cell.batch["input_ids"].shape[0]), "sources": list(cell.labels)}
         return Outcome(self.name, model=merged, val_ce=val_ce, val_fitness=val_ce, details=details)

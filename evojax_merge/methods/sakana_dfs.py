@@ -22,7 +22,7 @@ def run_dfs(stack: SourceStack, batch: dict, cfg: DFSConfig, seed: int, progress
             raise EvoMergeInputError(f"method.{key}: {value} is not a source index (0..{stack.num_sources - 1})")
     genome, result, layout, _ = dfs_search(stack, batch, cfg, seed, progress)
     model = dfs_model(layout, stack, cfg.embed_source, genome)
-    return Outcome(method=name, model=model, val_ce=validation_ce(model.logits, batch, cfg, result),
+    return Outcome(method=name, model=model, val_ce=validation_ce(model, batch, cfg, result),
                    val_fitness=result.best_fitness,
                    search=result, details={"path": list(model.path), "num_slots": layout.num_slots,
                                            "sources": list(stack.names), "genome": genome.tolist(),

@@ -7,14 +7,12 @@ their base and the target's validation batch); the outcome carries the merged mo
 
 from __future__ import annotations
 
-import jax
-
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.merge.sakana_ps import PSLayout
 from evojax_merge.methods.base import MergeMethod, MergeTask, Outcome
 from evojax_merge.models.functional import ParamsModel
 from evojax_merge.search.fitness import resolve_population_chunk
-from evojax_merge.search.sakana import PSConfig, _ce, check_objective, ps_search
+from evojax_merge.search.sakana import PSConfig, check_objective, model_ce, ps_search
 
 
 def sources_cell(task: MergeTask):
@@ -31,18 +29,18 @@ def run_ps(cell, cfg: PSConfig, seed: int, progress: bool) -> Outcome:
     params = fitness.params(args, genome)
     density, weight = PSLayout(cell.stack.num_sources, cell.stack.config.num_hidden_layers).decode(genome)
     model = ParamsModel(cell.stack.config, params)
-    return Outcome(method="sakana_ps", model=model, val_ce=validation_ce(model.logits, cell.batch, cfg, result),
+    return Outcome(method="sakana_ps", model=model, val_ce=validation_ce(model, cell.batch, cfg, result),
                    val_fitness=result.best_fitness, search=result,
                    details={"genome": genome.tolist(), "density": density.tolist(), "weight": weight.tolist(),
                             "history": result.history_rows(),
                             "forward_examples": searched_examples(cfg.population_size, result, cell.batch)})
 
 
-def validation_ce(logits_fn, batch: dict, cfg, result) -> float:
+def validation_ce(model, batch: dict, cfg, result) -> float:
     """The found model's validation CE: the best fitness itself when the search minimised the CE."""
     if cfg.fitness == "ce":
         return float(result.best_fitness)
-    return float(jax.jit(lambda b: _ce(logits_fn, b))(batch))
+    return float(model_ce(model, batch))
 
 
 def searched_examples(population_size: int, result, batch: dict) -> int:

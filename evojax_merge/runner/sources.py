@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -29,7 +30,7 @@ from evojax_merge.methods.base import MergeMethod, MergeTask, Outcome
 from evojax_merge.models.functional import ParamsModel, greedy_decode
 from evojax_merge.models.io import _read_safetensors
 from evojax_merge.models.sources import SourceStack, load_sources
-from evojax_merge.search.sakana import _ce, validation_batch
+from evojax_merge.search.sakana import model_ce, validation_batch
 from evojax_merge.zoo.sakana_world import SakanaWorld, accuracy, answer_text, encode
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,12 @@ def _no_evaluator(prune: str):
     raise EvoMergeInputError("Sakana methods merge full fine-tunes; they have no LoRA evaluator")
 
 
+@partial(jax.jit, static_argnums=3)
+def _greedy(model, ids, lengths, steps: int):
+    # module level: one compile per model structure and shape, shared by every method and seed
+    return greedy_decode(model.logits, ids, lengths, steps)
+
+
 def generate_answers(model, records: list[dict], tokenizer, max_len: int, steps: int = 3) -> list[str]:
     """Greedy answers (cache-free decode) of any model with ``.logits(ids, mask, at)``."""
     enc = encode(records, tokenizer, max_len)
@@ -58,8 +65,7 @@ def generate_answers(model, records: list[dict], tokenizer, max_len: int, steps:
     ids = np.where(cols < enc["prompt_len"][:, None], enc["input_ids"], tokenizer.pad_token_id)
     if int(enc["prompt_len"].max()) + steps > max_len:
         raise EvoMergeInputError(f"prompts too long for {steps} generated tokens within max_len={max_len}")
-    fn = jax.jit(lambda m, i, n: greedy_decode(m.logits, i, n, steps))
-    toks = fn(model, jnp.asarray(ids), jnp.asarray(enc["prompt_len"]))
+    toks = _greedy(model, jnp.asarray(ids), jnp.asarray(enc["prompt_len"]), steps)
     return answer_text(np.asarray(toks), tokenizer)
 
 
@@ -107,7 +113,7 @@ def run_sources_experiment(world: SakanaWorld, methods: dict[str, MergeMethod], 
                  for i, s in enumerate(sources)})
     for label, model in rows.items():
         acc = _score(model, world, target, tok, test_examples)
-        ce = float(jax.jit(lambda m: _ce(m.logits, cell.batch))(model))
+        ce = float(model_ce(model, cell.batch))
         cellres = {**_summary([acc] * len(seeds)), "val_ce": ce}
         name = label.split(":", 1)[-1]
         if name in world.own_task:

@@ -43,8 +43,14 @@ def validation_batch(encoded: dict[str, np.ndarray]) -> dict[str, jax.Array]:
 
 
 def _ce(logits_fn, batch) -> jax.Array:
-    logits = logits_fn(batch["input_ids"], batch["attention_mask"], batch["answer_pos"])
-    return answer_loss(logits, batch["answer_tgt"], batch["answer_mask"])
+    return objective_value("ce", logits_fn, batch)
+
+
+@jax.jit
+def model_ce(model, batch) -> jax.Array:
+    """The validation CE of a model pytree with ``.logits(ids, mask, at)`` (a ``ParamsModel`` or a
+    ``DFSModel``): compiled once per model structure, not once per method and seed."""
+    return _ce(model.logits, batch)
 
 
 OBJECTIVES = ("ce", "accuracy")
