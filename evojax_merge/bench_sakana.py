@@ -8,7 +8,7 @@ Two random sources of the Sakana world's shape (4 layers, hidden 64) and a valid
 as mergekit-evolve scores one candidate at a time); "batched" is the population fitness the CMA-ES
 stage runs, with the method's default ``population_chunk`` (PS: auto, one candidate at a time inside
 the call on a CPU; DFS: the whole population); "vmapped" is the whole population in one vmap. All
-are timed after a warm-up call, median of ``--repeats``, in one run. Prints the seconds and the
+are timed after a warm-up call, the best of ``--repeats``, in one run. Prints the seconds and the
 ratios loop / batched and loop / vmapped.
 """
 
@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from evojax_merge.bench import best_time
 from evojax_merge.merge.sakana_dfs import DFSLayout, layer_row, top_level
 from evojax_merge.merge.sakana_ps import PSLayout, task_vectors_of
 from evojax_merge.models.config import ModelConfig
@@ -48,16 +47,6 @@ def _batch(b: int = 32, t: int = 32) -> dict:
             "answer_pos": jnp.full((b, 2), t - 3, jnp.int32).at[:, 1].set(t - 2),
             "answer_tgt": jnp.asarray(rng.integers(4, CFG.vocab_size, (b, 2)), jnp.int32),
             "answer_mask": jnp.ones((b, 2), bool)}
-
-
-def _time(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def bench(population: int = 16, repeats: int = 3) -> dict:
@@ -91,7 +80,7 @@ def bench(population: int = 16, repeats: int = 3) -> dict:
         def loop(f=batched, a=args, x=pop, g0=G0):
             return [f(a, x[i:i + 1], g0) for i in range(population)]
 
-        t_batched, t_vmap, t_loop = _time(one_call, repeats), _time(one_vmap, repeats), _time(loop, repeats)
+        t_batched, t_vmap, t_loop = best_time(one_call, repeats), best_time(one_vmap, repeats), best_time(loop, repeats)
         check = np.asarray(batched(args, pop, G0))
         single = np.concatenate([np.asarray(batched(args, pop[i:i + 1], G0)) for i in range(population)])
         out[name] = {"batched_s": t_batched, "vmapped_s": t_vmap, "loop_s": t_loop,
