@@ -154,8 +154,8 @@ def _pretrain_batches(cfg: ZooBuildConfig, tokenizer, rng: np.random.Generator):
         encode_examples(corpus["records"], tokenizer, max_len=cfg.model.max_len, pad_to=cfg.model.max_len))
     b = cfg.pretrain.batch_size
     step = 0
-    while True:  # alternate plain text and format records
-        source = texts if step % 2 == 0 else records
+    while True:  # one plain-text batch, then two of exercise records (copying needs the steps)
+        source = texts if step % 3 == 0 else records
         idx = rng.integers(0, source["input_ids"].shape[0], b)
         yield _trim_to_bucket({k: v[idx] for k, v in source.items()})
         step += 1

@@ -30,12 +30,13 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.zoo.ie_domains import IE_DOMAINS, IE_DOMAINS_BY_NAME, PRIVATE_TYPES, SLOT, IEDomain
-from evojax_merge.zoo.lexicon import CORE_TYPES, SPLITS, max_forms, split_forms, vocabulary
+from evojax_merge.zoo.lexicon import CORE_TYPES, SPLITS, _u, all_forms, max_forms, split_forms, vocabulary
 
 IE_TASK_TYPES: tuple[str, ...] = ("ner", "es", "et")
 NONE_ANSWER = "None"
@@ -74,6 +75,8 @@ class IEWorldConfig:
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     history_shots: int = 1
     distractor_labels: int = 2
+    neutral_fraction: float = 0.0  # sentences whose frame does not tell an entity's type
+    base_core_ner: bool = False  # the base pretrains on NER of the core types (an instruction-tuned base)
     empty_fraction: float = 0.1
     anti: tuple[str, ...] = ()  # tasks whose anti-adapter (labels permuted) joins the pool
     siblings: tuple[str, ...] = ()  # tasks whose noisy siblings join the pool (the gate targets)
@@ -82,6 +85,7 @@ class IEWorldConfig:
     sibling_confusions: int = 1  # labels each sibling's "annotator" renames systematically
     sibling_drop: float = 0.2  # per entity: dropped from the answer
     sibling_flip: float = 0.1  # per entity: a random wrong label of the domain
+    sibling_split: str = "slice"  # "slice": disjoint slices of the train split; "shard": disjoint vocabularies
     distractors: tuple[str, ...] = ()  # "repeat" and/or "none"
 
     def __post_init__(self) -> None:
@@ -112,7 +116,9 @@ class IEWorldConfig:
                                      "sibling_count and sibling_size >= 1")
         if not 0 <= self.empty_fraction < 1 or not (0 <= self.sibling_drop <= 1 and 0 <= self.sibling_flip <= 1):
             raise EvoMergeInputError("zoo.tasks: empty_fraction in [0, 1), sibling_drop and sibling_flip in [0, 1]")
-        if self.siblings and self.sibling_count * self.sibling_size > self.train_size:
+        if self.sibling_split not in ("slice", "shard"):
+            raise EvoMergeInputError(f"zoo.tasks.sibling_split: {self.sibling_split!r} is not slice or shard")
+        if self.siblings and self.sibling_split == "slice" and self.sibling_count * self.sibling_size > self.train_size:
             raise EvoMergeInputError(
                 f"zoo.tasks.sibling_size: {self.sibling_count} siblings x {self.sibling_size} records need "
                 f"{self.sibling_count * self.sibling_size} disjoint training records, train_size is {self.train_size}")
@@ -165,11 +171,30 @@ def _rng(*keys: object) -> random.Random:
 Scene = tuple[str, tuple[tuple[str, str], ...]]  # (text, ((type, span), ...) in reading order)
 
 
+# Frames that do not tell an entity's type: only the entity itself does (fever -> disease, a first
+# name -> person). Their slots take any type of the domain.
+_NEUTRAL_FRAMES = ("{person} mentioned the {P} in the report", "the {P} was discussed at length",
+                   "{person} wrote a note about the {P}", "the notes listed the {P} and the {Q}",
+                   "the {P} came up again", "{person} asked about the {P} and the {Q}")
+
+
+def _neutral_template(rng: random.Random, dom: IEDomain) -> str:
+    frame = rng.choice(_NEUTRAL_FRAMES).replace("{P}", "{" + rng.choice(dom.types) + "}")
+    frame = frame.replace("{Q}", "{" + rng.choice(dom.types) + "}")
+    seen: dict[str, int] = {}
+
+    def number(m: re.Match) -> str:  # a type's second and third slots are {type2}, {type3}
+        seen[m.group(1)] = seen.get(m.group(1), 0) + 1
+        return "{" + m.group(1) + (str(seen[m.group(1)]) if seen[m.group(1)] > 1 else "") + "}"
+
+    return SLOT.sub(number, frame)
+
+
 def _scene(rng: random.Random, dom: IEDomain, forms: dict[str, tuple[str, ...]], empty_fraction: float,
-           need_entity: bool) -> Scene:
+           need_entity: bool, neutral_fraction: float = 0.0) -> Scene:
     if not need_entity and rng.random() < empty_fraction:
         return rng.choice(dom.fillers) + " .", ()
-    tpl = rng.choice(dom.templates)
+    tpl = _neutral_template(rng, dom) if neutral_fraction and rng.random() < neutral_fraction else rng.choice(dom.templates)
     slots = SLOT.findall(tpl)
     used: set[str] = set()
     values: dict[str, str] = {}
@@ -210,7 +235,8 @@ def _draw(cfg: IEWorldConfig, task_type: str, dom: IEDomain, split: str, n: int,
     split_forms_ = {t: f[split] for t, f in forms.items()}
     out: list[Record] = []
     while len(out) < n:
-        scene = _scene(rng, dom, split_forms_, cfg.empty_fraction, need_entity=task_type == "et")
+        scene = _scene(rng, dom, split_forms_, cfg.empty_fraction, need_entity=task_type == "et",
+                       neutral_fraction=cfg.neutral_fraction)
         para = EVAL_PARAPHRASE if split != "train" else rng.randrange(EVAL_PARAPHRASE)
         rec = _record(task_type, dom, scene, para, _options(rng, dom, cfg.distractor_labels))
         if rec["input"] in taken:
@@ -276,23 +302,48 @@ def sibling_confusion(types: Sequence[str], j: int, confusions: int, offset: int
             for m in range(min(confusions, n - 1))}
 
 
-def sibling_sets(cfg: IEWorldConfig, task: str, train: Sequence[Record]) -> list[list[Record]]:
-    """The noisy siblings of ``task``: ``sibling_count`` disjoint slices of its training split.
+def shard_of(form: str, etype: str, shards: int, seed: int) -> int:
+    """The vocabulary shard of a surface form: its last word (a head word, or a surname),
+    dealt round-robin over ``shards`` in a seeded order of that type's last words."""
+    lasts = sorted({f.split()[-1] for f in all_forms(etype)}, key=lambda w: _u(seed, "shard", etype, w))
+    return lasts.index(form.split()[-1]) % shards
 
-    Sibling ``j`` gets records ``[j * size, (j + 1) * size)`` and its own noisy "annotator":
-    its :func:`sibling_confusion` (systematic), and per entity an independent drop
-    (``sibling_drop``) or a random wrong label (``sibling_flip``). Alone, each is a mediocre
-    adapter; their errors are independent, so their average denoises.
+
+def sibling_sets(cfg: IEWorldConfig, task: str, train: Sequence[Record]) -> list[list[Record]]:
+    """The siblings of ``task``: ``sibling_count`` training sets of ``sibling_size`` records each.
+
+    - ``sibling_split="slice"``: sibling ``j`` gets records ``[j * size, (j + 1) * size)`` of the
+      task's training split;
+    - ``sibling_split="shard"``: sibling ``j`` gets fresh training records of the task's domain
+      whose entities all come from vocabulary shard ``j`` (:func:`shard_of`): like annotators
+      who each saw one part of the domain (one ward, one desk), every sibling learns the head
+      words of its shard only, while the test split mixes all shards. Alone each knows a part;
+      together they know the domain.
+
+    Each sibling then has its own noisy "annotator": its :func:`sibling_confusion`
+    (systematic), and per entity an independent drop (``sibling_drop``) or a random wrong label
+    (``sibling_flip``).
     """
     task_type, domain = task.split("_", 1)
-    types = IE_DOMAINS_BY_NAME[domain].types
+    dom = IE_DOMAINS_BY_NAME[domain]
+    types = dom.types
     offset = _rng(cfg.seed, "sibling-offset", task).randrange(len(types))
+    taken = {r["input"] for r in train}
     out = []
     for j in range(cfg.sibling_count):
         rng = _rng(cfg.seed, "sibling", task, j)
         confusion = sibling_confusion(types, j, cfg.sibling_confusions, offset)
+        if cfg.sibling_split == "shard":
+            forms = {t: {"train": tuple(f for f in cfg.forms(t)["train"]
+                                        if shard_of(f, t, cfg.sibling_count, cfg.seed) == j)} for t in types}
+            base = _draw(cfg, task_type, dom, "train", cfg.sibling_size, _rng(cfg.seed, "shard", task, j), forms,
+                         taken)
+            if cfg.history_shots:  # shots from the sibling's own shard, as its annotator wrote them
+                _with_history(base, base, cfg.history_shots, _rng(cfg.seed, "shard-history", task, j), own=True)
+        else:
+            base = list(train[j * cfg.sibling_size:(j + 1) * cfg.sibling_size])
         recs = []
-        for r in train[j * cfg.sibling_size:(j + 1) * cfg.sibling_size]:
+        for r in base:
             ents = []
             for ty, span in r["entities"]:
                 u = rng.random()
@@ -363,26 +414,42 @@ def pretraining_corpus(cfg: IEWorldConfig, n_texts: int, n_records: int) -> dict
             a, b = rng.sample(labels, 2)
             texts.append(rng.choice(_LABEL_FRAMES).format(a=a, b=b))
         else:
-            texts.append(_scene(rng, doms[i % len(doms)], forms, cfg.empty_fraction, False)[0])
+            texts.append(_scene(rng, doms[i % len(doms)], forms, cfg.empty_fraction, False, cfg.neutral_fraction)[0])
     words = [f for fs in forms.values() for f in fs]
-    kinds = list(_EXERCISES)
+    vocab = vocabulary()
+
+    def phrase() -> str:  # mostly a random word pair no lexicon holds: copying must not rely on recall
+        return rng.choice(words) if rng.random() < 0.2 else " ".join(rng.choice(vocab) for _ in range(rng.randint(1, 3)))
+    kinds = list(_EXERCISES) + (["core_ner", "core_ner"] if cfg.base_core_ner else [])
     records = []
     for i in range(n_records):
         kind = kinds[i % len(kinds)]
+        if kind == "core_ner":  # core types only; the options never offer the domain's private labels
+            dom = rng.choice(doms)
+            text, ents = _scene(rng, dom, forms, cfg.empty_fraction, False, cfg.neutral_fraction)
+            others = [t for t in PRIVATE_TYPES if t not in dom.private]
+            options = [*CORE_TYPES, *rng.sample(others, cfg.distractor_labels)]
+            rng.shuffle(options)
+            rec = _record("ner", dom, (text, tuple(e for e in ents if e[0] in CORE_TYPES)),
+                          rng.randrange(EVAL_PARAPHRASE), options)
+            records.append({k: rec[k] for k in ("instruction", "input", "output")})
+            continue
         if kind == "repeat":
-            src = _scene(rng, rng.choice(doms), forms, 0.0, False)[0]
+            # long random word strings: every answer token is an induction step (copy the word that
+            # followed this one in the input); short or familiar strings never teach this tiny model to copy
+            src = " ".join(rng.choice(vocab) for _ in range(rng.randint(8, 16)))
             out = src
         elif kind == "join":
-            items = rng.sample(words, rng.randint(1, 4))
+            items = list(dict.fromkeys(phrase() for _ in range(rng.randint(1, 4))))
             src, out = " | ".join(items), "; ".join(items)
         elif kind == "repeated":  # the empty answer, None, is an answer word the base must know too
-            items = rng.sample(words, rng.randint(2, 5))
+            items = list(dict.fromkeys(phrase() for _ in range(rng.randint(2, 5))))
             twice = [x for x in items if rng.random() < 0.3]
             seq = items + twice
             rng.shuffle(seq)
             src, out = " | ".join(seq), _join([x for x in dict.fromkeys(seq) if x in twice])
         else:
-            pairs = [(rng.choice(labels), rng.choice(words)) for _ in range(rng.randint(1, 3))]
+            pairs = [(rng.choice(labels), phrase()) for _ in range(rng.randint(1, 3))]
             src, out = " | ".join(f"{k} = {v}" for k, v in pairs), "; ".join(f"{k}: {v}" for k, v in pairs)
         records.append({"instruction": _EXERCISES[kind], "input": src, "output": out})
     return {"texts": texts, "records": records}
@@ -392,7 +459,7 @@ def vocabulary_texts() -> list[str]:
     """Every string the world can emit (for a word-level tokenizer with no unknown words)."""
     texts = [*vocabulary(), *CORE_TYPES, *PRIVATE_TYPES, NONE_ANSWER, "Entities: Option: | = ; : , . \" ' "]
     texts += [p for ps in _PARAPHRASES.values() for p in ps] + list(_FORMATS.values())
-    texts += list(_LABEL_FRAMES) + list(_EXERCISES.values())
+    texts += list(_LABEL_FRAMES) + list(_EXERCISES.values()) + [SLOT.sub(' ', f.replace('{P}', ' ').replace('{Q}', ' ')) for f in _NEUTRAL_FRAMES]
     for d in IE_DOMAINS:
         texts += [SLOT.sub(" ", t) for t in d.templates] + list(d.fillers)
     return texts
