@@ -68,13 +68,14 @@ def test_ood_on_the_ie_world_through_train(zoo, tmp_path):
     assert 0.0 <= results["methods"]["uniform"]["f1"] <= 1.0
 
 
-@pytest.mark.parametrize("override, message", [
-    ("zoo.kind=bogus", "error: zoo.kind: 'bogus' is not one of classic, ie"),
-    ("+zoo.tasks.bogus=1", "error: zoo.tasks.bogus: unknown key"),
-    ("+zoo.bogus=1", "error: zoo.bogus: unknown key"),
+@pytest.mark.parametrize("zoo_choice, override, message", [
+    ("ie_tiny", "zoo.kind=bogus", "error: zoo.kind: 'bogus' is not one of classic, ie"),
+    ("ie_tiny", "+zoo.tasks.bogus=1", "error: zoo.tasks.bogus: unknown key"),
+    ("ie_tiny", "+zoo.bogus=1", "error: zoo.bogus: unknown key"),
+    ("smoke", "+zoo.tasks.bogus=1", "error: zoo.tasks.bogus: unknown key"),  # the first zoo's config too
 ])
-def test_bad_zoo_config_is_a_one_line_error(tmp_path, override, message):
-    proc = _train(tmp_path / "cache", "+experiment=ood", "zoo=ie_tiny", override, "logger=none",
+def test_bad_zoo_config_is_a_one_line_error(tmp_path, zoo_choice, override, message):
+    proc = _train(tmp_path / "cache", "+experiment=ood", f"zoo={zoo_choice}", override, "logger=none",
                   f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1] == message
