@@ -68,18 +68,26 @@ def test_ood_on_the_ie_world_through_train(zoo, tmp_path):
     assert 0.0 <= results["methods"]["uniform"]["f1"] <= 1.0
 
 
-@pytest.mark.parametrize("zoo_choice, override, message", [
-    ("ie_tiny", "zoo.kind=bogus", "error: zoo.kind: 'bogus' is not one of classic, ie"),
-    ("ie_tiny", "+zoo.tasks.bogus=1", "error: zoo.tasks.bogus: unknown key"),
-    ("ie_tiny", "+zoo.bogus=1", "error: zoo.bogus: unknown key"),
-    ("smoke", "+zoo.tasks.bogus=1", "error: zoo.tasks.bogus: unknown key"),  # the first zoo's config too
-])
-def test_bad_zoo_config_is_a_one_line_error(tmp_path, zoo_choice, override, message):
-    proc = _train(tmp_path / "cache", "+experiment=ood", f"zoo={zoo_choice}", override, "logger=none",
+def test_bad_zoo_kind_is_a_one_line_error(tmp_path):
+    proc = _train(tmp_path / "cache", "+experiment=ood", "zoo=ie_tiny", "zoo.kind=bogus", "logger=none",
                   f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1] == message
+    assert proc.stderr.strip().splitlines()[-1] == "error: zoo.kind: 'bogus' is not one of classic, ie"
     assert "Traceback" not in proc.stderr and not (tmp_path / "cache").exists()  # refused before any build
+
+
+@pytest.mark.parametrize("zoo_choice, override, message", [
+    ("ie_tiny", "+zoo.tasks.bogus=1", "zoo.tasks.bogus: unknown key"),
+    ("ie_tiny", "+zoo.bogus=1", "zoo.bogus: unknown key"),
+    ("smoke", "+zoo.tasks.bogus=1", "zoo.tasks.bogus: unknown key"),  # the first zoo's config too
+])
+def test_unknown_zoo_key_is_refused_before_anything_is_built(zoo_choice, override, message):
+    """train.validate (run before the world loads; main prints it as the one line ``error: ...``)."""
+    from evojax_merge.train import validate
+
+    with pytest.raises(EvoMergeInputError) as err:
+        validate(_compose("+experiment=ood", f"zoo={zoo_choice}", override))
+    assert str(err.value) == message
 
 
 def test_ie_world_catalog(world, zoo):
