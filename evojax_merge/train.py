@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -30,19 +31,52 @@ def _tuples(d: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
+ZOO_KINDS = ("classic", "ie")
+
+
+def zoo_kind(cfg: DictConfig) -> str:
+    """The zoo config group's ``kind``: ``classic`` (zoo/build.py; also when absent) or ``ie`` (zoo/ie_build.py)."""
+    kind = cfg.zoo.get("kind") or "classic"
+    if kind not in ZOO_KINDS:
+        raise EvoMergeInputError(f"zoo.kind: {kind!r} is not one of {', '.join(ZOO_KINDS)}")
+    return kind
+
+
 def zoo_config(cfg: DictConfig):
+    """The zoo group as its build config: the IE world's (``kind: ie``) or the classic zoo's."""
+    z = OmegaConf.to_container(cfg.zoo, resolve=True)
+    if zoo_kind(cfg) == "ie":
+        from evojax_merge.zoo.ie_build import ZooBuildConfig as IEZooBuildConfig
+
+        return IEZooBuildConfig.from_dict(z)
     from evojax_merge.zoo.build import AdapterSpec, BaseModelSpec, PretrainSpec, ZooBuildConfig
     from evojax_merge.zoo.tasks import ZooConfig
 
-    z = OmegaConf.to_container(cfg.zoo, resolve=True)
-    return ZooBuildConfig(tasks=ZooConfig(**_tuples(z["tasks"])), model=BaseModelSpec(**z["model"]),
-                          pretrain=PretrainSpec(**z["pretrain"]), adapters=AdapterSpec(**z["adapters"]), seed=z["seed"])
+    unknown = sorted(set(z) - {"kind", "tasks", "model", "pretrain", "adapters", "seed"})
+    if unknown:
+        raise EvoMergeInputError(f"zoo.{unknown[0]}: unknown key")
+    parts = {"tasks": ZooConfig, "model": BaseModelSpec, "pretrain": PretrainSpec, "adapters": AdapterSpec}
+    kwargs = {}
+    for key, kind in parts.items():
+        sub = _tuples(z.get(key) or {})
+        bad = sorted(set(sub) - {f.name for f in dataclasses.fields(kind)})
+        if bad:
+            raise EvoMergeInputError(f"zoo.{key}.{bad[0]}: unknown key")
+        kwargs[key] = kind(**sub)
+    return ZooBuildConfig(**kwargs, seed=z.get("seed", 0))
+
+
+def uses_ie_zoo(cfg: DictConfig) -> bool:
+    """The run's tasks come from the compositional IE world."""
+    return cfg.data.source == "zoo" and zoo_kind(cfg) == "ie"
 
 
 def experiment_spec(cfg: DictConfig):
     from evojax_merge.runner.experiment import ExperimentSpec
 
     e = _tuples(OmegaConf.to_container(cfg.experiment, resolve=True))
+    if not e.get("targets") and uses_ie_zoo(cfg):  # an IE world: its gate targets (their siblings are in the pool)
+        e["targets"] = tuple(zoo_config(cfg).gate.targets)
     try:
         return ExperimentSpec(**e, seed=int(cfg.seed))
     except TypeError as err:
@@ -74,16 +108,21 @@ def validate(cfg: DictConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise EvoMergeInputError(message)
+    if cfg.model.source == "zoo" or cfg.data.source == "zoo":
+        zoo_config(cfg)  # a bad zoo kind or key, before anything is built
 
 
 def load_world(cfg: DictConfig):
     from evojax_merge.data.prompt import PromptSettings
-    from evojax_merge.runner.world import load_user_world, load_zoo_world
+    from evojax_merge.runner.world import load_ie_world, load_user_world, load_zoo_world
 
     prompt = PromptSettings(cfg.data.prompt, bool(cfg.data.loss_on_history), int(cfg.data.max_len_cap))
     if cfg.model.source == "zoo":
         if cfg.pool.source != "zoo" or cfg.data.source != "zoo":
             raise EvoMergeInputError("model.source=zoo needs pool.source=zoo and data.source=zoo")
+        if zoo_kind(cfg) == "ie":
+            return load_ie_world(zoo_config(cfg), cfg.cache_dir, cfg.model.dtype, progress=cfg.progress,
+                                 prompt=prompt)
         return load_zoo_world(zoo_config(cfg), cfg.cache_dir, cfg.model.dtype, progress=cfg.progress, prompt=prompt)
     if cfg.model.source not in ("hf", "gguf"):
         raise EvoMergeInputError(f"model.source: {cfg.model.source!r} is not zoo, hf or gguf")
@@ -189,7 +228,8 @@ def run(cfg: DictConfig, out_dir: Path, guard=None) -> dict:
                              predictions_dir=out_dir / "predictions")
     write_search_results(out_dir, searches, int(cfg.seed))
     results["timings"] = {"world_s": world_s, "experiment_s": time.perf_counter() - t0}
-    results["zoo"] = {k: world.info[k] for k in ("zoo_root", "timings", "adapter_test") if k in world.info}
+    results["zoo"] = {k: world.info[k] for k in ("zoo_root", "timings", "adapter_test", "adapters", "gate")
+                      if k in world.info}
     results["config"] = resolved
     return finish(results, spec, out_dir, tracker)
 
@@ -228,6 +268,10 @@ def finish(results: dict, spec, out_dir: Path, tracker) -> dict:
 
 def user_records(cfg: DictConfig) -> dict:
     """The task records on the user's side: the zoo's (regenerated from its seed) or files."""
+    if uses_ie_zoo(cfg):
+        from evojax_merge.zoo.ie_world import generate_world
+
+        return generate_world(zoo_config(cfg).tasks)
     if cfg.data.source == "zoo":
         from evojax_merge.zoo.tasks import generate_zoo
 
@@ -239,6 +283,11 @@ def user_records(cfg: DictConfig) -> dict:
 
 def user_task_types(cfg: DictConfig) -> dict[str, str]:
     """Each task's declared IE type: the zoo's own, or ``data.tasks.NAME.type``."""
+    if uses_ie_zoo(cfg):
+        from evojax_merge.runner.world import ie_task_types
+        from evojax_merge.zoo.ie_world import task_names
+
+        return ie_task_types(task_names(zoo_config(cfg).tasks))
     if cfg.data.source == "zoo":
         from evojax_merge.zoo.tasks import parse_task_name, task_names
 
@@ -246,6 +295,20 @@ def user_task_types(cfg: DictConfig) -> dict[str, str]:
     from evojax_merge.data.tasks import declared_tasks
 
     return {n: t.type for n, t in declared_tasks(OmegaConf.to_container(cfg.data.tasks, resolve=True)).items()}
+
+
+def user_adapter_catalog(cfg: DictConfig, service: dict, records: dict) -> tuple[dict[str, str], dict[str, str]]:
+    """``(adapter_tasks, adapter_kinds)`` of a merge service's pool on the user's side: ``service.adapter_tasks``
+    and ``service.adapter_kinds``, or, for an IE zoo when neither is given, the world's own (from its config,
+    as :func:`evojax_merge.runner.world.load_ie_world` reads them from the manifest)."""
+    adapter_tasks, adapter_kinds = service.get("adapter_tasks") or {}, service.get("adapter_kinds") or {}
+    if uses_ie_zoo(cfg) and not (adapter_tasks or adapter_kinds):
+        from evojax_merge.runner.world import ie_adapter_tasks
+        from evojax_merge.zoo.ie_world import adapter_datasets
+
+        adapters = adapter_datasets(zoo_config(cfg).tasks, records)
+        adapter_tasks, adapter_kinds = ie_adapter_tasks(adapters), {n: a["kind"] for n, a in adapters.items()}
+    return adapter_tasks, adapter_kinds
 
 
 def run_remote(cfg: DictConfig, spec, methods: dict, validation, resolved: dict, out_dir: Path,
@@ -257,8 +320,10 @@ def run_remote(cfg: DictConfig, spec, methods: dict, validation, resolved: dict,
 
     check_methods(methods, remote=True)  # before any request
     service = OmegaConf.to_container(cfg.service, resolve=True)
-    backend = RemoteBackend(service, user_records(cfg), spec.max_new_tokens, service.get("adapter_tasks") or {},
-                            task_types=user_task_types(cfg))
+    records = user_records(cfg)
+    adapter_tasks, adapter_kinds = user_adapter_catalog(cfg, service, records)
+    backend = RemoteBackend(service, records, spec.max_new_tokens, adapter_tasks, task_types=user_task_types(cfg),
+                            adapter_kinds=adapter_kinds)
     tracker = make_tracker(OmegaConf.to_container(cfg.logger, resolve=True), resolved, out_dir, spec.name)
     t0 = time.perf_counter()
     results = run_experiment(backend, spec, methods, validation,

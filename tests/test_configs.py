@@ -8,7 +8,8 @@ import yaml
 
 pytestmark = pytest.mark.slow  # subprocesses
 
-EXPERIMENTS = ["ood", "id", "distractors", "pool_size", "val_size", "ablation", "smoke", "dam", "sakana"]
+EXPERIMENTS = ["ood", "id", "distractors", "pool_size", "val_size", "ablation", "smoke", "dam", "sakana",
+               "id_ie", "distractors_ie", "pool_size_ie", "val_size_ie"]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

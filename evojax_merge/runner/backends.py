@@ -3,7 +3,8 @@ black-box merge service (only control vectors leave, only losses and texts come 
 
 Both backends answer the same questions, so one experiment engine drives both:
 
-- the catalog: adapter names, which task each adapter was trained on, the task records;
+- the catalog: adapter names, which task each adapter was trained on (and its kind, where known), the
+  task records;
 - ``open_cell(target, pool_idx, val_records, validation, max_len)``: a :class:`Cell` whose
   ``evaluator_for(prune)`` scores populations of ``(alpha, beta)`` on that pool;
 - ``answers(cell, outcomes, records)``: each outcome's greedy test answers.
@@ -51,6 +52,7 @@ class LocalBackend:
         self.world = world
         self.names = list(world.pool.names)
         self.records = world.records
+        self.adapter_kinds = dict(world.adapter_kinds)
         self.max_new_tokens = max_new_tokens
         self.population_chunk = population_chunk
         self.progress = progress
@@ -122,12 +124,14 @@ class LocalBackend:
 
 
 class RemoteBackend:
-    """A merge service's pool. Adapter ``name`` was trained on task ``adapter_tasks.get(name, name)``."""
+    """A merge service's pool. Adapter ``name`` was trained on task ``adapter_tasks.get(name, name)``;
+    ``adapter_kinds`` (optional) says which adapters are siblings, anti-adapters, distractors."""
 
     remote = True
 
     def __init__(self, service_cfg: dict, records: dict, max_new_tokens: int,
-                 adapter_tasks: dict[str, str] | None = None, task_types: dict[str, str] | None = None):
+                 adapter_tasks: dict[str, str] | None = None, task_types: dict[str, str] | None = None,
+                 adapter_kinds: dict[str, str] | None = None):
         from evojax_merge.service.client import list_pools
 
         self.url, self.key = service_cfg["url"], service_cfg.get("api_key")
@@ -144,6 +148,7 @@ class RemoteBackend:
             raise EvoMergeInputError(f"service.pool_id: {self.pool_id!r} is not served (served: {', '.join(pools)})")
         self.names = list(pools[self.pool_id]["adapters"])
         self.adapter_tasks = {n: (adapter_tasks or {}).get(n, n) for n in self.names}
+        self.adapter_kinds = {n: k for n, k in (adapter_kinds or {}).items() if n in self.names}
         self.records = records
         self.task_types = dict(task_types or {})
         self.max_new_tokens = max_new_tokens

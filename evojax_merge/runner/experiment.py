@@ -3,9 +3,10 @@ test scores as one table. One engine for local and remote runs: the backend deci
 
     ood          for each target task: the full pool minus the target's own adapter
     id           a few experts (<= 10); each expert's task is a target, the pool is the experts
-    distractors  id plus unrelated adapters in the pool
-    pool_size    ood with random pools of N adapters, for each N
-    val_size     ood with V validation examples, for each V
+    distractors  id plus unrelated adapters in the pool: ``num_distractors`` random ones, or the adapters
+                 of ``distractor_kinds`` (an IE world's ``distractor`` / ``anti`` adapters)
+    pool_size    ood with random pools of N adapters, for each N (null: the whole OOD pool)
+    val_size     ood with V validation examples, for each V (null: all of the target's validation records)
 
 The methods are the registry's (``conf/method/``); a variant such as an ablation is one more method.
 """
@@ -36,9 +37,11 @@ class ExperimentSpec:
     targets: tuple[str, ...] = ()
     num_targets: int = 6  # when targets is empty: spread over task types and domains
     experts: tuple[str, ...] = ()
-    num_distractors: int = 0
-    pool_sizes: tuple[int, ...] = ()  # pool_size experiment; empty = the whole pool
-    val_sizes: tuple[int, ...] = ()  # val_size experiment; empty = validation.num_batches x batch_size
+    num_distractors: int = 0  # with distractor_kinds: 0 = every adapter of those kinds
+    distractor_kinds: tuple[str, ...] = ()  # distractors: the adapters of these kinds, not random ones
+    pool_sizes: tuple[int | None, ...] = ()  # pool_size experiment; empty or None = the whole OOD pool
+    val_sizes: tuple[int | None, ...] = ()  # val_size experiment; empty = validation.num_batches x batch_size;
+    # None = every validation record of the target
     test_examples: int = 100
     max_len: int | None = None  # None: what the data needs, up to data.max_len_cap
     max_new_tokens: int = 48
@@ -86,11 +89,14 @@ def plan_runs(backend, spec: ExperimentSpec) -> list[Run]:
         for target in pick_targets(backend.records, spec):
             own = backend.own_adapter(target)
             ood_idx = [i for i, n in enumerate(names) if n != own]
-            for size in spec.pool_sizes or (len(ood_idx),):
-                if size > len(ood_idx):
-                    raise EvoMergeInputError(f"experiment.pool_sizes: {size} > the {len(ood_idx)} OOD adapters")
+            sizes = [len(ood_idx) if n is None else n for n in spec.pool_sizes] or [len(ood_idx)]
+            for size in dict.fromkeys(sizes):
+                if size > len(ood_idx) or size < 1:
+                    raise EvoMergeInputError(f"experiment.pool_sizes: {size} > the {len(ood_idx)} OOD adapters"
+                                             if size > 1 else f"experiment.pool_sizes: {size} < 1")
                 idx = sorted(rng.choice(ood_idx, size, replace=False).tolist()) if size < len(ood_idx) else ood_idx
-                for v in spec.val_sizes or (None,):
+                num_val = len(backend.records[target]["validation"])
+                for v in dict.fromkeys(num_val if v is None else v for v in spec.val_sizes) or (None,):
                     suffix = (f"@N={size}" if spec.pool_sizes else "") + (f"@V={v}" if v is not None else "")
                     runs.append(Run(target, idx, v, suffix))
         return runs
@@ -102,9 +108,30 @@ def plan_runs(backend, spec: ExperimentSpec) -> list[Run]:
         raise EvoMergeInputError(f"experiment.experts: no adapter for task {missing[0]!r}")
     idx = [names.index(backend.own_adapter(t) or t) for t in experts]
     others = [i for i in range(len(names)) if i not in idx]
-    if spec.num_distractors:
+    if spec.distractor_kinds:
+        idx += distractors_of_kinds(names, getattr(backend, "adapter_kinds", {}), others, spec, rng)
+    elif spec.num_distractors:
         idx += sorted(rng.choice(others, spec.num_distractors, replace=False).tolist())
     return [Run(target, idx) for target in experts]
+
+
+def distractors_of_kinds(names, kinds: dict[str, str], candidates: list[int], spec: ExperimentSpec,
+                         rng: np.random.Generator) -> list[int]:
+    """The interference adapters of ``spec.distractor_kinds`` among ``candidates`` (indices into ``names``):
+    all of them, or ``num_distractors`` drawn at random."""
+    if not kinds:
+        raise EvoMergeInputError("experiment.distractor_kinds: the pool's adapters have no kinds (an IE zoo, "
+                                 "zoo.kind=ie, has them; a merge service's come from service.adapter_kinds)")
+    picked = [i for i in candidates if kinds.get(names[i]) in spec.distractor_kinds]
+    if not picked:
+        raise EvoMergeInputError(f"experiment.distractor_kinds: no adapter of kind {', '.join(spec.distractor_kinds)} "
+                                 f"outside the experts (kinds: {', '.join(sorted(set(kinds.values())))})")
+    if spec.num_distractors > len(picked):
+        raise EvoMergeInputError(f"experiment.num_distractors: {spec.num_distractors} > the {len(picked)} adapters "
+                                 f"of kind {', '.join(spec.distractor_kinds)}")
+    if spec.num_distractors:
+        return sorted(rng.choice(picked, spec.num_distractors, replace=False).tolist())
+    return picked
 
 
 def check_methods(methods: dict[str, MergeMethod], remote: bool) -> None:

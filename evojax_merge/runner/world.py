@@ -1,7 +1,8 @@
 """The world a run merges in: a base model, its tokenizer, an adapter pool and the tasks' records.
 
-Two sources: the built-in zoo (built or reused from the cache), or user paths (an HF model
-directory, a glob of PEFT adapters, and alpaca-style record files per task).
+Three sources: the built-in zoo (built or reused from the cache), the compositional IE world
+(``conf/zoo/ie*.yaml``, ``kind: ie``; also built or reused), or user paths (an HF model directory,
+a glob of PEFT adapters, and alpaca-style record files per task).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class World:
     sources: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # task -> split -> file
     prompt: PromptSettings = PromptSettings()
     prompt_stats: dict[str, dict] = dataclasses.field(default_factory=dict)  # task -> what fitting did
+    adapter_kinds: dict[str, str] = dataclasses.field(default_factory=dict)  # adapter -> task|sibling|anti|...
 
     def task_type(self, task: str) -> str:
         """The declared type of ``task`` (the zoo declares its own); never guessed from the name."""
@@ -104,6 +106,52 @@ def load_zoo_world(zoo_cfg, cache_dir: str | None, dtype: str = "float32", progr
     return World(model, AutoTokenizer.from_pretrained(zoo.base_dir), pool, records,
                  {t: t for t in zoo.task_names}, zoo.base_dir, {"zoo_root": str(zoo.root), **zoo.manifest},
                  task_types={t: parse_task_name(t)[0] for t in zoo.task_names}, prompt=prompt or PromptSettings())
+
+
+def ie_adapter_tasks(adapters: dict[str, dict[str, str]]) -> dict[str, str]:
+    """``adapter_task`` of an IE world: a task adapter (kind ``task``) stands for its task; every other
+    adapter (siblings, anti-adapters, distractors) for itself, so that OOD removes only the target's
+    own adapter and keeps the siblings trained on its dataset."""
+    return {n: a["task"] if a["kind"] == "task" else n for n, a in adapters.items()}
+
+
+def ie_task_types(tasks) -> dict[str, str]:
+    """Each IE task's type, its name's prefix (``ner_``, ``es_``, ``et_``)."""
+    from evojax_merge.zoo.ie_world import IE_TASK_TYPES
+
+    types = {}
+    for t in tasks:
+        prefix = t.split("_", 1)[0]
+        if prefix not in IE_TASK_TYPES or "_" not in t:
+            raise EvoMergeInputError(f"zoo.tasks: task {t!r} has no IE type prefix ({', '.join(IE_TASK_TYPES)})")
+        types[t] = prefix
+    return types
+
+
+def load_ie_world(zoo_cfg, cache_dir: str | None, dtype: str = "float32", progress: bool = True,
+                  prompt: PromptSettings | None = None) -> World:
+    """The compositional IE world (:mod:`evojax_merge.zoo.ie_build`), built or reused from the cache.
+
+    The pool is every adapter (the sorted glob ``adapters/*``, as a merge service loads it); the
+    manifest says each adapter's task and kind. ``info`` is the manifest plus ``zoo_root`` (the
+    pilot gate included).
+    """
+    from transformers import AutoTokenizer
+
+    from evojax_merge.zoo.ie_build import build_ie_zoo
+
+    zoo = build_ie_zoo(zoo_cfg, cache_dir=cache_dir, progress=progress)
+    model = load_model(zoo.base_dir, dtype=dtype)
+    pool = load_pool(str(zoo.root / "adapters" / "*"), model.config)
+    adapters = zoo.adapters
+    unknown = [n for n in pool.names if n not in adapters]
+    if unknown:
+        raise EvoMergeInputError(f"{zoo.root / 'manifest.json'}: adapter {unknown[0]!r} is not in its adapters")
+    records = {t: zoo.records(t) for t in zoo.task_names}
+    return World(model, AutoTokenizer.from_pretrained(zoo.base_dir), pool, records,
+                 ie_adapter_tasks({n: adapters[n] for n in pool.names}), zoo.base_dir,
+                 {"zoo_root": str(zoo.root), **zoo.manifest}, task_types=ie_task_types(zoo.task_names),
+                 prompt=prompt or PromptSettings(), adapter_kinds={n: adapters[n]["kind"] for n in pool.names})
 
 
 def load_user_world(model_dir: str | None, tokenizer_dir: str | None, adapters: str | list[str], data: dict,

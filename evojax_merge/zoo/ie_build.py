@@ -66,6 +66,7 @@ _PACKAGE = Path(__file__).resolve().parents[1]
 # layout and export, the prompt and batching, the metric of the gate
 CODE_FILES = ("zoo/*.py", "models/*.py", "lora/adapter.py", "lora/export.py", "data/prompt.py",
               "data/batching.py", "eval/metrics.py", "eval/generate.py", "eval/evaluate.py")
+KIND = "ie"  # the zoo config group's ``kind`` of this world (conf/zoo/ie*.yaml); train.py dispatches on it
 
 
 def code_digest() -> str:
@@ -104,9 +105,15 @@ class ZooBuildConfig:
 
     @classmethod
     def from_dict(cls, z: dict) -> ZooBuildConfig:
-        """From the ``zoo`` config group (lists become tuples); a bad key is a one-line error."""
+        """From the ``zoo`` config group (lists become tuples); a bad key is a one-line error.
+
+        ``kind`` (``ie``, the marker ``train.py`` dispatches on) is accepted and not part of the config.
+        """
         from evojax_merge.errors import EvoMergeInputError
 
+        if z.get("kind", KIND) != KIND:
+            raise EvoMergeInputError(f"zoo.kind: {z['kind']!r} is not {KIND!r} (this is an IE world's config)")
+        z = {k: v for k, v in z.items() if k != "kind"}
         parts = {"tasks": IEWorldConfig, "model": BaseModelSpec, "pretrain": PretrainSpec,
                  "adapters": AdapterSpec, "gate": GateSpec}
         kwargs: dict = {"seed": int(z.get("seed", 0))}
