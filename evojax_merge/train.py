@@ -173,6 +173,14 @@ def stage_runner_factory(cfg: DictConfig, out_dir: Path, tracker, guard, resolve
     return runner_for
 
 
+def _command_line() -> list[str]:
+    """This run's command-line overrides (Hydra's task overrides; none outside a Hydra app)."""
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # HydraConfig not set
+        return []
+
+
 def run(cfg: DictConfig, out_dir: Path, guard=None) -> dict:
     """``guard``: the stop-signal flag the searches poll (``evojax_merge.slurm.stop_guard()``, installed)."""
     from evojax_merge.lora.export import save_peft_adapter
@@ -182,6 +190,10 @@ def run(cfg: DictConfig, out_dir: Path, guard=None) -> dict:
     from evojax_merge.search.result_io import search_result_record
     from evojax_merge.tracking import make_tracker
 
+    if cfg.experiment.get("name") == "paper":  # every table over its seeds, one report per table
+        from evojax_merge.runner.paper import run_paper
+
+        return run_paper(cfg, out_dir, lambda sub, run_dir: run(sub, run_dir, guard), _command_line())
     if cfg.experiment.get("kind") == "sakana":  # full fine-tunes: Sakana's table on its own world
         from evojax_merge.runner.sources import run_sakana
 

@@ -8,8 +8,7 @@ import yaml
 
 pytestmark = pytest.mark.slow  # subprocesses
 
-EXPERIMENTS = ["ood", "id", "distractors", "pool_size", "val_size", "ablation", "smoke", "dam", "sakana",
-               "id_ie", "distractors_ie", "pool_size_ie", "val_size_ie"]
+EXPERIMENTS = ["ood", "id", "distractors", "pool_size", "val_size", "ablation", "smoke", "dam", "sakana"]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -29,7 +28,8 @@ def test_experiment_composes(experiment):
                                       "evo_neither", "evo_prune_B", "evo_prune_both"}
         assert cfg["method"]["evo_prune_B"]["prune"] == "B" and not cfg["method"]["evo_no_denoise"]["denoise"]
     if experiment == "distractors":
-        assert cfg["experiment"]["num_distractors"] == 5 and len(cfg["experiment"]["experts"]) <= 10
+        assert cfg["experiment"]["distractor_kinds"] == ["distractor", "anti"]
+        assert len(cfg["experiment"]["experts"]) <= 10
 
 
 def test_defaults_are_the_papers():

@@ -148,14 +148,15 @@ def test_null_pool_and_validation_sizes_mean_all(world):
         _plan(world, setting="ood", targets=("ner_medicine",), pool_sizes=(5,))
 
 
-def test_the_ie_experiment_configs_compose():
-    for name, key, value in [("id_ie", "experts", 8),
-                             ("distractors_ie", "distractor_kinds", ["distractor", "anti"]),
-                             ("pool_size_ie", "pool_sizes", [3, 6, None]),
-                             ("val_size_ie", "val_sizes", [25, 50, None])]:
+def test_the_experiment_configs_run_on_the_ie_world():
+    for name, key, value in [("id", "experts", 4),
+                             ("distractors", "distractor_kinds", ["distractor", "anti"]),
+                             ("pool_size", "pool_sizes", [3, 6, None]),
+                             ("val_size", "val_sizes", [25, 50, None])]:
         cfg = _compose(f"+experiment={name}")
         assert cfg.zoo.kind == "ie" and cfg.experiment.name == name
         got = list(cfg.experiment[key])
         assert (len(got) if isinstance(value, int) else got) == value
-    # the command line's zoo wins over the experiment's
-    assert _compose("+experiment=id_ie", "zoo=ie_pilot").zoo.tasks.domains == ["news", "medicine"]
+    # another zoo on the command line
+    assert _compose("+experiment=id", "zoo=ie_full").zoo.tasks.domains == ["news", "sports", "medicine", "science"]
+    assert _compose("+experiment=ood", "zoo=classic").zoo.kind == "classic"

@@ -286,7 +286,7 @@ def test_task_names_domain_major():
 
 
 def test_the_ie_configs_load():
-    for name in ("ie", "ie_pilot", "ie_tiny"):
+    for name in ("ie", "ie_full", "ie_tiny"):
         cfg = load_zoo_config(f"conf/zoo/{name}.yaml")
         assert cfg.gate.targets and set(cfg.gate.targets) <= set(cfg.tasks.siblings)
         assert cfg.adapters.lora_init == "shared"

@@ -194,7 +194,8 @@ def _scene(rng: random.Random, dom: IEDomain, forms: dict[str, tuple[str, ...]],
            need_entity: bool, neutral_fraction: float = 0.0) -> Scene:
     if not need_entity and rng.random() < empty_fraction:
         return rng.choice(dom.fillers) + " .", ()
-    tpl = _neutral_template(rng, dom) if neutral_fraction and rng.random() < neutral_fraction else rng.choice(dom.templates)
+    neutral = neutral_fraction and rng.random() < neutral_fraction
+    tpl = _neutral_template(rng, dom) if neutral else rng.choice(dom.templates)
     slots = SLOT.findall(tpl)
     used: set[str] = set()
     values: dict[str, str] = {}
@@ -403,7 +404,8 @@ _EXERCISES = {"repeat": "Repeat the text word for word.",
 
 
 def pretraining_corpus(cfg: IEWorldConfig, n_texts: int, n_records: int) -> dict[str, list]:
-    """``{"texts": [...], "records": [...]}``: plain sentences (full LM loss) and exercise records."""
+    """``{"texts", "records", "copy"}``: plain sentences (full LM loss), exercise records, and long random
+    repeat strings for the copy warm-up (``IEPretrainSpec.copy_steps``)."""
     rng = _rng(cfg.seed, "pretrain")
     forms = {t: cfg.forms(t)["train"] for t in (*CORE_TYPES, *PRIVATE_TYPES)}
     doms = list(IE_DOMAINS)  # the base knows every domain's language, whichever tasks are built
@@ -419,7 +421,9 @@ def pretraining_corpus(cfg: IEWorldConfig, n_texts: int, n_records: int) -> dict
     vocab = vocabulary()
 
     def phrase() -> str:  # mostly a random word pair no lexicon holds: copying must not rely on recall
-        return rng.choice(words) if rng.random() < 0.2 else " ".join(rng.choice(vocab) for _ in range(rng.randint(1, 3)))
+        if rng.random() < 0.2:
+            return rng.choice(words)
+        return " ".join(rng.choice(vocab) for _ in range(rng.randint(1, 3)))
     kinds = list(_EXERCISES) + (["core_ner", "core_ner"] if cfg.base_core_ner else [])
     records = []
     for i in range(n_records):
@@ -452,14 +456,17 @@ def pretraining_corpus(cfg: IEWorldConfig, n_texts: int, n_records: int) -> dict
             pairs = [(rng.choice(labels), phrase()) for _ in range(rng.randint(1, 3))]
             src, out = " | ".join(f"{k} = {v}" for k, v in pairs), "; ".join(f"{k}: {v}" for k, v in pairs)
         records.append({"instruction": _EXERCISES[kind], "input": src, "output": out})
-    return {"texts": texts, "records": records}
+    copy = [{"instruction": _EXERCISES["repeat"], "input": src, "output": src}
+            for src in (" ".join(rng.choice(vocab) for _ in range(rng.randint(8, 16))) for _ in range(n_records // 2))]
+    return {"texts": texts, "records": records, "copy": copy}
 
 
 def vocabulary_texts() -> list[str]:
     """Every string the world can emit (for a word-level tokenizer with no unknown words)."""
     texts = [*vocabulary(), *CORE_TYPES, *PRIVATE_TYPES, NONE_ANSWER, "Entities: Option: | = ; : , . \" ' "]
     texts += [p for ps in _PARAPHRASES.values() for p in ps] + list(_FORMATS.values())
-    texts += list(_LABEL_FRAMES) + list(_EXERCISES.values()) + [SLOT.sub(' ', f.replace('{P}', ' ').replace('{Q}', ' ')) for f in _NEUTRAL_FRAMES]
+    texts += list(_LABEL_FRAMES) + list(_EXERCISES.values())
+    texts += [SLOT.sub(" ", f.replace("{P}", " ").replace("{Q}", " ")) for f in _NEUTRAL_FRAMES]
     for d in IE_DOMAINS:
         texts += [SLOT.sub(" ", t) for t in d.templates] + list(d.fillers)
     return texts
