@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import sys
@@ -44,26 +43,11 @@ def zoo_kind(cfg: DictConfig) -> str:
 
 def zoo_config(cfg: DictConfig):
     """The zoo group as its build config: the IE world's (``kind: ie``) or the classic zoo's."""
-    z = OmegaConf.to_container(cfg.zoo, resolve=True)
     if zoo_kind(cfg) == "ie":
-        from evojax_merge.zoo.ie_build import ZooBuildConfig as IEZooBuildConfig
-
-        return IEZooBuildConfig.from_dict(z)
-    from evojax_merge.zoo.build import AdapterSpec, BaseModelSpec, PretrainSpec, ZooBuildConfig
-    from evojax_merge.zoo.tasks import ZooConfig
-
-    unknown = sorted(set(z) - {"kind", "tasks", "model", "pretrain", "adapters", "seed"})
-    if unknown:
-        raise EvoMergeInputError(f"zoo.{unknown[0]}: unknown key")
-    parts = {"tasks": ZooConfig, "model": BaseModelSpec, "pretrain": PretrainSpec, "adapters": AdapterSpec}
-    kwargs = {}
-    for key, kind in parts.items():
-        sub = _tuples(z.get(key) or {})
-        bad = sorted(set(sub) - {f.name for f in dataclasses.fields(kind)})
-        if bad:
-            raise EvoMergeInputError(f"zoo.{key}.{bad[0]}: unknown key")
-        kwargs[key] = kind(**sub)
-    return ZooBuildConfig(**kwargs, seed=z.get("seed", 0))
+        from evojax_merge.zoo.ie_build import ZooBuildConfig
+    else:
+        from evojax_merge.zoo.build import ZooBuildConfig
+    return ZooBuildConfig.from_dict(OmegaConf.to_container(cfg.zoo, resolve=True))
 
 
 def uses_ie_zoo(cfg: DictConfig) -> bool:

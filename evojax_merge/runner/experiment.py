@@ -91,9 +91,10 @@ def plan_runs(backend, spec: ExperimentSpec) -> list[Run]:
             ood_idx = [i for i, n in enumerate(names) if n != own]
             sizes = [len(ood_idx) if n is None else n for n in spec.pool_sizes] or [len(ood_idx)]
             for size in dict.fromkeys(sizes):
-                if size > len(ood_idx) or size < 1:
-                    raise EvoMergeInputError(f"experiment.pool_sizes: {size} > the {len(ood_idx)} OOD adapters"
-                                             if size > 1 else f"experiment.pool_sizes: {size} < 1")
+                if size < 1:
+                    raise EvoMergeInputError(f"experiment.pool_sizes: {size} < 1")
+                if size > len(ood_idx):
+                    raise EvoMergeInputError(f"experiment.pool_sizes: {size} > the {len(ood_idx)} OOD adapters")
                 idx = sorted(rng.choice(ood_idx, size, replace=False).tolist()) if size < len(ood_idx) else ood_idx
                 num_val = len(backend.records[target]["validation"])
                 for v in dict.fromkeys(num_val if v is None else v for v in spec.val_sizes) or (None,):

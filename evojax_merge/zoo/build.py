@@ -70,6 +70,26 @@ class AdapterSpec:
     eval_examples: int = 50  # test examples per task for the adapter F1 check
 
 
+def config_sections(z: dict, parts: dict[str, type]) -> dict:
+    """``{section: parts[section](**z[section])}`` for a zoo config group ``z`` (lists become tuples).
+
+    An unknown key, in a section or beside ``seed`` at the top, is a one-line error naming it.
+    """
+    from evojax_merge.errors import EvoMergeInputError
+
+    out = {}
+    for key, kind in parts.items():
+        sub = {k: tuple(v) if isinstance(v, list) else v for k, v in (z.get(key) or {}).items()}
+        unknown = sorted(set(sub) - {f.name for f in dataclasses.fields(kind)})
+        if unknown:
+            raise EvoMergeInputError(f"zoo.{key}.{unknown[0]}: unknown key")
+        out[key] = kind(**sub)
+    unknown = sorted(set(z) - set(parts) - {"seed"})
+    if unknown:
+        raise EvoMergeInputError(f"zoo.{unknown[0]}: unknown key")
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class ZooBuildConfig:
     tasks: ZooConfig = ZooConfig()
@@ -77,6 +97,13 @@ class ZooBuildConfig:
     pretrain: PretrainSpec = PretrainSpec()
     adapters: AdapterSpec = AdapterSpec()
     seed: int = 0
+
+    @classmethod
+    def from_dict(cls, z: dict) -> ZooBuildConfig:
+        """From the ``zoo`` config group (``kind: classic`` or none); a bad key is a one-line error."""
+        z = {k: v for k, v in z.items() if k != "kind"}
+        parts = {"tasks": ZooConfig, "model": BaseModelSpec, "pretrain": PretrainSpec, "adapters": AdapterSpec}
+        return cls(**config_sections(z, parts), seed=int(z.get("seed", 0)))
 
     def digest(self) -> str:
         blob = json.dumps({"v": ZOO_FORMAT_VERSION, **dataclasses.asdict(self)}, sort_keys=True, default=list)

@@ -132,17 +132,7 @@ class ZooBuildConfig:
         z = {k: v for k, v in z.items() if k != "kind"}
         parts = {"tasks": IEWorldConfig, "model": BaseModelSpec, "pretrain": IEPretrainSpec,
                  "adapters": AdapterSpec, "gate": GateSpec}
-        kwargs: dict = {"seed": int(z.get("seed", 0))}
-        for key, kind in parts.items():
-            sub = {k: tuple(v) if isinstance(v, list) else v for k, v in (z.get(key) or {}).items()}
-            unknown = sorted(set(sub) - {f.name for f in dataclasses.fields(kind)})
-            if unknown:
-                raise EvoMergeInputError(f"zoo.{key}.{unknown[0]}: unknown key")
-            kwargs[key] = kind(**sub)
-        unknown = sorted(set(z) - set(parts) - {"seed"})
-        if unknown:
-            raise EvoMergeInputError(f"zoo.{unknown[0]}: unknown key")
-        return cls(**kwargs)
+        return cls(**build.config_sections(z, parts), seed=int(z.get("seed", 0)))
 
     def __post_init__(self) -> None:
         from evojax_merge.errors import EvoMergeInputError
@@ -171,15 +161,17 @@ class Zoo(build.Zoo):
 
 
 def _pretrain_batches(cfg: ZooBuildConfig, tokenizer, rng: np.random.Generator):
-    corpus = pretraining_corpus(cfg.tasks, n_texts=cfg.pretrain.num_texts, n_records=cfg.pretrain.num_records)
+    every = cfg.pretrain.copy_every
+    n_copy = cfg.pretrain.num_records // 2 if cfg.pretrain.copy_steps or every else 0
+    corpus = pretraining_corpus(cfg.tasks, n_texts=cfg.pretrain.num_texts, n_records=cfg.pretrain.num_records,
+                                n_copy=n_copy)
     texts = _with_answer_targets(_encode_texts(corpus["texts"], tokenizer, 48))
     records = _with_answer_targets(
         encode_examples(corpus["records"], tokenizer, max_len=cfg.model.max_len, pad_to=cfg.model.max_len))
-    copy = _with_answer_targets(
-        encode_examples(corpus["copy"], tokenizer, max_len=cfg.model.max_len, pad_to=cfg.model.max_len))
+    copy = _with_answer_targets(encode_examples(corpus["copy"], tokenizer, max_len=cfg.model.max_len,
+                                                pad_to=cfg.model.max_len)) if n_copy else None
     b = cfg.pretrain.batch_size
     step = 0
-    every = cfg.pretrain.copy_every
     while True:  # copy warm-up; then one plain-text batch, then two of exercise records (+ copy batches)
         if step < cfg.pretrain.copy_steps or (every and step % every == every - 1):
             source = copy

@@ -27,6 +27,7 @@ Public API: :class:`IEWorldConfig`, :func:`task_names`, :func:`generate_world`,
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.zoo.ie_domains import IE_DOMAINS, IE_DOMAINS_BY_NAME, PRIVATE_TYPES, SLOT, IEDomain
-from evojax_merge.zoo.lexicon import CORE_TYPES, SPLITS, _u, all_forms, max_forms, split_forms, vocabulary
+from evojax_merge.zoo.lexicon import CORE_TYPES, SPLITS, all_forms, max_forms, split_forms, vocabulary
 
 IE_TASK_TYPES: tuple[str, ...] = ("ner", "es", "et")
 NONE_ANSWER = "None"
@@ -303,11 +304,16 @@ def sibling_confusion(types: Sequence[str], j: int, confusions: int, offset: int
             for m in range(min(confusions, n - 1))}
 
 
+@functools.cache
+def _last_word_rank(etype: str, seed: int) -> dict[str, int]:
+    lasts = sorted({f.split()[-1] for f in all_forms(etype)}, key=lambda w: _rng(seed, "shard", etype, w).random())
+    return {w: i for i, w in enumerate(lasts)}
+
+
 def shard_of(form: str, etype: str, shards: int, seed: int) -> int:
     """The vocabulary shard of a surface form: its last word (a head word, or a surname),
     dealt round-robin over ``shards`` in a seeded order of that type's last words."""
-    lasts = sorted({f.split()[-1] for f in all_forms(etype)}, key=lambda w: _u(seed, "shard", etype, w))
-    return lasts.index(form.split()[-1]) % shards
+    return _last_word_rank(etype, seed)[form.split()[-1]] % shards
 
 
 def sibling_sets(cfg: IEWorldConfig, task: str, train: Sequence[Record]) -> list[list[Record]]:
@@ -403,9 +409,9 @@ _EXERCISES = {"repeat": "Repeat the text word for word.",
               "fields": 'Rewrite each pair as key: value. Output format is "key: value; key: value".'}
 
 
-def pretraining_corpus(cfg: IEWorldConfig, n_texts: int, n_records: int) -> dict[str, list]:
-    """``{"texts", "records", "copy"}``: plain sentences (full LM loss), exercise records, and long random
-    repeat strings for the copy warm-up (``IEPretrainSpec.copy_steps``)."""
+def pretraining_corpus(cfg: IEWorldConfig, n_texts: int, n_records: int, n_copy: int = 0) -> dict[str, list]:
+    """``{"texts", "records", "copy"}``: plain sentences (full LM loss), exercise records, and ``n_copy``
+    long random repeat strings for the copy batches (``IEPretrainSpec.copy_steps`` / ``copy_every``)."""
     rng = _rng(cfg.seed, "pretrain")
     forms = {t: cfg.forms(t)["train"] for t in (*CORE_TYPES, *PRIVATE_TYPES)}
     doms = list(IE_DOMAINS)  # the base knows every domain's language, whichever tasks are built
@@ -420,10 +426,11 @@ def pretraining_corpus(cfg: IEWorldConfig, n_texts: int, n_records: int) -> dict
     words = [f for fs in forms.values() for f in fs]
     vocab = vocabulary()
 
-    def phrase() -> str:  # mostly a random word pair no lexicon holds: copying must not rely on recall
-        if rng.random() < 0.2:
-            return rng.choice(words)
-        return " ".join(rng.choice(vocab) for _ in range(rng.randint(1, 3)))
+    def random_words(lo: int, hi: int) -> str:  # strings no lexicon holds: copying them cannot rely on recall
+        return " ".join(rng.choice(vocab) for _ in range(rng.randint(lo, hi)))
+
+    def phrase() -> str:  # mostly random words, a lexicon form 20% of the time
+        return rng.choice(words) if rng.random() < 0.2 else random_words(1, 3)
     kinds = list(_EXERCISES) + (["core_ner", "core_ner"] if cfg.base_core_ner else [])
     records = []
     for i in range(n_records):
@@ -441,7 +448,7 @@ def pretraining_corpus(cfg: IEWorldConfig, n_texts: int, n_records: int) -> dict
         if kind == "repeat":
             # long random word strings: every answer token is an induction step (copy the word that
             # followed this one in the input); short or familiar strings never teach this tiny model to copy
-            src = " ".join(rng.choice(vocab) for _ in range(rng.randint(8, 16)))
+            src = random_words(8, 16)
             out = src
         elif kind == "join":
             items = list(dict.fromkeys(phrase() for _ in range(rng.randint(1, 4))))
@@ -457,7 +464,7 @@ def pretraining_corpus(cfg: IEWorldConfig, n_texts: int, n_records: int) -> dict
             src, out = " | ".join(f"{k} = {v}" for k, v in pairs), "; ".join(f"{k}: {v}" for k, v in pairs)
         records.append({"instruction": _EXERCISES[kind], "input": src, "output": out})
     copy = [{"instruction": _EXERCISES["repeat"], "input": src, "output": src}
-            for src in (" ".join(rng.choice(vocab) for _ in range(rng.randint(8, 16))) for _ in range(n_records // 2))]
+            for src in (random_words(8, 16) for _ in range(n_copy))]
     return {"texts": texts, "records": records, "copy": copy}
 
 
