@@ -124,7 +124,7 @@ def test_distractor_kinds_add_those_adapters(world):
 
     def pools(**kw):
         runs = _plan(world, setting="distractors", experts=experts, **kw)
-        assert [r.target for r in runs] == list(experts)
+        assert [(r.target, r.tasks) for r in runs] == [("distractors", experts)]  # one multi-task merge
         return [names[i] for i in runs[0].pool_idx]
 
     assert pools(distractor_kinds=("distractor", "anti")) == ["ner_news", "ner_medicine", "distractor_none"]
@@ -137,6 +137,54 @@ def test_distractor_kinds_add_those_adapters(world):
     with pytest.raises(EvoMergeInputError, match=r"^experiment.distractor_kinds: no adapter of kind anti"):
         pools(distractor_kinds=("anti",))
     assert len(pools(num_distractors=2)) == 4  # without kinds: random ones, as before
+
+
+def test_id_is_one_merge_on_pooled_validation_unless_multitask_is_off(world):
+    from evojax_merge.runner.experiment import _validation_records
+    from evojax_merge.search.fitness import ValidationConfig
+
+    experts = ("ner_news", "ner_medicine")
+    [pooled] = _plan(world, setting="id", experts=experts)
+    assert (pooled.target, pooled.tasks, pooled.scored_tasks) == ("id", experts, experts)
+    per_expert = _plan(world, setting="id", experts=experts, multitask=False)
+    assert [(r.target, r.tasks, r.scored_tasks) for r in per_expert] == [
+        ("ner_news", (), ("ner_news",)), ("ner_medicine", (), ("ner_medicine",))]
+    assert pooled.pool_idx == per_expert[0].pool_idx == per_expert[1].pool_idx
+    # the validation budget (2 batches of 3) split evenly: news 0, medicine 0, news 1, medicine 1, ...
+    records, val = _validation_records(LocalBackend(world, 16, progress=False), pooled,
+                                       ValidationConfig(batch_size=3, num_batches=2))
+    news, med = (world.records[t]["validation"] for t in experts)
+    assert records == [news[0], med[0], news[1], med[1], news[2], med[2]] and val.num_batches == 2
+
+
+def test_pooled_records_interleave_and_stop_at_the_limit():
+    from evojax_merge.runner.experiment import pooled_records
+
+    a, b, c = ["a0", "a1", "a2"], ["b0"], ["c0", "c1"]
+    assert pooled_records([a, b, c]) == ["a0", "b0", "c0", "a1", "c1", "a2"]  # b runs out: the others go on
+    assert pooled_records([a, b, c], limit=4) == ["a0", "b0", "c0", "a1"]
+    assert pooled_records([a, b, c], limit=99) == ["a0", "b0", "c0", "a1", "c1", "a2"]
+    assert pooled_records([[], []]) == [] and pooled_records([]) == []
+
+
+def test_id_through_train_scores_one_merge_on_every_expert(zoo, tmp_path):
+    out = tmp_path / "run"
+    proc = _train(zoo.root.parent, "+experiment=id", "zoo=ie_tiny", *TINY, "experiment.experts=[ner_news,ner_medicine]",
+                  f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    for label in ("uniform", "lorahub"):
+        cells = results["methods"][label]["per_task"]
+        assert set(cells) == {"ner_news", "ner_medicine"}
+        news, med = cells["ner_news"], cells["ner_medicine"]
+        assert news["merged_for"] == med["merged_for"] == ["ner_news", "ner_medicine"]
+        assert news["beta"] == med["beta"] and news["val_ce"] == med["val_ce"]  # one merge, one validation loss
+        assert sorted(news["adapters"]) == ["ner_medicine", "ner_news"]
+        assert results["methods"][label]["f1"] == pytest.approx((news["f1"] + med["f1"]) / 2)
+    assert list(json.loads((out / "result.json").read_text())["searches"]) == ["id/lorahub"]  # one search
+    for task in ("ner_news", "ner_medicine"):  # each expert's own test answers, saved to inspect
+        rows = (out / "predictions" / task / "lorahub.jsonl").read_text().splitlines()
+        assert len(rows) == 4
 
 
 def test_null_pool_and_validation_sizes_mean_all(world):

@@ -63,6 +63,7 @@ class MergeTask:
     runner: Callable | None = None  # a StageRunner (checkpoints, logging) for CMA-ES stages
     seed: int = 0
     progress: bool = True
+    val_records: list[dict] | None = None  # the cell's validation records (pooled over a multi-task cell's tasks)
     cache: dict = dataclasses.field(default_factory=dict)
 
     @property

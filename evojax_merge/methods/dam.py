@@ -91,7 +91,7 @@ class DAM(MergeMethod):
         if cfg.objective == "kl":
             res = train_dam(model, cfg, source_data=self.source_examples(world, task.pool_names))
         else:
-            val = world.records[task.target]["validation"]
+            val = task.val_records if task.val_records is not None else world.records[task.target]["validation"]
             res = train_dam(model, cfg, target_data=encode_examples(val, world.tokenizer, max_len=self.max_len))
         adapter = model.merged_adapter({k: jnp.asarray(v) for k, v in res.coefficients.items()})
         evaluator = task.evaluator_for("A")

@@ -7,7 +7,8 @@ Both backends answer the same questions, so one experiment engine drives both:
   task records;
 - ``open_cell(target, pool_idx, val_records, validation, max_len)``: a :class:`Cell` whose
   ``evaluator_for(prune)`` scores populations of ``(alpha, beta)`` on that pool;
-- ``answers(cell, outcomes, records)``: each outcome's greedy test answers.
+- ``answers(cell, outcomes, records, max_len, task)``: each outcome's greedy answers to ``task``'s test
+  records (``task``: the cell's target unless a multi-task cell names one of its tasks).
 """
 
 from __future__ import annotations
@@ -86,13 +87,14 @@ class LocalBackend:
     def prompt_stats(self, target: str) -> dict:
         return self.world.prompt_stats.get(target, {})
 
-    def answers(self, cell: Cell, outcomes: list[Outcome], records: list[dict], max_len: int) -> list[list[str]]:
+    def answers(self, cell: Cell, outcomes: list[Outcome], records: list[dict], max_len: int,
+                task: str | None = None) -> list[list[str]]:
         """Greedy test answers of every outcome; the adapter ones in batched calls."""
         from tqdm.auto import tqdm
 
-        world, texts = self.world, {}
-        gen_kw = world.encoding(cell.target, "test", training=False)
-        bar = tqdm(total=len(outcomes), desc=f"{cell.target}: test generation", leave=False, dynamic_ncols=True,
+        world, texts, task = self.world, {}, task or cell.target
+        gen_kw = world.encoding(task, "test", training=False)
+        bar = tqdm(total=len(outcomes), desc=f"{task}: test generation", leave=False, dynamic_ncols=True,
                    disable=not self.progress)
         by_shape: dict[tuple, list[int]] = {}  # adapters of one rank and module set generate in one batch
         for i, o in enumerate(outcomes):
@@ -193,8 +195,9 @@ class RemoteBackend:
 
         return Cell(target, list(pool_idx), names, evaluator_for, None, close)
 
-    def answers(self, cell: Cell, outcomes: list[Outcome], records: list[dict], max_len: int) -> list[list[str]]:
-        out = []
+    def answers(self, cell: Cell, outcomes: list[Outcome], records: list[dict], max_len: int,
+                task: str | None = None) -> list[list[str]]:
+        out = []  # the service formats the prompts: ``task`` changes nothing here
         for o in outcomes:
             if o.genome is None:
                 raise EvoMergeInputError(f"method {o.method}: its result is not a control vector, "

@@ -2,7 +2,9 @@
 test scores as one table. One engine for local and remote runs: the backend decides where.
 
     ood          for each target task: the full pool minus the target's own adapter
-    id           a few experts (<= 10); each expert's task is a target, the pool is the experts
+    id           a few experts (<= 10), the pool: one multi-task merge found on the experts' pooled
+                 validation records and scored on each expert's test set (``multitask: false``: one
+                 merge per expert, on its own validation set)
     distractors  id plus unrelated adapters in the pool: ``num_distractors`` random ones, or the adapters
                  of ``distractor_kinds`` (an IE world's ``distractor`` / ``anti`` adapters)
     pool_size    ood with random pools of N adapters, for each N (null: the whole OOD pool)
@@ -39,6 +41,7 @@ class ExperimentSpec:
     experts: tuple[str, ...] = ()
     num_distractors: int = 0  # with distractor_kinds: 0 = every adapter of those kinds
     distractor_kinds: tuple[str, ...] = ()  # distractors: the adapters of these kinds, not random ones
+    multitask: bool = True  # id / distractors: one merge on the experts' pooled validation records
     pool_sizes: tuple[int | None, ...] = ()  # pool_size experiment; empty or None = the whole OOD pool
     val_sizes: tuple[int | None, ...] = ()  # val_size experiment; empty = validation.num_batches x batch_size;
     # None = every validation record of the target
@@ -51,12 +54,19 @@ class ExperimentSpec:
 @dataclasses.dataclass
 class Run:
     """One cell of the experiment: a target, its pool (indices into the backend's adapters), and the
-    validation size; every method runs on it. ``suffix`` tells cells of one target apart."""
+    validation size; every method runs on it. ``suffix`` tells cells of one target apart. A multi-task
+    cell names its ``tasks``: their validation records are pooled and each one's test set is scored;
+    ``target`` is then the cell's label (the setting's name)."""
 
     target: str
     pool_idx: list[int]
     num_val: int | None = None
     suffix: str = ""
+    tasks: tuple[str, ...] = ()
+
+    @property
+    def scored_tasks(self) -> tuple[str, ...]:
+        return self.tasks or (self.target,)
 
 
 def pick_targets(task_names, spec: ExperimentSpec) -> list[str]:
@@ -113,6 +123,8 @@ def plan_runs(backend, spec: ExperimentSpec) -> list[Run]:
         idx += distractors_of_kinds(names, getattr(backend, "adapter_kinds", {}), others, spec, rng)
     elif spec.num_distractors:
         idx += sorted(rng.choice(others, spec.num_distractors, replace=False).tolist())
+    if spec.multitask:
+        return [Run(spec.setting, idx, tasks=tuple(experts))]
     return [Run(target, idx) for target in experts]
 
 
@@ -144,8 +156,19 @@ def check_methods(methods: dict[str, MergeMethod], remote: bool) -> None:
                                      f"(service=remote) cannot run it (white-box: {', '.join(white_box)})")
 
 
-def _validation_records(backend, target: str, num_val: int | None, val: ValidationConfig
-                        ) -> tuple[list[dict], ValidationConfig]:
+def pooled_records(per_task: list[list[dict]], limit: int | None = None) -> list[dict]:
+    """The tasks' records interleaved (first of each task, then the second of each, ...), up to ``limit``:
+    any prefix holds every task in equal shares, as far as each has records."""
+    longest = max((len(r) for r in per_task), default=0)
+    pooled = [records[i] for i in range(longest) for records in per_task if i < len(records)]
+    return pooled[:limit] if limit is not None else pooled
+
+
+def _validation_records(backend, r: Run, val: ValidationConfig) -> tuple[list[dict], ValidationConfig]:
+    if r.tasks:  # a multi-task merge: the validation budget split evenly over its tasks
+        return pooled_records([backend.records[t]["validation"] for t in r.tasks],
+                              val.batch_size * val.num_batches), val
+    target, num_val = r.target, r.num_val
     records = backend.records[target]["validation"]
     if num_val is not None:
         if num_val > len(records):
@@ -153,6 +176,25 @@ def _validation_records(backend, target: str, num_val: int | None, val: Validati
         records = records[:num_val]
         val = dataclasses.replace(val, num_batches=max(1, num_val // val.batch_size))
     return records, val
+
+
+def _cell_result(backend, r: Run, cell, task: str, label: str, outcome: Outcome, test: list[dict],
+                 answers: list[str], predictions_dir) -> dict:
+    """One method's scores on one task's test set, with what its merge was and how it was found."""
+    s = score(answers, test, backend.task_type(task))
+    if predictions_dir is not None:
+        write_predictions(predictions_dir, task, label, test, answers, backend.task_type(task))
+    result = {**s, "val_ce": outcome.val_ce, "val_fitness": outcome.val_fitness, "pool_size": len(r.pool_idx),
+              "prompt": backend.prompt_stats(r.target), **outcome.details}
+    if r.tasks:
+        result["merged_for"] = list(r.tasks)  # one multi-task merge, scored on each of these
+    if outcome.genome is not None:
+        result.setdefault("alpha", np.asarray(outcome.genome[0]).tolist())
+        result.setdefault("beta", np.asarray(outcome.genome[1]).tolist())
+        result.setdefault("adapters", list(cell.pool_names))  # what each genome entry weighs
+    log.info("%-28s %-18s F1 %.3f (val CE %s)", label, task, s["f1"],
+             "n/a" if outcome.val_ce is None else f"{outcome.val_ce:.4f}")
+    return result
 
 
 def run_experiment(
@@ -170,17 +212,17 @@ def run_experiment(
     from tqdm.auto import tqdm
 
     runs = plan_runs(backend, spec)
-    backend.check({r.target for r in runs}, spec.max_len, spec.test_examples)  # splits exist and fit, up front
-    log.info("%s: %d cells x %d methods over %d targets", spec.name, len(runs), len(methods),
-             len({r.target for r in runs}))
+    scored = {t for r in runs for t in r.scored_tasks}
+    backend.check(scored, spec.max_len, spec.test_examples)  # splits exist and fit, up front
+    log.info("%s: %d cells x %d methods over %d targets", spec.name, len(runs), len(methods), len(scored))
     results: dict[str, dict] = {}
     for r in runs:
-        val_records, val = _validation_records(backend, r.target, r.num_val, validation)
+        val_records, val = _validation_records(backend, r, validation)
         cell = backend.open_cell(r.target, r.pool_idx, val_records, val, spec.max_len)
         try:
             task = MergeTask(target=r.target, pool_names=cell.pool_names, evaluator_for=cell.evaluator_for,
                              stack=cell.stack, world=getattr(backend, "world", None), seed=spec.seed,
-                             progress=progress)
+                             progress=progress, val_records=val_records)
             outcomes, labels = [], []
             for label, method in tqdm(methods.items(), desc=f"{r.target}: methods", leave=False,
                                       dynamic_ncols=True, disable=not progress):
@@ -197,23 +239,14 @@ def run_experiment(
                 outcome.details["search_s"] = time.perf_counter() - t0 + getattr(task.runner, "prior_elapsed_s", 0.0)
                 outcomes.append(outcome)
                 labels.append(full)
-            test = backend.records[r.target]["test"][: spec.test_examples]
-            texts = backend.answers(cell, outcomes, test, spec.max_len)
+            tests = {t: backend.records[t]["test"][: spec.test_examples] for t in r.scored_tasks}
+            texts = {t: backend.answers(cell, outcomes, test, spec.max_len, task=t) for t, test in tests.items()}
         finally:
             cell.close()
-        for label, outcome, answers in zip(labels, outcomes, texts, strict=True):
-            s = score(answers, test, backend.task_type(r.target))
-            if predictions_dir is not None:
-                write_predictions(predictions_dir, r.target, label, test, answers, backend.task_type(r.target))
-            cell_result = {**s, "val_ce": outcome.val_ce, "val_fitness": outcome.val_fitness,
-                           "pool_size": len(r.pool_idx), "prompt": backend.prompt_stats(r.target), **outcome.details}
-            if outcome.genome is not None:
-                cell_result.setdefault("alpha", np.asarray(outcome.genome[0]).tolist())
-                cell_result.setdefault("beta", np.asarray(outcome.genome[1]).tolist())
-                cell_result.setdefault("adapters", list(cell.pool_names))  # what each genome entry weighs
-            results.setdefault(label, {"per_task": {}})["per_task"][r.target] = cell_result
-            log.info("%-28s %-18s F1 %.3f (val CE %s)", label, r.target, s["f1"],
-                     "n/a" if outcome.val_ce is None else f"{outcome.val_ce:.4f}")
+        for i, (label, outcome) in enumerate(zip(labels, outcomes, strict=True)):
+            for t, test in tests.items():
+                results.setdefault(label, {"per_task": {}})["per_task"][t] = cell_result = _cell_result(
+                    backend, r, cell, t, label, outcome, test, texts[t][i], predictions_dir)
             if on_result is not None:
                 on_result(r, label, outcome, cell_result)
     for res in results.values():
