@@ -359,6 +359,50 @@ def test_paper_predictions_held_or_not_by_hand():
     assert check_predictions(stats_of({"uniform": (1, 2, 3), "base": (0, 0, 0)})) == []
 
 
+def _stats_of(f1: dict[str, tuple[float, ...]]):
+    return label_stats({s: {k: {"f1": v[s] / 100, "precision": 0.0, "recall": 0.0, "per_task": {}}
+                            for k, v in f1.items() if s < len(v)} for s in range(3)})
+
+
+def test_distractor_cost_held_or_not_by_hand():
+    from evojax_merge.report.predictions import check_distractor_cost
+
+    id_ = _stats_of({"evo_merging": (60, 62, 64), "task_arithmetic": (40, 40, 40), "ties": (44, 42, 40)})
+    # changes: evo -2 -4 -3 -> -3 (SE 0.58, the bound itself: held); TA -10 -11 -9 -> -10; TIES -30 -30 -30
+    dist = _stats_of({"evo_merging": (58, 58, 61), "task_arithmetic": (30, 29, 31), "ties": (14, 12, 10)})
+    [p] = check_distractor_cost(id_, dist)
+    assert p.held and p.evidence == (
+        "`evo_merging` 62.00 -> 59.00 (change -3.00 ± 0.58 SE); `task_arithmetic` 40.00 -> 30.00 "
+        "(change -10.00 ± 0.58 SE); `ties` 42.00 -> 12.00 (change -30.00 ± 0.00 SE); seeds 0, 1, 2")
+    # Evo loses 3.33 > 3: not held, though TA and TIES drop far
+    [p] = check_distractor_cost(id_, _stats_of({**{k: (58, 58, 60) for k in ["evo_merging"]},
+                                                "task_arithmetic": (0, 0, 0), "ties": (0, 0, 0)}))
+    assert not p.held
+    # TA loses only 9: not held
+    [p] = check_distractor_cost(id_, _stats_of({"evo_merging": (60, 62, 64), "task_arithmetic": (31, 31, 31),
+                                                "ties": (0, 0, 0)}))
+    assert not p.held
+    assert check_distractor_cost(id_, _stats_of({"evo_merging": (1, 1, 1), "ties": (0, 0, 0)})) == []  # no TA
+    assert check_distractor_cost(id_, {}) == []
+
+
+def test_summary_lists_each_table_and_the_cross_table_prediction():
+    from evojax_merge.report.summary import summary_markdown
+
+    id_ = _stats_of({"evo_merging": (60, 62, 64), "task_arithmetic": (40, 40, 40), "ties": (44, 42, 40),
+                     "lorahub": (50, 50, 50)})
+    dist = _stats_of({"evo_merging": (58, 58, 61), "task_arithmetic": (30, 29, 31), "ties": (14, 12, 10)})
+    text = summary_markdown({"id": id_, "distractors": dist}, {"id": "id/report/REPORT.md",
+                                                               "distractors": "distractors/report/REPORT.md"},
+                            [0, 1, 2], 600.0, "python -m evojax_merge.train +experiment=paper")
+    assert text.startswith("# The paper's tables: 2 tables x 3 seeds (0, 1, 2)")
+    assert "10 min of runs" in text and "[REPORT.md](id/report/REPORT.md)" in text
+    assert "- Evo-Merging > LoraHub > TA/TIES: **held** (`evo_merging` 62.00, `lorahub` 50.00" in text
+    assert "## Across tables: id against distractors\n\n- Distractors cost Evo-Merging at most 3 F1" in text
+    assert text.index("## id") < text.index("## distractors") < text.index("## Across tables")
+    assert "Across tables" not in summary_markdown({"id": id_}, {"id": "x"}, [0], 1.0, "c")
+
+
 def test_provenance_is_this_checkout():
     from evojax_merge.provenance import provenance
 

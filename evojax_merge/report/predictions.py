@@ -6,8 +6,9 @@ Each prediction is tested on the mean test F1 over seeds (x100), within one ``@`
 2. ``evo_merging > lorahub > max(task_arithmetic, ties)`` (means);
 3. among the ablations, ``evo_merging[no_scale]`` below both ``[no_denoise]`` and ``[no_sign_flip]``.
 
-The cross-experiment prediction (distractors cost Evo <= 3 F1 while TA and TIES lose >= 10) needs the
-id and distractors reports side by side and is not checked here. Pure functions, no I/O.
+Across two experiments, :func:`check_distractor_cost` tests the fourth on the id and distractors
+tables: the change ``distractors - id``, paired over the seeds both ran, is ``>= -3`` for Evo-Merging
+and ``<= -10`` for both task arithmetic and TIES. Pure functions, no I/O.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from evojax_merge.report.stats import BEST_SINGLE, LabelStats, suffix
+from evojax_merge.report.stats import BEST_SINGLE, LabelStats, paired_gap, suffix
 
 EVO, LORAHUB = "evo_merging", "lorahub"
 BASELINES = ("task_arithmetic", "ties")
 ABLATIONS = ("no_scale", "no_denoise", "no_sign_flip")
+EVO_MAX_COST, BASELINE_MIN_COST = 3.0, 10.0  # F1 x100
 EPS = 1e-9  # F1 x100 is computed from fractions: 100 * 0.4 - 100 * 0.31 is 8.999999999999996
 
 
@@ -59,3 +61,22 @@ def check_predictions(stats: Mapping[str, LabelStats]) -> list[Prediction]:
             out.append(Prediction(f"w/o scaling is the worst of w/o scaling, w/o denoising, w/o sign flip{where}",
                                   held, ", ".join(_f(s) for s in variants)))
     return out
+
+
+def check_distractor_cost(id_stats: Mapping[str, LabelStats], distractor_stats: Mapping[str, LabelStats]
+                          ) -> list[Prediction]:
+    """Distractors cost Evo-Merging at most 3 F1 while TA and TIES each lose 10 or more: the change
+    ``distractors - id`` per method, paired over the seeds both tables ran. Empty unless all three ran in both."""
+    names = (EVO, *BASELINES)
+    if any(n not in id_stats or n not in distractor_stats for n in names):
+        return []
+    change = {n: paired_gap(n, distractor_stats[n].per_seed, n, id_stats[n].per_seed) for n in names}
+    if any(g is None for g in change.values()):
+        return []
+    held = change[EVO].mean >= -EVO_MAX_COST - EPS and all(change[b].mean <= -BASELINE_MIN_COST + EPS
+                                                               for b in BASELINES)
+    seeds = ", ".join(map(str, sorted(set(id_stats[EVO].per_seed) & set(distractor_stats[EVO].per_seed))))
+    evidence = "; ".join(f"`{n}` {id_stats[n].f1.mean:.2f} -> {distractor_stats[n].f1.mean:.2f} "
+                         f"(change {g.mean:+.2f} ± {g.se:.2f} SE)" for n, g in change.items())
+    return [Prediction("Distractors cost Evo-Merging at most 3 F1, while TA and TIES drop 10 or more", held,
+                       f"{evidence}; seeds {seeds}")]

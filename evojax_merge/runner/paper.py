@@ -2,6 +2,7 @@
 
     OUT/<table>/seed_<s>/      a run directory of ``+experiment=<table> seed=<s>`` (results.json, ...)
     OUT/<table>/report/        ``python -m evojax_merge.report OUT/<table>`` (REPORT.md, figures/)
+    OUT/SUMMARY.md             every table's methods and the paper's predictions, held or not
 
 Each (table, seed) is composed exactly as its own command line would be, with the paper run's other
 overrides (e.g. ``zoo=ie_full``, ``logger=none``) passed on. A rerun in the same directory skips the
@@ -33,9 +34,10 @@ def table_overrides(command_line: Sequence[str]) -> list[str]:
 def run_paper(cfg: DictConfig, out_dir: Path, run_one: Callable[[DictConfig, Path], dict],
               command_line: Sequence[str]) -> dict:
     """Run ``cfg.experiment.tables`` x ``cfg.experiment.seeds`` with ``run_one(cfg, run_dir)``, then
-    build each table's seeded report. Returns ``{table: report path}``."""
+    build each table's seeded report and the summary. Returns ``{table: report path}``."""
     from hydra import compose
 
+    from evojax_merge.report.summary import write_summary
     from evojax_merge.runner.seed_runs import build_seed_report
 
     tables, seeds = list(cfg.experiment.tables), [int(s) for s in cfg.experiment.seeds]
@@ -51,9 +53,9 @@ def run_paper(cfg: DictConfig, out_dir: Path, run_one: Callable[[DictConfig, Pat
                 raise EvoMergeInputError(f"experiment.tables: {table!r}: {str(e).splitlines()[0]}") from None
             if configs[table, seed].experiment.name == "paper":
                 raise EvoMergeInputError("experiment.tables: 'paper' cannot run itself")
-    reports, t_start = {}, time.perf_counter()
+    reports, table_dirs, t_start = {}, {}, time.perf_counter()
     for table in tables:
-        dirs = []
+        dirs = table_dirs[table] = []
         for seed in seeds:
             run_dir = out_dir / table / f"seed_{seed}"
             if (run_dir / "results.json").is_file():
@@ -65,5 +67,8 @@ def run_paper(cfg: DictConfig, out_dir: Path, run_one: Callable[[DictConfig, Pat
             dirs.append(run_dir)
         reports[table] = str(build_seed_report(dirs, out_dir / table / "report"))
         print(f"paper: {table} report written to {reports[table]}", flush=True)
-    print(f"paper: {len(tables)} tables x {len(seeds)} seeds in {time.perf_counter() - t_start:.0f} s", flush=True)
+    seconds = time.perf_counter() - t_start
+    summary = write_summary(out_dir, table_dirs, reports, seeds, seconds,
+                            " ".join(["python -m evojax_merge.train", *command_line]))
+    print(f"paper: {len(tables)} tables x {len(seeds)} seeds in {seconds:.0f} s; summary: {summary}", flush=True)
     return reports

@@ -1,0 +1,56 @@
+"""The paper run's one-page summary: every table's headline and the paper's predictions, held or not.
+
+``OUT/SUMMARY.md`` beside ``OUT/<table>/report/REPORT.md``: per table, each method's test F1 (mean ± std
+over seeds) and the predictions its report checks; then the prediction that needs two tables
+(distractors cost Evo-Merging at most 3 F1 while TA and TIES drop 10 or more: id against distractors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from evojax_merge.report.markdown import methods_table
+from evojax_merge.report.predictions import Prediction, check_distractor_cost, check_predictions
+from evojax_merge.report.stats import LabelStats, label_stats
+
+
+def table_stats(run_dirs: Sequence[Path]) -> dict[str, LabelStats]:
+    """Per method, its statistics over the seeds of one table's run directories."""
+    from evojax_merge.report.runs import group_by_seed, load_run
+
+    return label_stats(group_by_seed([load_run(d) for d in run_dirs]))
+
+
+def _lines(checked: Sequence[Prediction]) -> str:
+    return "\n".join(f"- {p.claim}: **{'held' if p.held else 'not held'}** ({p.evidence})." for p in checked)
+
+
+def summary_markdown(stats: Mapping[str, Mapping[str, LabelStats]], reports: Mapping[str, str],
+                     seeds: Sequence[int], seconds: float, command: str) -> str:
+    """SUMMARY.md's text: ``stats`` and ``reports`` (relative paths) per table, in the run's order."""
+    parts = [f"# The paper's tables: {len(stats)} tables x {len(seeds)} seeds ({', '.join(map(str, seeds))})",
+             f"`{command}` — {seconds / 60:.0f} min of runs in this invocation (tables finished earlier were "
+             "skipped). Test F1 ×100, mean ± std over seeds; each table's report has the gaps, costs, figures "
+             "and provenance."]
+    for table, s in stats.items():
+        parts += [f"## {table}", f"[REPORT.md]({reports[table]})", methods_table(s)]
+        checked = check_predictions(s)
+        if checked:
+            parts.append(_lines(checked))
+    if "id" in stats and "distractors" in stats:
+        cross = check_distractor_cost(stats["id"], stats["distractors"])
+        if cross:
+            parts += ["## Across tables: id against distractors", _lines(cross)]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_summary(out_dir: Path, table_dirs: Mapping[str, Sequence[Path]], reports: Mapping[str, str],
+                  seeds: Sequence[int], seconds: float, command: str) -> Path:
+    """Write ``out_dir/SUMMARY.md`` (atomically); returns its path."""
+    from evojax_merge.fileio import write_text_atomic
+
+    stats = {table: table_stats(dirs) for table, dirs in table_dirs.items()}
+    rel = {t: str(Path(p).relative_to(out_dir)) if Path(p).is_relative_to(out_dir) else str(p)
+           for t, p in reports.items()}
+    return write_text_atomic(out_dir / "SUMMARY.md", summary_markdown(stats, rel, seeds, seconds, command))
