@@ -343,20 +343,24 @@ def test_paper_predictions_held_or_not_by_hand():
 
     checked = check_predictions(stats_of({
         "evo_merging": (40, 42, 44), "best_single": (31, 30, 35), "lorahub": (35, 35, 35), "ties": (36, 30, 30),
-        "task_arithmetic": (20, 20, 20), "evo_merging[no_scale]": (10, 10, 10),
-        "evo_merging[no_denoise]": (20, 20, 20), "evo_merging[no_sign_flip]": (15, 16, 11)}))
+        "task_arithmetic": (20, 20, 20), "evo_no_scale": (10, 10, 10),
+        "evo_no_denoise": (20, 20, 20), "evo_no_sign_flip": (15, 16, 11)}))
     # evo - best = 9 12 9: mean 10 (>= 10), std sqrt 3, SE 1; evo 42 > lorahub 35 > max(ties 32, TA 20); 10 < 14, 20
     assert [(p.held, p.evidence) for p in checked] == [
         (True, "gap +10.00 ± 1.00 SE (beyond 2 SE), seeds 0, 1, 2"),
         (True, "`evo_merging` 42.00, `lorahub` 35.00, `task_arithmetic` 20.00, `ties` 32.00"),
-        (True, "`evo_merging[no_scale]` 10.00, `evo_merging[no_denoise]` 20.00, `evo_merging[no_sign_flip]` 14.00")]
+        (True, "`evo_no_scale` 10.00, `evo_no_denoise` 20.00, `evo_no_sign_flip` 14.00")]
     checked = check_predictions(stats_of({
         "evo_merging": (40, 41, 42), "best_single": (31, 32, 33), "lorahub": (30, 30, 30), "ties": (31, 31, 31),
-        "evo_merging[no_scale]": (15, 15, 15), "evo_merging[no_denoise]": (20, 20, 20),
-        "evo_merging[no_sign_flip]": (15, 15, 15)}))
+        "evo_no_scale": (15, 15, 15), "evo_no_denoise": (20, 20, 20),
+        "evo_no_sign_flip": (15, 15, 15)}))
     # gap 9 < 10; lorahub 30 < ties 31; no_scale ties no_sign_flip: not strictly the worst
     assert [p.held for p in checked] == [False, False, False]
     assert check_predictions(stats_of({"uniform": (1, 2, 3), "base": (0, 0, 0)})) == []
+    # the labels method=ablation really writes: conf/method/ has one file per ablation label
+    from evojax_merge.report.predictions import ABLATIONS
+
+    assert all((ROOT / "conf" / "method" / f"{label}.yaml").is_file() for label in ABLATIONS)
 
 
 def _stats_of(f1: dict[str, tuple[float, ...]]):

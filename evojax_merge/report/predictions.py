@@ -4,7 +4,8 @@ Each prediction is tested on the mean test F1 over seeds (x100), within one ``@`
 
 1. ``evo_merging - best_single >= 10`` (the paired mean gap);
 2. ``evo_merging > lorahub > max(task_arithmetic, ties)`` (means);
-3. among the ablations, ``evo_merging[no_scale]`` below both ``[no_denoise]`` and ``[no_sign_flip]``.
+3. among the ablations (``method=ablation``'s labels), ``evo_no_scale`` below both ``evo_no_denoise`` and
+   ``evo_no_sign_flip``.
 
 Across two experiments, :func:`check_distractor_cost` tests the fourth on the id and distractors
 tables: the change ``distractors - id``, paired over the seeds both ran, is ``>= -3`` for Evo-Merging
@@ -20,7 +21,7 @@ from evojax_merge.report.stats import BEST_SINGLE, LabelStats, paired_gap, suffi
 
 EVO, LORAHUB = "evo_merging", "lorahub"
 BASELINES = ("task_arithmetic", "ties")
-ABLATIONS = ("no_scale", "no_denoise", "no_sign_flip")
+ABLATIONS = ("evo_no_scale", "evo_no_denoise", "evo_no_sign_flip")  # conf/method/<label>.yaml
 EVO_MAX_COST, BASELINE_MIN_COST = 3.0, 10.0  # F1 x100
 EPS = 1e-9  # F1 x100 is computed from fractions: 100 * 0.4 - 100 * 0.31 is 8.999999999999996
 
@@ -54,7 +55,7 @@ def check_predictions(stats: Mapping[str, LabelStats]) -> list[Prediction]:
             held = evo.f1.mean > hub.f1.mean > max(b.f1.mean for b in baselines)
             out.append(Prediction(f"Evo-Merging > LoraHub > TA/TIES{where}", held,
                                   ", ".join(_f(s) for s in (evo, hub, *baselines))))
-        variants = [stats.get(f"{EVO}[{v}]{key}") for v in ABLATIONS]
+        variants = [stats.get(v + key) for v in ABLATIONS]
         if all(v is not None for v in variants):
             no_scale, *others = variants
             held = all(no_scale.f1.mean < o.f1.mean for o in others)
