@@ -7,9 +7,16 @@ end: the results table, the best genomes, the merged adapter as an artifact, the
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
+
+
+def artifact_name(name: str) -> str:
+    """A W&B artifact name (letters, digits, ``-``, ``_``, ``.``) for a run label such as
+    ``ner_medicine-evo_merging@N=3`` or ``t-evo_merging[no_scale]``: every other run of characters becomes ``-``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
 
 
 class NullTracker:
@@ -62,7 +69,7 @@ class WandbTracker(NullTracker):
         self.run.summary["results_md"] = table_md
 
     def log_adapter(self, name: str, directory: Path) -> None:
-        artifact = self._wandb.Artifact(name.replace("/", "-").replace("[", "-").replace("]", ""), type="lora-adapter")
+        artifact = self._wandb.Artifact(artifact_name(name), type="lora-adapter")
         artifact.add_dir(str(directory))
         self.run.log_artifact(artifact)
 

@@ -42,6 +42,23 @@ def test_wandb_offline_history_has_one_row_per_generation(tmp_path, train):
     assert len(alpha_rows) == 4
 
 
+def test_wandb_takes_the_merged_adapters_of_pool_and_validation_size_cells(tmp_path, train):
+    """Labels such as ``evo_merging@N=2@V=8`` name W&B artifacts (which allow only letters, digits, - _ .)."""
+    from evojax_merge.tracking import artifact_name
+
+    assert artifact_name("ner_medicine-evo_merging@N=3@V=25") == "ner_medicine-evo_merging-N-3-V-25"
+    assert artifact_name("id-evo_merging[no_scale]") == "id-evo_merging-no_scale"
+    assert artifact_name("a/b c.d_e-f") == "a-b-c.d_e-f"
+    run_dir = tmp_path / "run"
+    proc = train("+experiment=smoke", "logger=wandb", "method=[evo_merging]", "experiment.num_targets=1",
+                 "experiment.pool_sizes=[2]", "experiment.val_sizes=[8]", f"hydra.run.dir={run_dir}",
+                 env={"WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [adapter] = (run_dir / "merged_adapters").iterdir()
+    assert adapter.name.endswith("__evo_merging@N=2@V=8") and (adapter / "adapter_config.json").is_file()
+    assert len(list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
+
+
 def test_multirun_sweep_over_two_seeds(tmp_path, train):
     sweep = tmp_path / "sweep"
     proc = train("-m", "+experiment=smoke", "method=evo", "seed=0,1", f"hydra.sweep.dir={sweep}",
