@@ -186,6 +186,9 @@ def test_pool_and_val_size_curves(tmp_path):
     # best_single@N=5: 10 11 12; evo@N=5: 20 21 22 -> gap 10, SE 0, marked
     assert "| `evo_merging@N=5` | 3 | 21.00 ± 1.00 | +10.00 ± 0.00 \\* |" in text
     assert "| method | N=5 | N=10 |" in text  # numeric order, not 10 before 5
+    rows = [line.split("`")[1] for line in text.split("## Methods")[1].split("##")[0].splitlines()
+            if line.startswith("| `")]
+    assert rows == ["evo_merging@N=5", "best_single@N=5", "evo_merging@N=10", "best_single@N=10", "lorahub@V=25"]
     assert "| `evo_merging` | 21.00 ± 1.00 | 31.00 ± 1.00 |" in text
     assert "| method | V=25 |" in text
     series = size_series(label_stats({r.seed: r.methods for r in map(load_run, dirs)}), "N")

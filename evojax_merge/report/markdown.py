@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from evojax_merge.report.predictions import check_predictions
-from evojax_merge.report.stats import BEST_SINGLE, Gap, LabelStats, Summary, split_label, suffix
+from evojax_merge.report.stats import BEST_SINGLE, Gap, LabelStats, Summary, split_label
 
 MARK = "\\*"  # Markdown-escaped asterisk
 
@@ -30,9 +30,20 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _suffix_key(label: str) -> tuple:
+    """``@N=3`` before ``@N=10``: each ``@`` parameter compared by its number where it is one."""
+    def value(v: str):
+        try:
+            return (0, float(v), "")
+        except ValueError:
+            return (1, 0.0, v)
+
+    return tuple((name, value(v)) for name, v in split_label(label)[1].items())
+
+
 def _ordered(stats: Mapping[str, LabelStats]) -> list[LabelStats]:
-    """Grouped by ``@`` suffix, best mean F1 first within a group."""
-    return sorted(stats.values(), key=lambda s: (suffix(s.label), -s.f1.mean, s.label))
+    """Grouped by ``@`` suffix (numbers in numeric order), best mean F1 first within a group."""
+    return sorted(stats.values(), key=lambda s: (_suffix_key(s.label), -s.f1.mean, s.label))
 
 
 def methods_table(stats: Mapping[str, LabelStats], metric: str = "F1") -> str:
