@@ -36,7 +36,8 @@ def test_paper_runs_each_table_per_seed_reports_and_resumes(tmp_path, smoke_cach
     assert "n=2" in report or "± " in report
     summary = (out / "SUMMARY.md").read_text()
     assert summary.startswith("# The paper's tables: 1 tables x 2 seeds (0, 1)")
-    assert "## smoke" in summary and "[REPORT.md](smoke/report/REPORT.md)" in summary and "`uniform`" in summary
+    assert "## smoke" in summary and "[REPORT.md](smoke/report/REPORT.md) — runs: " in summary
+    assert "`uniform`" in summary and "the runs themselves took" in summary
     # a rerun in the same directory skips the finished runs and rebuilds the reports only
     before = (out / "smoke" / "seed_0" / "results.json").stat().st_mtime_ns
     again = _train(tmp_path, smoke_cache, "experiment.tables=[smoke]", "experiment.seeds=[0,1]",

@@ -401,9 +401,11 @@ def test_summary_lists_each_table_and_the_cross_table_prediction():
     dist = _stats_of({"evo_merging": (58, 58, 61), "task_arithmetic": (30, 29, 31), "ties": (14, 12, 10)})
     text = summary_markdown({"id": id_, "distractors": dist}, {"id": "id/report/REPORT.md",
                                                                "distractors": "distractors/report/REPORT.md"},
-                            [0, 1, 2], 600.0, "python -m evojax_merge.train +experiment=paper")
+                            [0, 1, 2], 600.0, "python -m evojax_merge.train +experiment=paper",
+                            {"id": 90.0, "distractors": 1110.0})
     assert text.startswith("# The paper's tables: 2 tables x 3 seeds (0, 1, 2)")
-    assert "10 min of runs" in text and "[REPORT.md](id/report/REPORT.md)" in text
+    assert "10 min in this invocation (runs finished earlier were skipped); the runs themselves took 20 min" in text
+    assert "[REPORT.md](id/report/REPORT.md) — runs: 1.5 min over its seeds" in text
     assert "- Evo-Merging > LoraHub > TA/TIES: **held** (`evo_merging` 62.00, `lorahub` 50.00" in text
     assert "## Across tables: id against distractors\n\n- Distractors cost Evo-Merging at most 3 F1" in text
     assert text.index("## id") < text.index("## distractors") < text.index("## Across tables")

@@ -22,19 +22,34 @@ def table_stats(run_dirs: Sequence[Path]) -> dict[str, LabelStats]:
     return label_stats(group_by_seed([load_run(d) for d in run_dirs]))
 
 
+def run_seconds(run_dirs: Sequence[Path]) -> float:
+    """The runs' own wall time (``timings`` in results.json: building or loading the world + the experiment)."""
+    import json
+
+    total = 0.0
+    for d in run_dirs:
+        timings = json.loads((Path(d) / "results.json").read_text()).get("timings", {})
+        total += float(timings.get("world_s", 0.0)) + float(timings.get("experiment_s", 0.0))
+    return total
+
+
 def _lines(checked: Sequence[Prediction]) -> str:
     return "\n".join(f"- {p.claim}: **{'held' if p.held else 'not held'}** ({p.evidence})." for p in checked)
 
 
 def summary_markdown(stats: Mapping[str, Mapping[str, LabelStats]], reports: Mapping[str, str],
-                     seeds: Sequence[int], seconds: float, command: str) -> str:
-    """SUMMARY.md's text: ``stats`` and ``reports`` (relative paths) per table, in the run's order."""
+                     seeds: Sequence[int], seconds: float, command: str,
+                     table_seconds: Mapping[str, float] | None = None) -> str:
+    """SUMMARY.md's text: ``stats`` and ``reports`` (relative paths) per table, in the run's order;
+    ``table_seconds``: each table's runs' own wall time, summed over its seeds."""
+    table_seconds = table_seconds or {}
+    runs = f"; the runs themselves took {sum(table_seconds.values()) / 60:.0f} min" if table_seconds else ""
     parts = [f"# The paper's tables: {len(stats)} tables x {len(seeds)} seeds ({', '.join(map(str, seeds))})",
-             f"`{command}` — {seconds / 60:.0f} min of runs in this invocation (tables finished earlier were "
-             "skipped). Test F1 ×100, mean ± std over seeds; each table's report has the gaps, costs, figures "
-             "and provenance."]
+             f"`{command}` — {seconds / 60:.0f} min in this invocation (runs finished earlier were skipped){runs}. "
+             "Test F1 ×100, mean ± std over seeds; each table's report has the gaps, costs, figures and provenance."]
     for table, s in stats.items():
-        parts += [f"## {table}", f"[REPORT.md]({reports[table]})", methods_table(s)]
+        took = f" — runs: {table_seconds[table] / 60:.1f} min over its seeds" if table in table_seconds else ""
+        parts += [f"## {table}", f"[REPORT.md]({reports[table]}){took}", methods_table(s)]
         checked = check_predictions(s)
         if checked:
             parts.append(_lines(checked))
@@ -53,4 +68,5 @@ def write_summary(out_dir: Path, table_dirs: Mapping[str, Sequence[Path]], repor
     stats = {table: table_stats(dirs) for table, dirs in table_dirs.items()}
     rel = {t: str(Path(p).relative_to(out_dir)) if Path(p).is_relative_to(out_dir) else str(p)
            for t, p in reports.items()}
-    return write_text_atomic(out_dir / "SUMMARY.md", summary_markdown(stats, rel, seeds, seconds, command))
+    took = {table: run_seconds(dirs) for table, dirs in table_dirs.items()}
+    return write_text_atomic(out_dir / "SUMMARY.md", summary_markdown(stats, rel, seeds, seconds, command, took))
