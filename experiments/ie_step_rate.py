@@ -1,0 +1,62 @@
+"""Pretraining FLOP rate of an IE world's base for a model shape, without building the world.
+
+    python experiments/ie_step_rate.py STEPS [key=value ...]     e.g. 80 model.hidden_size=128
+
+Runs STEPS pretraining steps of ``conf/zoo/ie.yaml`` (plus the overrides) on the real batches through
+the build's FlopMeter, then prints XLA's FLOPs over the call time, as a share of the f32 matmul peak
+measured in the same process, and a checksum of the losses (equal checksums: bit-identical training).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+
+from evojax_merge.bench import matmul_peak
+from evojax_merge.data.batching import special_ids
+from evojax_merge.data.prompt import format_prompt
+from evojax_merge.models.config import ModelConfig
+from evojax_merge.models.llama import LlamaForCausalLM
+from evojax_merge.zoo.flops import FlopMeter
+from evojax_merge.zoo.ie_build import _pretrain_batches, load_zoo_config
+from evojax_merge.zoo.ie_world import vocabulary_texts
+from evojax_merge.zoo.tokenizer import build_tokenizer
+from evojax_merge.zoo.trainer import pretrain
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "zoo" / "ie.yaml"
+
+
+def main(argv: list[str]) -> int:
+    if not argv or not argv[0].isdigit():
+        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        return 2
+    steps, overrides = int(argv[0]), argv[1:]
+    cfg = load_zoo_config(CONF, overrides)
+    template = format_prompt({"instruction": "x", "input": "y", "output": "x", "history": [["x", "x"]]})
+    tokenizer = build_tokenizer([*vocabulary_texts(), template])  # as the build makes it
+    pad, bos, eos = special_ids(tokenizer)
+    m = cfg.model
+    model = LlamaForCausalLM(ModelConfig(
+        vocab_size=len(tokenizer), hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+        num_hidden_layers=m.num_hidden_layers, num_attention_heads=m.num_attention_heads,
+        num_key_value_heads=m.num_key_value_heads, head_dim=m.hidden_size // m.num_attention_heads,
+        max_position_embeddings=m.max_len * 2, tie_word_embeddings=True, bos_token_id=bos, eos_token_id=eos,
+        pad_token_id=pad), rngs=nnx.Rngs(cfg.seed))
+    meter = FlopMeter()
+    _, losses = pretrain(model, _pretrain_batches(cfg, tokenizer, np.random.default_rng(cfg.seed)), steps,
+                         cfg.pretrain.lr, progress=False, meter=meter)
+    rate = meter.summary()["pretrain"]
+    peak = matmul_peak() / 1e9
+    digest = hashlib.sha256(np.asarray(losses, np.float32).tobytes()).hexdigest()[:16]
+    print(f"{' '.join(overrides) or 'conf/zoo/ie.yaml'}: {rate['gflops_per_s']:.1f} GFLOP/s = "
+          f"{100 * rate['gflops_per_s'] / peak:.1f}% of {peak:.0f} GFLOP/s peak; {rate['seconds']:.1f} s for "
+          f"{steps} steps; losses sha256 {digest}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
