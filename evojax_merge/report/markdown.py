@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from evojax_merge.report.predictions import check_predictions
+from evojax_merge.report.predictions import Prediction, check_predictions
 from evojax_merge.report.stats import BEST_SINGLE, Gap, LabelStats, Summary, split_label
 
 MARK = "\\*"  # Markdown-escaped asterisk
@@ -28,6 +28,11 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def prediction_lines(checked: Sequence[Prediction]) -> str:
+    """One Markdown bullet per prediction: its claim, **held** or **not held**, and the evidence."""
+    return "\n".join(f"- {p.claim}: **{'held' if p.held else 'not held'}** ({p.evidence})." for p in checked)
 
 
 def _suffix_key(label: str) -> tuple:
@@ -177,8 +182,7 @@ def report_markdown(experiment: str, setting: str, stats: Mapping[str, LabelStat
     checked = check_predictions(stats)
     if checked:
         parts += ["## The paper's predictions", "Hypotheses this world tests, not targets: each held or not on the "
-                  f"mean {metric} over seeds.", "\n".join(f"- {p.claim}: **{'held' if p.held else 'not held'}** "
-                                                   f"({p.evidence})." for p in checked)]
+                  f"mean {metric} over seeds.", prediction_lines(checked)]
     cost = cost_table(stats, costs or {}, metric)
     if cost:
         parts += ["## Cost", "Per method and seed, the mean over targets; then mean ± std over seeds. Forward "

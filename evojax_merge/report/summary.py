@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from evojax_merge.report.markdown import methods_table
-from evojax_merge.report.predictions import Prediction, check_distractor_cost, check_predictions
+from evojax_merge.report.markdown import methods_table, prediction_lines
+from evojax_merge.report.predictions import check_distractor_cost, check_predictions
 from evojax_merge.report.stats import LabelStats, label_stats
 
 
@@ -33,10 +33,6 @@ def run_seconds(run_dirs: Sequence[Path]) -> float:
     return total
 
 
-def _lines(checked: Sequence[Prediction]) -> str:
-    return "\n".join(f"- {p.claim}: **{'held' if p.held else 'not held'}** ({p.evidence})." for p in checked)
-
-
 def summary_markdown(stats: Mapping[str, Mapping[str, LabelStats]], reports: Mapping[str, str],
                      seeds: Sequence[int], seconds: float, command: str,
                      table_seconds: Mapping[str, float] | None = None) -> str:
@@ -52,11 +48,11 @@ def summary_markdown(stats: Mapping[str, Mapping[str, LabelStats]], reports: Map
         parts += [f"## {table}", f"[REPORT.md]({reports[table]}){took}", methods_table(s)]
         checked = check_predictions(s)
         if checked:
-            parts.append(_lines(checked))
+            parts.append(prediction_lines(checked))
     if "id" in stats and "distractors" in stats:
         cross = check_distractor_cost(stats["id"], stats["distractors"])
         if cross:
-            parts += ["## Across tables: id against distractors", _lines(cross)]
+            parts += ["## Across tables: id against distractors", prediction_lines(cross)]
     return "\n\n".join(parts) + "\n"
 
 
