@@ -48,7 +48,8 @@ def main(argv: list[str]) -> int:
         pad_token_id=pad), rngs=nnx.Rngs(cfg.seed))
     meter = FlopMeter()
     _, losses = pretrain(model, _pretrain_batches(cfg, tokenizer, np.random.default_rng(cfg.seed)), steps,
-                         cfg.pretrain.lr, progress=False, meter=meter)
+                         cfg.pretrain.lr, progress=False, meter=meter,
+                         compiler_options=cfg.compiler_options)
     rate = meter.summary()["pretrain"]
     peak = matmul_peak() / 1e9
     digest = hashlib.sha256(np.asarray(losses, np.float32).tobytes()).hexdigest()[:16]

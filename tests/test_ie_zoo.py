@@ -239,6 +239,7 @@ def test_cache_key_follows_config_and_code(monkeypatch):
     assert a.digest() == ZooBuildConfig.from_dict({"seed": 0}).digest()
     assert a.digest() != ZooBuildConfig.from_dict({"seed": 1}).digest()
     assert a.digest() != ZooBuildConfig.from_dict({"adapters": {"lora_init": "independent"}}).digest()
+    assert a.digest() != ZooBuildConfig.from_dict({"compiler_options": {"xla_cpu_use_xnnpack": False}}).digest()
     import evojax_merge.zoo.ie_build as ie_build
 
     before = a.digest()
@@ -266,6 +267,40 @@ def test_shared_lora_a_init():
         assert not np.asarray(shared.B[m]).any()
     with pytest.raises(EvoMergeInputError, match="zoo.adapters.lora_init"):
         init_lora_stack(model, 3, 2, 4.0, jax.random.key(0), init="same")
+
+
+def test_compiler_options_reach_the_training_steps_and_bad_ones_are_one_line_errors():
+    from flax import nnx
+
+    from evojax_merge.models.config import ModelConfig
+    from evojax_merge.models.llama import LlamaForCausalLM
+    from evojax_merge.zoo.trainer import init_lora_stack, pretrain, train_adapters
+
+    with pytest.raises(EvoMergeInputError, match=r"^zoo.compiler_options.xla_cpu_experimental_ynn_fusion_type: "
+                                                 r"'dot' is not accepted by XLA \(.*not a valid enum value"):
+        ZooBuildConfig.from_dict({"compiler_options": {"xla_cpu_experimental_ynn_fusion_type": "dot"}})
+    with pytest.raises(EvoMergeInputError, match=r"^zoo.compiler_options.xla_no_such_option: .*No such compile option"):
+        ZooBuildConfig.from_dict({"compiler_options": {"xla_no_such_option": "1"}})
+    assert load_zoo_config("conf/zoo/ie.yaml").compiler_options == {
+        "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+
+    cfg = ModelConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=4, max_position_embeddings=16)
+    ids = np.arange(2 * 6).reshape(2, 6) % 16
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": ids}
+    stack = init_lora_stack(LlamaForCausalLM(cfg, rngs=nnx.Rngs(0)), 2, 2, 4.0, jax.random.key(0))
+    stacked = {k: np.stack([v, v]) for k, v in batch.items()}
+    bogus = {"xla_no_such_option": "1"}  # reaches XLA only if the step's jit is given the options
+    with pytest.raises(Exception, match="No such compile option"):
+        pretrain(LlamaForCausalLM(cfg, rngs=nnx.Rngs(0)), iter([batch]), 1, progress=False, compiler_options=bogus)
+    with pytest.raises(Exception, match="No such compile option"):
+        train_adapters(LlamaForCausalLM(cfg, rngs=nnx.Rngs(0)), stack, lambda i: stacked, 1, progress=False,
+                       compiler_options=bogus)
+    dot_only = load_zoo_config("conf/zoo/ie.yaml").compiler_options
+    _, losses = pretrain(LlamaForCausalLM(cfg, rngs=nnx.Rngs(0)), iter([batch] * 3), 3, progress=False,
+                         compiler_options=dot_only)
+    _, plain = pretrain(LlamaForCausalLM(cfg, rngs=nnx.Rngs(0)), iter([batch] * 3), 3, progress=False)
+    assert np.allclose(losses, plain, rtol=1e-5) and losses[2] < losses[0]  # other kernels, same training
 
 
 def test_flop_meter_counts_xla_flops():

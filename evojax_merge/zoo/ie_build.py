@@ -58,7 +58,7 @@ from evojax_merge.zoo.ie_world import (
     vocabulary_texts,
 )
 from evojax_merge.zoo.tokenizer import build_tokenizer, save_tokenizer
-from evojax_merge.zoo.trainer import init_lora_stack, pretrain, train_adapters
+from evojax_merge.zoo.trainer import check_compiler_options, init_lora_stack, pretrain, train_adapters
 
 log = logging.getLogger(__name__)
 _PACKAGE = Path(__file__).resolve().parents[1]
@@ -118,6 +118,9 @@ class ZooBuildConfig:
     adapters: AdapterSpec = AdapterSpec()
     gate: GateSpec = GateSpec()
     seed: int = 0
+    # XLA options (``jax.jit(compiler_options=...)``) for the two training steps; they pick kernels,
+    # so they change the trained weights' last bits and are part of the digest
+    compiler_options: dict[str, str | bool | int] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, z: dict) -> ZooBuildConfig:
@@ -129,10 +132,11 @@ class ZooBuildConfig:
 
         if z.get("kind", KIND) != KIND:
             raise EvoMergeInputError(f"zoo.kind: {z['kind']!r} is not {KIND!r} (this is an IE world's config)")
-        z = {k: v for k, v in z.items() if k != "kind"}
+        options = dict(z.get("compiler_options") or {})
+        z = {k: v for k, v in z.items() if k not in ("kind", "compiler_options")}
         parts = {"tasks": IEWorldConfig, "model": BaseModelSpec, "pretrain": IEPretrainSpec,
                  "adapters": AdapterSpec, "gate": GateSpec}
-        return cls(**build.config_sections(z, parts), seed=int(z.get("seed", 0)))
+        return cls(**build.config_sections(z, parts), seed=int(z.get("seed", 0)), compiler_options=options)
 
     def __post_init__(self) -> None:
         from evojax_merge.errors import EvoMergeInputError
@@ -143,6 +147,7 @@ class ZooBuildConfig:
         if self.adapters.lora_init not in ("shared", "independent"):
             raise EvoMergeInputError(f"zoo.adapters.lora_init: {self.adapters.lora_init!r} is not shared or "
                                      "independent")
+        check_compiler_options(self.compiler_options, "zoo.compiler_options")
 
     def digest(self) -> str:
         """Hash of the zoo's code and this config: the cache key."""
@@ -265,7 +270,7 @@ def _build_into(out: Path, cfg: ZooBuildConfig, progress: bool) -> dict:
     model = LlamaForCausalLM(model_cfg, rngs=nnx.Rngs(cfg.seed))
     rng = np.random.default_rng(cfg.seed)
     model, losses = pretrain(model, _pretrain_batches(cfg, tokenizer, rng), cfg.pretrain.steps, cfg.pretrain.lr,
-                             progress=progress, meter=meter)
+                             progress=progress, meter=meter, compiler_options=cfg.compiler_options)
     save_model(model, out / "base")
     save_tokenizer(tokenizer, out / "base")
     timings["pretrain_s"] = time.perf_counter() - t0
@@ -275,7 +280,7 @@ def _build_into(out: Path, cfg: ZooBuildConfig, progress: bool) -> dict:
     a = cfg.adapters
     stack = init_lora_stack(model, len(names), a.rank, a.lora_alpha, jax.random.key(cfg.seed + 1), init=a.lora_init)
     stack, curve = train_adapters(model, stack, _adapter_batches(train, counts, a.batch_size, cfg.seed), a.steps,
-                                  a.lr, progress=progress, meter=meter)
+                                  a.lr, progress=progress, meter=meter, compiler_options=cfg.compiler_options)
     for i, n in enumerate(names):
         save_peft_adapter(stack.adapter(i), out / "adapters" / n, base_model_name_or_path="base",
                           metadata=adapters[n])

@@ -44,6 +44,18 @@ def _schedule(lr: float, steps: int) -> optax.Schedule:
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), lr * 0.05)
 
 
+def check_compiler_options(options: dict[str, str | bool | int], where: str) -> None:
+    """Compile a one-op function with ``options``; an unknown option or value is a one-line error."""
+    if not options:
+        return
+    for key, value in options.items():
+        try:
+            jax.jit(lambda x: x + 1, compiler_options={key: value}).lower(jnp.zeros(2)).compile()
+        except Exception as err:  # XLA's message: "While setting option X, 'v' is not a valid enum value."
+            raise EvoMergeInputError(f"{where}.{key}: {value!r} is not accepted by XLA "
+                                     f"({str(err).strip().splitlines()[-1]})") from None
+
+
 def pretrain(
     model: LlamaForCausalLM,
     batches: Iterator[Batch],
@@ -52,17 +64,19 @@ def pretrain(
     weight_decay: float = 0.01,
     progress: bool = True,
     meter=None,
+    compiler_options: dict[str, str | bool | int] | None = None,
 ) -> tuple[LlamaForCausalLM, list[float]]:
     """Full-parameter AdamW on ``batches``; returns the trained model and the loss curve.
 
     ``meter`` (a :class:`evojax_merge.zoo.flops.FlopMeter`, optional) runs each step through its
-    compiled executable and counts XLA's FLOPs and the time.
+    compiled executable and counts XLA's FLOPs and the time. ``compiler_options`` go to the step's
+    ``jax.jit`` (XLA kernel choices, e.g. which ops the CPU backend hands to its YNNPACK library).
     """
     graphdef, params = nnx.split(model)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(_schedule(lr, steps), weight_decay=weight_decay))
     opt_state = opt.init(params)
 
-    @jax.jit
+    @jax.jit(compiler_options=compiler_options or None)
     def step(params, opt_state, batch):
         def loss_fn(p):
             return batch_loss(nnx.merge(graphdef, p), batch)
@@ -122,11 +136,13 @@ def train_adapters(
     lr: float = 5e-3,
     progress: bool = True,
     meter=None,
+    compiler_options: dict[str, str | bool | int] | None = None,
 ) -> tuple[LoraStack, np.ndarray]:
     """Train every adapter of ``stack`` on its own task in one vmapped optax step.
 
     ``batches(step)`` returns arrays shaped ``[N, B, T]``: row n is adapter n's batch. The loss is
     the sum over adapters of each adapter's own mean CE, so adapters do not interact.
+    ``meter`` and ``compiler_options`` as in :func:`pretrain`.
     """
     graphdef, params = nnx.split(model)
     trainable = {"A": stack.A, "B": stack.B}
@@ -137,7 +153,7 @@ def train_adapters(
     def adapter_loss(a, b, scale, batch):
         return batch_loss(nnx.merge(graphdef, params), batch, LoraAdapter(A=a, B=b, scale=scale))
 
-    @jax.jit
+    @jax.jit(compiler_options=compiler_options or None)
     def step(trainable, opt_state, batch):
         def loss_fn(t):
             losses = jax.vmap(adapter_loss)(t["A"], t["B"], stack.scale, batch)
