@@ -113,6 +113,7 @@ def test_report_markdown_tables(tmp_path):
     path = build_report(three_seeds(tmp_path), tmp_path / "out", wandb=False, argv=["x"])
     text = path.read_text()
     assert "Seeds 0, 1, 2 (n = 3)" in text
+    assert "A gap with SE 0.00 is between rows that are the same on every seed" in text
     assert "| `evo_merging` | 3 | 32.00 ± 2.00 | +10.00 ± 1.73 \\* | 32.00 ± 2.00 | 32.00 ± 2.00 |" in text
     assert "| `lorahub` | 3 | 30.00 ± 1.00 | +8.00 ± 2.08 \\* |" in text
     assert "| `ties` | 3 | 22.00 ± 1.00 | +0.00 ± 1.53 |" in text  # d = 1 2 -3: std sqrt 7, not marked

@@ -171,7 +171,9 @@ def report_markdown(experiment: str, setting: str, stats: Mapping[str, LabelStat
         f"Seeds {', '.join(map(str, seeds))} (n = {n}). Test {metric} ×100 averaged over each run's targets; "
         "mean ± sample standard deviation (n − 1) over seeds; `n` is the seeds a method ran with. "
         f"A gap (Δ) is paired over seeds: the mean per-seed difference ± its standard error; {MARK} marks a gap "
-        "larger than two standard errors.",
+        "larger than two standard errors. A gap with SE 0.00 is between rows that are the same on every seed "
+        "(TA, TIES, DARE, uniform, base and best single do not depend on the search seed): its mark says the "
+        "search seed does not move it, not that it would survive other test data or another world.",
     ]
     if n < 3:
         parts.append(f"> **Only {n} seed{'s' * (n != 1)}:** at least 3 are expected; with one seed there is no "
