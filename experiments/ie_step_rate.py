@@ -17,14 +17,9 @@ import numpy as np
 from flax import nnx
 
 from evojax_merge.bench import matmul_peak
-from evojax_merge.data.batching import special_ids
-from evojax_merge.data.prompt import format_prompt
-from evojax_merge.models.config import ModelConfig
 from evojax_merge.models.llama import LlamaForCausalLM
 from evojax_merge.zoo.flops import FlopMeter
-from evojax_merge.zoo.ie_build import _pretrain_batches, load_zoo_config
-from evojax_merge.zoo.ie_world import vocabulary_texts
-from evojax_merge.zoo.tokenizer import build_tokenizer
+from evojax_merge.zoo.ie_build import _pretrain_batches, base_model_config, load_zoo_config, world_tokenizer
 from evojax_merge.zoo.trainer import pretrain
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "zoo" / "ie.yaml"
@@ -36,16 +31,8 @@ def main(argv: list[str]) -> int:
         return 2
     steps, overrides = int(argv[0]), argv[1:]
     cfg = load_zoo_config(CONF, overrides)
-    template = format_prompt({"instruction": "x", "input": "y", "output": "x", "history": [["x", "x"]]})
-    tokenizer = build_tokenizer([*vocabulary_texts(), template])  # as the build makes it
-    pad, bos, eos = special_ids(tokenizer)
-    m = cfg.model
-    model = LlamaForCausalLM(ModelConfig(
-        vocab_size=len(tokenizer), hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
-        num_hidden_layers=m.num_hidden_layers, num_attention_heads=m.num_attention_heads,
-        num_key_value_heads=m.num_key_value_heads, head_dim=m.hidden_size // m.num_attention_heads,
-        max_position_embeddings=m.max_len * 2, tie_word_embeddings=True, bos_token_id=bos, eos_token_id=eos,
-        pad_token_id=pad), rngs=nnx.Rngs(cfg.seed))
+    tokenizer = world_tokenizer()  # as the build makes it
+    model = LlamaForCausalLM(base_model_config(cfg.model, tokenizer), rngs=nnx.Rngs(cfg.seed))
     meter = FlopMeter()
     _, losses = pretrain(model, _pretrain_batches(cfg, tokenizer, np.random.default_rng(cfg.seed)), steps,
                          cfg.pretrain.lr, progress=False, meter=meter,

@@ -281,6 +281,8 @@ def test_compiler_options_reach_the_training_steps_and_bad_ones_are_one_line_err
         ZooBuildConfig.from_dict({"compiler_options": {"xla_cpu_experimental_ynn_fusion_type": "dot"}})
     with pytest.raises(EvoMergeInputError, match=r"^zoo.compiler_options.xla_no_such_option: .*No such compile option"):
         ZooBuildConfig.from_dict({"compiler_options": {"xla_no_such_option": "1"}})
+    with pytest.raises(EvoMergeInputError, match=r"^zoo.compiler_options.xla_cpu_use_xnnpack: \[1\] is not a string"):
+        ZooBuildConfig.from_dict({"compiler_options": {"xla_cpu_use_xnnpack": [1]}})
     assert load_zoo_config("conf/zoo/ie.yaml").compiler_options == {
         "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 

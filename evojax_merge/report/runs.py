@@ -41,6 +41,12 @@ class RunRecord:
     commit: str | None
     dirty: bool | None
     metric: str = "F1"  # what ``f1`` holds: F1, or exact-match accuracy for the Sakana world
+    timings: dict = dataclasses.field(default_factory=dict)  # results.json's ``timings`` (seconds)
+
+    @property
+    def run_seconds(self) -> float:
+        """The run's own wall time: building or loading the world, plus the experiment."""
+        return float(self.timings.get("world_s", 0.0)) + float(self.timings.get("experiment_s", 0.0))
 
     @property
     def results_path(self) -> Path:
@@ -154,8 +160,9 @@ def load_run(run_dir: str | Path) -> RunRecord:
     metric = data.get("metric", "F1")
     if not isinstance(metric, str) or not metric:
         raise EvoMergeInputError(f"{file}: 'metric' must be a name such as 'F1' (got {metric!r})")
+    timings = data.get("timings")
     return RunRecord(run_dir, experiment["name"], str(experiment.get("setting", "?")), seed, methods, config,
-                     command, source, commit, dirty, metric)
+                     command, source, commit, dirty, metric, timings if isinstance(timings, dict) else {})
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:

@@ -15,24 +15,6 @@ from evojax_merge.report.predictions import check_distractor_cost, check_predict
 from evojax_merge.report.stats import LabelStats, label_stats
 
 
-def table_stats(run_dirs: Sequence[Path]) -> dict[str, LabelStats]:
-    """Per method, its statistics over the seeds of one table's run directories."""
-    from evojax_merge.report.runs import group_by_seed, load_run
-
-    return label_stats(group_by_seed([load_run(d) for d in run_dirs]))
-
-
-def run_seconds(run_dirs: Sequence[Path]) -> float:
-    """The runs' own wall time (``timings`` in results.json: building or loading the world + the experiment)."""
-    import json
-
-    total = 0.0
-    for d in run_dirs:
-        timings = json.loads((Path(d) / "results.json").read_text()).get("timings", {})
-        total += float(timings.get("world_s", 0.0)) + float(timings.get("experiment_s", 0.0))
-    return total
-
-
 def summary_markdown(stats: Mapping[str, Mapping[str, LabelStats]], reports: Mapping[str, str],
                      seeds: Sequence[int], seconds: float, command: str,
                      table_seconds: Mapping[str, float] | None = None) -> str:
@@ -60,9 +42,11 @@ def write_summary(out_dir: Path, table_dirs: Mapping[str, Sequence[Path]], repor
                   seeds: Sequence[int], seconds: float, command: str) -> Path:
     """Write ``out_dir/SUMMARY.md`` (atomically); returns its path."""
     from evojax_merge.fileio import write_text_atomic
+    from evojax_merge.report.runs import group_by_seed, load_run
 
-    stats = {table: table_stats(dirs) for table, dirs in table_dirs.items()}
+    runs = {table: [load_run(d) for d in dirs] for table, dirs in table_dirs.items()}  # each results.json once
+    stats = {table: label_stats(group_by_seed(rs)) for table, rs in runs.items()}
+    took = {table: sum(r.run_seconds for r in rs) for table, rs in runs.items()}
     rel = {t: str(Path(p).relative_to(out_dir)) if Path(p).is_relative_to(out_dir) else str(p)
            for t, p in reports.items()}
-    took = {table: run_seconds(dirs) for table, dirs in table_dirs.items()}
     return write_text_atomic(out_dir / "SUMMARY.md", summary_markdown(stats, rel, seeds, seconds, command, took))

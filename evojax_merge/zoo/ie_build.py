@@ -240,6 +240,24 @@ def _say(progress: bool, text: str) -> None:
         print(text, flush=True)
 
 
+def world_tokenizer():
+    """The IE world's word-level tokenizer: every world word plus the prompt template's."""
+    template = format_prompt({"instruction": "x", "input": "y", "output": "x", "history": [["x", "x"]]})
+    return build_tokenizer([*vocabulary_texts(), template])
+
+
+def base_model_config(spec: BaseModelSpec, tokenizer) -> ModelConfig:
+    """The tiny Llama of ``zoo.model`` over ``tokenizer``'s vocabulary, with tied embeddings."""
+    pad, bos, eos = special_ids(tokenizer)
+    return ModelConfig(
+        vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads, head_dim=spec.hidden_size // spec.num_attention_heads,
+        max_position_embeddings=spec.max_len * 2, tie_word_embeddings=True,
+        bos_token_id=bos, eos_token_id=eos, pad_token_id=pad,
+    )
+
+
 def _build_into(out: Path, cfg: ZooBuildConfig, progress: bool) -> dict:
     timings = {}
     meter = FlopMeter()
@@ -252,22 +270,13 @@ def _build_into(out: Path, cfg: ZooBuildConfig, progress: bool) -> dict:
     (out / "data").mkdir(parents=True)
     for t in tasks:
         (out / "data" / f"{t}.json").write_text(json.dumps(data[t]))
-    template = format_prompt({"instruction": "x", "input": "y", "output": "x", "history": [["x", "x"]]})
-    tokenizer = build_tokenizer([*vocabulary_texts(), template])
+    tokenizer = world_tokenizer()
     timings["data_s"] = time.perf_counter() - t0
     _say(progress, f"IE zoo: {len(tasks)} tasks, {len(names)} adapters, vocabulary {len(tokenizer)}")
 
     t0 = time.perf_counter()
-    pad, bos, eos = special_ids(tokenizer)
     spec = cfg.model
-    model_cfg = ModelConfig(
-        vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
-        num_key_value_heads=spec.num_key_value_heads, head_dim=spec.hidden_size // spec.num_attention_heads,
-        max_position_embeddings=spec.max_len * 2, tie_word_embeddings=True,
-        bos_token_id=bos, eos_token_id=eos, pad_token_id=pad,
-    )
-    model = LlamaForCausalLM(model_cfg, rngs=nnx.Rngs(cfg.seed))
+    model = LlamaForCausalLM(base_model_config(spec, tokenizer), rngs=nnx.Rngs(cfg.seed))
     rng = np.random.default_rng(cfg.seed)
     model, losses = pretrain(model, _pretrain_batches(cfg, tokenizer, rng), cfg.pretrain.steps, cfg.pretrain.lr,
                              progress=progress, meter=meter, compiler_options=cfg.compiler_options)

@@ -6,6 +6,7 @@ its own task's batch, through a ``vmap`` over the adapter axis with the base sha
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 
 import jax
@@ -44,16 +45,24 @@ def _schedule(lr: float, steps: int) -> optax.Schedule:
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), lr * 0.05)
 
 
+@functools.cache
+def _xla_refusal(key: str, value: str | bool | int) -> str | None:
+    """XLA's last error line for one compiler option, or ``None``; once per process and option."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options={key: value}).lower(jnp.zeros(2)).compile()
+    except Exception as err:  # e.g. "While setting option X, 'v' is not a valid enum value."
+        return str(err).strip().splitlines()[-1]
+    return None
+
+
 def check_compiler_options(options: dict[str, str | bool | int], where: str) -> None:
-    """Compile a one-op function with ``options``; an unknown option or value is a one-line error."""
-    if not options:
-        return
+    """Compile a one-op function with each of ``options``; one XLA refuses is a one-line error."""
     for key, value in options.items():
-        try:
-            jax.jit(lambda x: x + 1, compiler_options={key: value}).lower(jnp.zeros(2)).compile()
-        except Exception as err:  # XLA's message: "While setting option X, 'v' is not a valid enum value."
-            raise EvoMergeInputError(f"{where}.{key}: {value!r} is not accepted by XLA "
-                                     f"({str(err).strip().splitlines()[-1]})") from None
+        if not isinstance(value, (str, bool, int, float)):
+            raise EvoMergeInputError(f"{where}.{key}: {value!r} is not a string, number or boolean")
+        refusal = _xla_refusal(key, value)
+        if refusal is not None:
+            raise EvoMergeInputError(f"{where}.{key}: {value!r} is not accepted by XLA ({refusal})")
 
 
 def pretrain(
