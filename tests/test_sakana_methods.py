@@ -7,7 +7,7 @@ from flax import nnx
 
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.merge.sakana_ps import PSLayout
-from evojax_merge.methods.base import MergeTask
+from evojax_merge.methods.base import MergeTask, SourcesCell
 from evojax_merge.methods.sakana_dfs import SakanaDFS
 from evojax_merge.methods.sakana_grid import SakanaGrid
 from evojax_merge.methods.sakana_ps import SakanaPS
@@ -16,7 +16,7 @@ from evojax_merge.models import ModelConfig, model_weights
 from evojax_merge.models.llama import LlamaForCausalLM
 from evojax_merge.models.sources import stack_models
 from evojax_merge.report.method_plots import dfs_path_figure
-from evojax_merge.runner.sources import SourcesCell, _no_evaluator
+from evojax_merge.runner.sources import _no_evaluator
 
 pytestmark = pytest.mark.slow  # searches
 
@@ -36,7 +36,7 @@ def cell():
 
 
 def _task(cell, seed=0):
-    return MergeTask("t", list(cell.stack.names), _no_evaluator, world=cell, seed=seed, progress=False)
+    return MergeTask("t", list(cell.stack.names), _no_evaluator, sources=cell, seed=seed, progress=False)
 
 
 def test_methods_run_and_never_do_worse_than_their_start(cell):

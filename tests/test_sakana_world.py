@@ -68,7 +68,7 @@ def test_gate_the_merge_matters(world):
     best = max(on_target, key=on_target.get)
     assert own["skill"] > 0.9  # the skill model does its own task
     assert on_target[best] < 0.15 and on_target[best] < 0.5 * own[best]
-    out = SakanaGrid("task_arithmetic").run(MergeTask(target, list(cell.stack.names), _no_evaluator, world=cell))
+    out = SakanaGrid("task_arithmetic").run(MergeTask(target, list(cell.stack.names), _no_evaluator, sources=cell))
     merged = accuracy(generate_answers(out.model, recs, tok, world.max_len), recs)
     assert merged > on_target[best] + 0.1, (merged, on_target)
     assert np.isfinite(out.val_ce)

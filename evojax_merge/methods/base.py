@@ -26,7 +26,26 @@ import jax
 import numpy as np
 
 from evojax_merge.lora.adapter import LoraAdapter, LoraStack
+from evojax_merge.models.sources import SourceStack
 from evojax_merge.search.fitness import Evaluator
+
+# What a world can provide and a method can require (checked before anything is built).
+LORA_POOL = "lora_pool"  # a pool of LoRA adapters on one base, scored through an evaluator
+POOL_WEIGHTS = "pool_weights"  # the pool's weights are in this process (white-box methods)
+FULL_FINETUNES = "full_finetunes"  # whole fine-tuned models of one architecture (Sakana, DAM on full models)
+SOURCE_DATA = "source_data"  # each source's own training records (DAM's KL term)
+
+
+@dataclasses.dataclass
+class SourcesCell:
+    """A cell of a world of full fine-tunes: the stacked sources, their base, the target's validation batch."""
+
+    stack: SourceStack
+    base: dict[str, jax.Array]
+    batch: dict
+    labels: tuple[str, ...]  # short names of the sources ("lang", "skill")
+    source_data: tuple[dict | None, ...] = ()  # each source's own-task records, encoded (DAM's KL term)
+    val_data: dict | None = None  # the target's validation records, encoded as numpy (DAM w/o KL)
 
 
 @dataclasses.dataclass
@@ -60,6 +79,7 @@ class MergeTask:
     evaluator_for: Callable[[str], Evaluator]
     stack: LoraStack | None = None
     world: Any = None  # the World when the run is local (methods that need more than the pool)
+    sources: SourcesCell | None = None  # a world of full fine-tunes: what its methods merge
     runner: Callable | None = None  # a StageRunner (checkpoints, logging) for CMA-ES stages
     seed: int = 0
     progress: bool = True
@@ -84,12 +104,19 @@ class MergeMethod(abc.ABC):
 
     ``remote``: the method needs nothing but an evaluator, so it also runs against a black-box
     service. ``searches``: it runs CMA-ES stages (and so gets a checkpointing stage runner).
-    ``prune``: the LoRA factor its evaluator sparsifies.
+    ``prune``: the LoRA factor its evaluator sparsifies. ``requires``: what a world must provide
+    (``LORA_POOL``, ``POOL_WEIGHTS``, ``FULL_FINETUNES``, ``SOURCE_DATA``); the engine refuses a
+    mismatch with one line before anything is built.
     """
 
     remote: ClassVar[bool] = False
     searches: ClassVar[bool] = False
+    requires: ClassVar[frozenset[str]] = frozenset({LORA_POOL})  # what the world must provide
     prune: str = "A"
+
+    def missing(self, provided: frozenset[str]) -> frozenset[str]:
+        """What this method needs that a world providing ``provided`` lacks (empty: it can run there)."""
+        return frozenset(self.requires) - frozenset(provided)
 
     @abc.abstractmethod
     def run(self, task: MergeTask) -> Outcome:

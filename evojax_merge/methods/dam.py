@@ -20,7 +20,15 @@ import numpy as np
 
 from evojax_merge.data.batching import encode_examples
 from evojax_merge.errors import EvoMergeInputError
-from evojax_merge.methods.base import MergeMethod, MergeTask, Outcome
+from evojax_merge.methods.base import (
+    FULL_FINETUNES,
+    LORA_POOL,
+    POOL_WEIGHTS,
+    SOURCE_DATA,
+    MergeMethod,
+    MergeTask,
+    Outcome,
+)
 from evojax_merge.search.dam import DamConfig, DamResult, FullDamModel, LoraDamModel, train_dam
 
 
@@ -46,6 +54,13 @@ class DAM(MergeMethod):
 
     remote = False
     searches = False
+    requires = frozenset({LORA_POOL, POOL_WEIGHTS, SOURCE_DATA})
+
+    def missing(self, provided: frozenset[str]) -> frozenset[str]:
+        """On full fine-tunes or on a LoRA pool whose weights and source data are here."""
+        if FULL_FINETUNES in provided:
+            return frozenset()
+        return self.requires - frozenset(provided)
 
     def __init__(self, name: str = "dam", objective: str = "kl", temperature: float = 2.0, lambda_cos: float = 0.01,
                  lambda_l1: float = 0.0, lambda_l2: float = 0.0, lr: float = 1e-3, epochs: int = 1,
@@ -78,10 +93,8 @@ class DAM(MergeMethod):
         return out
 
     def run(self, task: MergeTask) -> Outcome:
-        from evojax_merge.runner.sources import SourcesCell
-
-        if isinstance(task.world, SourcesCell):
-            return self.run_sources(task.world, task.seed)
+        if task.sources is not None:
+            return self.run_sources(task.sources, task.seed)
         if task.stack is None or task.world is None:
             raise EvoMergeInputError("method dam: needs the pool's weights and the world (a local run)")
         t0 = time.perf_counter()
@@ -104,7 +117,7 @@ class DAM(MergeMethod):
 
     # -- full fine-tunes ---------------------------------------------------------------------------
     def run_sources(self, cell, seed: int) -> Outcome:
-        """DAM over a :class:`~evojax_merge.runner.sources.SourcesCell` (``+experiment=dam``): the KL term
+        """DAM over a :class:`~evojax_merge.methods.base.SourcesCell` (``+experiment=dam``): the KL term
         takes each source on its own task's records, the "w/o KL" variant the target's validation set."""
         from evojax_merge.merge.dam import DamParts
         from evojax_merge.models.functional import ParamsModel

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.merge.sakana_dfs import dfs_model
-from evojax_merge.methods.base import MergeMethod, MergeTask, Outcome
+from evojax_merge.methods.base import FULL_FINETUNES, MergeMethod, MergeTask, Outcome
 from evojax_merge.methods.sakana_ps import searched_examples, sources_cell, validation_ce
 from evojax_merge.models.sources import SourceStack
 from evojax_merge.search.fitness import resolve_population_chunk
@@ -33,6 +33,8 @@ def run_dfs(stack: SourceStack, batch: dict, cfg: DFSConfig, seed: int, progress
 
 class SakanaDFS(MergeMethod):
     """CMA-ES over the layer path (indicator I, scales W) through the stacked sources' layers."""
+
+    requires = frozenset({FULL_FINETUNES})
 
     searches = True
 

@@ -21,7 +21,7 @@ import numpy as np
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.merge.sakana_ps import PSLayout, task_vectors_of
 from evojax_merge.merge.task_vectors import task_arithmetic, ties
-from evojax_merge.methods.base import MergeMethod, MergeTask, Outcome
+from evojax_merge.methods.base import FULL_FINETUNES, MergeMethod, MergeTask, Outcome
 from evojax_merge.methods.sakana_ps import sources_cell
 from evojax_merge.models.functional import ParamsModel
 from evojax_merge.search.sakana import PSFitness, _ce
@@ -30,6 +30,8 @@ from evojax_merge.search.sakana import PSFitness, _ce
 class SakanaGrid(MergeMethod):
     """``kind``: ``task_arithmetic``, ``ties`` or ``dare_ties``; the grid is lambdas x densities.
     ``soup`` is the uniform average of the sources, θ_base + (1/S) Σ_s τ_s (TA at λ = 1/S, no grid)."""
+
+    requires = frozenset({FULL_FINETUNES})
 
     def __init__(self, kind: str = "task_arithmetic", lambdas=(0.5, 0.75, 1.0), densities=(0.3, 0.6, 1.0)):
         if kind not in ("task_arithmetic", "ties", "dare_ties", "soup"):

@@ -1,6 +1,6 @@
 """Sakana's parameter-space merge as a registry method (docs/methods.md §4).
 
-``task.world`` is a :class:`evojax_merge.runner.sources.SourcesCell` (the stacked full fine-tunes,
+``task.sources`` is a :class:`evojax_merge.methods.base.SourcesCell` (the stacked full fine-tunes,
 their base and the target's validation batch); the outcome carries the merged model in
 ``Outcome.model`` (a :class:`~evojax_merge.models.functional.ParamsModel`).
 """
@@ -9,19 +9,17 @@ from __future__ import annotations
 
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.merge.sakana_ps import PSLayout
-from evojax_merge.methods.base import MergeMethod, MergeTask, Outcome
+from evojax_merge.methods.base import FULL_FINETUNES, MergeMethod, MergeTask, Outcome, SourcesCell
 from evojax_merge.models.functional import ParamsModel
 from evojax_merge.search.fitness import resolve_population_chunk
 from evojax_merge.search.sakana import PSConfig, check_objective, model_ce, ps_search
 
 
-def sources_cell(task: MergeTask):
-    from evojax_merge.runner.sources import SourcesCell
-
-    if not isinstance(task.world, SourcesCell):
+def sources_cell(task: MergeTask) -> SourcesCell:
+    if task.sources is None:
         raise EvoMergeInputError(f"method for {task.target!r}: Sakana merges need full fine-tunes "
-                                 "(run them with +experiment=sakana)")
-    return task.world
+                                 "(a world that provides them, e.g. world=sakana)")
+    return task.sources
 
 
 def run_ps(cell, cfg: PSConfig, seed: int, progress: bool) -> Outcome:
@@ -50,6 +48,8 @@ def searched_examples(population_size: int, result, batch: dict) -> int:
 
 class SakanaPS(MergeMethod):
     """CMA-ES over a density and a weight per (layer group, source) of a DARE-TIES merge."""
+
+    requires = frozenset({FULL_FINETUNES})
 
     searches = True
 

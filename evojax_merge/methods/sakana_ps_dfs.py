@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from evojax_merge.errors import EvoMergeInputError
-from evojax_merge.methods.base import MergeMethod, MergeTask, Outcome
+from evojax_merge.methods.base import FULL_FINETUNES, MergeMethod, MergeTask, Outcome
 from evojax_merge.methods.sakana_dfs import SakanaDFS, run_dfs
 from evojax_merge.methods.sakana_ps import SakanaPS, run_ps, sources_cell
 from evojax_merge.models.sources import SourceStack
@@ -14,6 +14,8 @@ from evojax_merge.models.sources import SourceStack
 class SakanaPSDFS(MergeMethod):
     """``ps`` and ``dfs`` are the two methods' constructor arguments; ``partner`` the source index
     that joins the PS model in the DFS (source 0 of the DFS is the PS model, source 1 the partner)."""
+
+    requires = frozenset({FULL_FINETUNES})
 
     searches = True
 

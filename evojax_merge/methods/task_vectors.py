@@ -15,12 +15,14 @@ from __future__ import annotations
 from typing import ClassVar
 
 from evojax_merge.errors import EvoMergeInputError
-from evojax_merge.methods.base import MergeMethod, MergeTask, Outcome
+from evojax_merge.methods.base import LORA_POOL, POOL_WEIGHTS, MergeMethod, MergeTask, Outcome
 from evojax_merge.search.grid import BaselineGridConfig, grid_search
 
 
 class TaskVectorMerge(MergeMethod):
     """One grid baseline; subclasses name the merge (``kind``) and whether it has a density."""
+
+    requires = frozenset({LORA_POOL, POOL_WEIGHTS})
 
     kind: ClassVar[str]
     has_density: ClassVar[bool] = True

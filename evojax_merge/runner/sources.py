@@ -13,7 +13,6 @@ results.md and the found DFS paths as PNGs.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -25,27 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from evojax_merge.errors import EvoMergeInputError
-from evojax_merge.merge.sakana_ps import Params
-from evojax_merge.methods.base import MergeMethod, MergeTask, Outcome
+from evojax_merge.methods.base import MergeMethod, MergeTask, Outcome, SourcesCell
 from evojax_merge.models.functional import ParamsModel, greedy_decode
 from evojax_merge.models.io import _read_safetensors
-from evojax_merge.models.sources import SourceStack, load_sources
+from evojax_merge.models.sources import load_sources
 from evojax_merge.search.sakana import model_ce, validation_batch
 from evojax_merge.zoo.sakana_world import SakanaWorld, accuracy, answer_text, encode
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class SourcesCell:
-    """What a Sakana method sees as ``MergeTask.world``: stacked sources, base, validation batch."""
-
-    stack: SourceStack
-    base: Params
-    batch: dict
-    labels: tuple[str, ...]  # short names of the sources ("lang", "skill")
-    source_data: tuple[dict | None, ...] = ()  # each source's own-task records, encoded (DAM's KL term)
-    val_data: dict | None = None  # the target's validation records, encoded as numpy (DAM w/o KL)
 
 
 def _no_evaluator(prune: str):
@@ -129,7 +115,7 @@ def run_sources_experiment(world: SakanaWorld, methods: dict[str, MergeMethod], 
         for seed in seeds:
             t0 = time.perf_counter()
             task = MergeTask(target=target, pool_names=list(cell.stack.names), evaluator_for=_no_evaluator,
-                             world=cell, seed=int(seed), progress=progress)
+                             sources=cell, seed=int(seed), progress=progress)
             out: Outcome = method.run(task)
             search_s = time.perf_counter() - t0
             acc = _score(out.model, world, target, tok, test_examples)
