@@ -9,7 +9,7 @@
 task needs a ``validation`` and a ``test`` file; ``train`` is optional. All of it is checked,
 and every gold answer is parsed under its declared type, before a model is loaded.
 
-:func:`register_configs` gives ``data.tasks`` an open (non-struct) node, so the plain override
+:func:`evojax_merge.world.registry.register_configs` gives ``world.tasks`` an open (non-struct) node, so the plain override
 ``data=files data.tasks.NAME.validation=...`` adds a task without Hydra's ``+``.
 """
 
@@ -70,13 +70,3 @@ def load_task_records(tasks: Mapping[str, TaskDeclaration]) -> dict[str, dict[st
             check_gold([r["output"] for r in records], decl.type, path)
             out[name][split] = records
     return out
-
-
-def register_configs() -> None:
-    """Store ``data/files_tasks``: an open ``tasks`` node that ``conf/data/files.yaml`` builds on."""
-    from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
-
-    node = OmegaConf.create({"tasks": {}})
-    OmegaConf.set_struct(node.tasks, False)
-    ConfigStore.instance().store(group="data", name="files_tasks", node=node)

@@ -28,7 +28,7 @@ def prediction_rows(records: Sequence[Mapping[str, object]], texts: Sequence[str
     rows = []
     for i, (record, text) in enumerate(zip(records, texts, strict=True)):
         row = {"index": i, "instruction": record.get("instruction", ""), "input": record.get("input", ""),
-               "gold": str(record.get("output", "")).strip(), "prediction": text}
+               "gold": str(record.get("output", record.get("answer", ""))).strip(), "prediction": text}
         if task_type in IE_TYPES:
             gold, pred = parse_gold(row["gold"], task_type), parse_output(text, task_type)
             row |= {"gold_items": sorted(map(list, gold)), "predicted_items": sorted(map(list, pred)),

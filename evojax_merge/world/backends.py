@@ -1,19 +1,22 @@
 """Where an experiment's merges are evaluated: in this process (the weights are ours) or through a
 black-box merge service (only control vectors leave, only losses and texts come back).
 
-Both backends answer the same questions, so one experiment engine drives both:
+Every backend answers the same questions, so one experiment engine drives them all (a third,
+:class:`SourcesBackend`, holds full fine-tunes instead of a LoRA pool):
 
 - the catalog: adapter names, which task each adapter was trained on (and its kind, where known), the
   task records;
 - ``open_cell(target, pool_idx, val_records, validation, max_len)``: a :class:`Cell` whose
   ``evaluator_for(prune)`` scores populations of ``(alpha, beta)`` on that pool;
 - ``answers(cell, outcomes, records, max_len, task)``: each outcome's greedy answers to ``task``'s test
-  records (``task``: the cell's target unless a multi-task cell names one of its tasks).
+  records (``task``: the cell's target unless a multi-task cell names one of its tasks);
+- ``score(task, answers, records)``: the task's metric (IE P/R/F1, or exact match).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Sequence
 
@@ -23,8 +26,8 @@ import numpy as np
 
 from evojax_merge.data.batching import encode_records
 from evojax_merge.errors import EvoMergeInputError
-from evojax_merge.eval.evaluate import generate_for_population
-from evojax_merge.methods.base import Outcome
+from evojax_merge.eval.evaluate import generate_for_population, score
+from evojax_merge.methods.base import Outcome, SourcesCell
 from evojax_merge.models.delta import fold_into_params
 from evojax_merge.search.fitness import MergeEvaluator, ValidationConfig
 
@@ -41,16 +44,25 @@ class Cell:
     evaluator_for: Callable[[str], object]
     stack: object = None  # the pool's LoraStack when the weights are ours
     close: Callable[[], None] = lambda: None
+    sources: SourcesCell | None = None  # full fine-tunes (a SourcesBackend's cell)
 
 
-class LocalBackend:
+class _Scored:
+    """The task-type metric, shared by the LoRA backends."""
+
+    def score(self, task: str, answers: list[str], records: list[dict]) -> dict:
+        return score(answers, records, self.task_type(task))
+
+
+class LocalBackend(_Scored):
     """The world's model and pool, in this process."""
 
     remote = False
 
     def __init__(self, world, max_new_tokens: int, population_chunk: int | str | None = "auto",
-                 progress: bool = True):
+                 progress: bool = True, default_targets: Sequence[str] = ()):
         self.world = world
+        self.default_targets = tuple(default_targets)
         self.names = list(world.pool.names)
         self.records = world.records
         self.adapter_kinds = dict(world.adapter_kinds)
@@ -125,7 +137,7 @@ class LocalBackend:
         return [texts[i] for i in range(len(outcomes))]
 
 
-class RemoteBackend:
+class RemoteBackend(_Scored):
     """A merge service's pool. Adapter ``name`` was trained on task ``adapter_tasks.get(name, name)``;
     ``adapter_kinds`` (optional) says which adapters are siblings, anti-adapters, distractors."""
 
@@ -133,9 +145,10 @@ class RemoteBackend:
 
     def __init__(self, service_cfg: dict, records: dict, max_new_tokens: int,
                  adapter_tasks: dict[str, str] | None = None, task_types: dict[str, str] | None = None,
-                 adapter_kinds: dict[str, str] | None = None):
+                 adapter_kinds: dict[str, str] | None = None, default_targets: Sequence[str] = ()):
         from evojax_merge.service.client import list_pools
 
+        self.default_targets = tuple(default_targets)
         self.url, self.key = service_cfg["url"], service_cfg.get("api_key")
         self.pool_id = service_cfg.get("pool_id", "default")
         self.timeout = float(service_cfg.get("timeout_s", 600.0))
@@ -209,3 +222,108 @@ class RemoteBackend:
                                           max_new_tokens=self.max_new_tokens)
             out.append(texts)
         return out
+
+
+class SourcesBackend:
+    """Full fine-tunes of one base (Sakana's world): every cell merges all sources for the world's target;
+    methods get a :class:`SourcesCell`; answers are greedy decodes of each outcome's model; the metric is
+    exact-match accuracy (precision = recall = F1)."""
+
+    remote = False
+
+    def __init__(self, world, sources: Sequence[str], val_examples: int | None = None, progress: bool = False):
+        self.world, self.sources, self.val_examples, self.progress = world, tuple(sources), val_examples, progress
+        unknown = [s for s in self.sources if s not in world.source_dirs]
+        if unknown:
+            have = ", ".join(world.source_dirs)
+            raise EvoMergeInputError(f"world.sources: unknown source {unknown[0]!r} (have {have})")
+        self.names = list(self.sources)
+        tasks = [world.target, *(world.own_task[s] for s in self.sources if s in world.own_task)]
+        self.records = {t: world.records(t) for t in dict.fromkeys(tasks)}
+        self.adapter_kinds: dict[str, str] = {}
+        self.default_targets = (world.target,)
+        self.tokenizer = world.tokenizer
+        self._cell: SourcesCell | None = None
+
+    def own_adapter(self, task: str) -> str | None:
+        return next((s for s in self.sources if self.world.own_task.get(s) == task), None)
+
+    def task_type(self, task: str) -> str:
+        return "exact"
+
+    def check(self, targets, max_len: int | None, test_examples: int) -> None:
+        for t in targets:
+            if t not in self.records or not self.records[t].get("validation") or not self.records[t].get("test"):
+                raise EvoMergeInputError(f"setting.targets: {t!r} has no validation and test records in this world")
+
+    def prompt_stats(self, target: str) -> dict:
+        return {}
+
+    def sources_cell(self) -> SourcesCell:
+        """The stacked sources, their base and the target's validation batch (made once per backend)."""
+        if self._cell is None:
+            import jax.numpy as jnp
+
+            from evojax_merge.models.io import _read_safetensors
+            from evojax_merge.models.sources import load_sources
+            from evojax_merge.search.sakana import validation_batch
+            from evojax_merge.zoo.sakana_world import encode
+
+            w, tok, length = self.world, self.tokenizer, self.world.max_len
+            stack = load_sources([w.source_dirs[s] for s in self.sources])
+            base = {k: jnp.asarray(v) for k, v in _read_safetensors(w.base_dir).items()}
+            val = encode(w.records(w.target)["validation"][: self.val_examples], tok, length)
+            own = []
+            for s in self.sources:  # a source's own data: its task's training records (validation if it has none)
+                splits = w.records(w.own_task[s]) if s in w.own_task else {}
+                recs = splits.get("train") or splits.get("validation")
+                own.append(encode(recs, tok, length) if recs else None)
+            self._cell = SourcesCell(stack, base, validation_batch(val), self.sources, tuple(own), val)
+        return self._cell
+
+    def open_cell(self, target: str, pool_idx: Sequence[int], val_records: list[dict],
+                  validation: ValidationConfig, max_len: int | None) -> Cell:
+        def no_evaluator(prune: str):
+            raise EvoMergeInputError("this world holds full fine-tunes: it has no LoRA evaluator")
+
+        return Cell(target, list(pool_idx), [self.sources[i] for i in pool_idx], no_evaluator,
+                    sources=self.sources_cell())
+
+    def answers(self, cell: Cell, outcomes: list[Outcome], records: list[dict], max_len: int | None,
+                task: str | None = None) -> list[list[str]]:
+        from evojax_merge.models.functional import ParamsModel
+
+        out = []
+        for o in outcomes:
+            model = o.model
+            if model is None:  # the base model alone
+                model = ParamsModel(cell.sources.stack.config, cell.sources.base)
+            out.append(generate_answers(model, records, self.tokenizer, self.world.max_len))
+        return out
+
+    def score(self, task: str, answers: list[str], records: list[dict]) -> dict:
+        from evojax_merge.zoo.sakana_world import accuracy
+
+        acc = accuracy(answers, records)
+        return {"precision": acc, "recall": acc, "f1": acc, "accuracy": acc}
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _greedy(model, ids, lengths, steps: int):
+    from evojax_merge.models.functional import greedy_decode
+
+    # module level: one compile per model structure and shape, shared by every method and seed
+    return greedy_decode(model.logits, ids, lengths, steps)
+
+
+def generate_answers(model, records: list[dict], tokenizer, max_len: int, steps: int = 3) -> list[str]:
+    """Greedy answers (cache-free decode) of any model with ``.logits(ids, mask, at)`` (Sakana's world)."""
+    from evojax_merge.zoo.sakana_world import answer_text, encode
+
+    enc = encode(records, tokenizer, max_len)
+    cols = np.arange(max_len)[None]
+    ids = np.where(cols < enc["prompt_len"][:, None], enc["input_ids"], tokenizer.pad_token_id)
+    if int(enc["prompt_len"].max()) + steps > max_len:
+        raise EvoMergeInputError(f"prompts too long for {steps} generated tokens within max_len={max_len}")
+    toks = _greedy(model, jnp.asarray(ids), jnp.asarray(enc["prompt_len"]), steps)
+    return answer_text(np.asarray(toks), tokenizer)

@@ -1,0 +1,1 @@
+"""Worlds: what a run merges in (``conf/world/``), opened into backends the engine drives."""
