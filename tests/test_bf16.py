@@ -1,24 +1,20 @@
-"""bf16 end to end (base, pool, activations in bf16, the loss in f32) against float32, on the smoke zoo:
-the population's fitnesses rank the same."""
+"""bf16 end to end (base, pool, activations in bf16, the loss in f32) against float32, on the tiny IE world
+(conf/zoo/ie_tiny.yaml): the population's fitnesses rank the same."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
 from evojax_merge.data.batching import encode_examples
 from evojax_merge.lora.pool import load_pool
 from evojax_merge.models.io import load_model
 from evojax_merge.search.fitness import MergeEvaluator, ValidationConfig
-from evojax_merge.train import zoo_config
-from evojax_merge.zoo.build import build_zoo
+from evojax_merge.zoo.ie_build import build_ie_zoo, load_zoo_config
 
-pytestmark = pytest.mark.slow  # builds the smoke zoo
-
-SMOKE = OmegaConf.create({"zoo": OmegaConf.load("conf/zoo/smoke.yaml")})
+pytestmark = pytest.mark.slow  # builds the tiny IE world
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -28,7 +24,8 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    return build_zoo(zoo_config(SMOKE), cache_dir=tmp_path_factory.mktemp("zoo"), progress=False)
+    cfg = load_zoo_config("conf/zoo/ie_tiny.yaml", ["gate.targets=[]"])  # no gate: it is not under test here
+    return build_ie_zoo(cfg, cache_dir=tmp_path_factory.mktemp("zoo"), progress=False)
 
 
 def test_bf16_population_fitness_ranks_like_f32(zoo):

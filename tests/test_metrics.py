@@ -25,8 +25,7 @@ from evojax_merge.eval.metrics import (
     parse_output,
     task_scores,
 )
-from evojax_merge.zoo.tasks import TASK_TYPES as ZOO_TYPES
-from evojax_merge.zoo.tasks import generate_task
+from evojax_merge.zoo.ie_world import IE_TASK_TYPES, IEWorldConfig, generate_world
 
 NER = ["person: Lena Park; organization: Orbit Labs; location: Oslo",
        "person: Ann Lee; location: Burlington, Vt.",
@@ -197,10 +196,14 @@ def test_unparseable_gold_is_an_error_naming_the_record(task_type, gold):
     assert "\n" not in str(err.value)
 
 
-def test_zoo_gold_answers_parse_and_score_one():
-    for t in ZOO_TYPES:
-        golds = [r["output"] for r in generate_task(f"{t}_travel", 0, (30, 0, 0))["train"]]
-        check_gold(golds, t, f"{t}_travel")
+def test_ie_world_gold_answers_parse_and_score_one():
+    world = generate_world(IEWorldConfig(domains=("news",), train_size=30, validation_size=4, test_size=4,
+                                         history_shots=0))
+    assert sorted(world) == sorted(f"{t}_news" for t in IE_TASK_TYPES)
+    for task, splits in world.items():
+        t = task.split("_", 1)[0]
+        golds = [r["output"] for r in splits["train"]]
+        check_gold(golds, t, task)
         assert ie_scores(golds, golds, t)["f1"] == 1.0
         assert ie_scores(golds[1:] + golds[:1], golds, t)["f1"] < 0.5
 

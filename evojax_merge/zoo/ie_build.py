@@ -1,14 +1,14 @@
 """Build (or reuse) the compositional IE zoo: task data, a tiny pretrained base LM, one LoRA per adapter.
 
-A world of its own next to the first zoo (:mod:`evojax_merge.zoo.build`, still the default):
-``conf/zoo/ie.yaml``; ``python -m evojax_merge.zoo.ie_build conf/zoo/ie.yaml`` builds it and
+Its config is ``conf/zoo/ie.yaml``; ``python -m evojax_merge.zoo.ie_build conf/zoo/ie.yaml`` builds it and
 prints the pilot gate (:mod:`evojax_merge.zoo.gate`).
 
-The zoo is a cache directory keyed by a hash of the zoo's code and its config
-(``<cache_dir>/iezoo-<hash>/``): editing any module the build depends on (:data:`CODE_FILES`)
-gives a new key, no hand-bumped version. :func:`evojax_merge.fileio.cached_build` builds it in a
-temp dir beside it, renamed into place when complete, so an interrupted build leaves nothing
-half-written; temp dirs of killed builds are removed on start.
+The zoo is a cache directory keyed by a hash of its config and of the source of the modules its
+build imports (``<cache_dir>/iezoo-<hash>/``): editing any of them (:data:`CODE_MODULES`) gives a
+new key, no hand-bumped version; editing another world's code does not.
+:func:`evojax_merge.fileio.cached_build` builds it in a temp dir beside it, renamed into place when
+complete, so an interrupted build leaves nothing half-written; temp dirs of killed builds are
+removed on start.
 
     iezoo-<hash>/
       manifest.json         config, code digest, tasks, adapters (task, kind), build timings,
@@ -39,15 +39,8 @@ from evojax_merge.lora.export import save_peft_adapter
 from evojax_merge.models.config import ModelConfig
 from evojax_merge.models.io import save_model
 from evojax_merge.models.llama import LlamaForCausalLM
-from evojax_merge.zoo import build
-from evojax_merge.zoo.build import (
-    BaseModelSpec,
-    PretrainSpec,
-    _encode_texts,
-    _trim_to_bucket,
-    _with_answer_targets,
-    default_cache_dir,
-)
+from evojax_merge.models.loss import answer_targets
+from evojax_merge.zoo.common import config_sections, default_cache_dir, source_digest
 from evojax_merge.zoo.flops import FlopMeter
 from evojax_merge.zoo.gate import format_gate, run_gate
 from evojax_merge.zoo.ie_world import (
@@ -61,27 +54,43 @@ from evojax_merge.zoo.tokenizer import build_tokenizer, save_tokenizer
 from evojax_merge.zoo.trainer import check_compiler_options, init_lora_stack, pretrain, train_adapters
 
 log = logging.getLogger(__name__)
-_PACKAGE = Path(__file__).resolve().parents[1]
-# every module whose code changes what the build writes: the zoo itself, the model, the LoRA
-# layout and export, the prompt and batching, the metric of the gate
-CODE_FILES = ("zoo/*.py", "models/*.py", "lora/adapter.py", "lora/export.py", "data/prompt.py",
-              "data/batching.py", "eval/metrics.py", "eval/generate.py", "eval/evaluate.py")
+# every module this build imports whose code changes what it writes (tests/test_ie_zoo.py checks the
+# list against the build's imports): the world and its trainer, the model, the LoRA layout and
+# export, the prompt and batching, the generation and metric of the adapter check and the gate
+CODE_MODULES = (
+    "evojax_merge.zoo.ie_build", "evojax_merge.zoo.ie_world", "evojax_merge.zoo.ie_domains",
+    "evojax_merge.zoo.lexicon", "evojax_merge.zoo.gate", "evojax_merge.zoo.trainer", "evojax_merge.zoo.tokenizer",
+    "evojax_merge.zoo.flops", "evojax_merge.models.config", "evojax_merge.models.io", "evojax_merge.models.llama",
+    "evojax_merge.models.loss", "evojax_merge.lora.adapter", "evojax_merge.lora.export", "evojax_merge.lora.pool",
+    "evojax_merge.data.prompt", "evojax_merge.data.batching", "evojax_merge.eval.metrics",
+    "evojax_merge.eval.generate", "evojax_merge.eval.evaluate",
+)
 KIND = "ie"  # the zoo config group's ``kind`` of this world (conf/zoo/ie*.yaml); train.py dispatches on it
 
 
 def code_digest() -> str:
-    """SHA-256 over the source of :data:`CODE_FILES` (sorted paths and contents)."""
-    h = hashlib.sha256()
-    for pattern in CODE_FILES:
-        for path in sorted(_PACKAGE.glob(pattern)):
-            h.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()
+    """SHA-256 over the source of :data:`CODE_MODULES`."""
+    return source_digest(CODE_MODULES)
 
 
 @dataclasses.dataclass(frozen=True)
-class AdapterSpec(build.AdapterSpec):
-    """The first zoo's adapter recipe, plus how the LoRA-A factors start."""
+class BaseModelSpec:
+    hidden_size: int = 96
+    num_hidden_layers: int = 3
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    intermediate_size: int = 264
+    max_len: int = 128  # tokens per training row (prompt + answer)
 
+
+@dataclasses.dataclass(frozen=True)
+class AdapterSpec:
+    rank: int = 8
+    lora_alpha: float = 16.0
+    steps: int = 250
+    batch_size: int = 8
+    lr: float = 1e-2
+    eval_examples: int = 50  # test examples per task adapter for the adapter F1 check
     lora_init: str = "shared"  # one LoRA-A draw for every adapter (a real pool's one seed), or independent
 
 
@@ -95,7 +104,7 @@ class GateSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class IEPretrainSpec(PretrainSpec):
+class IEPretrainSpec:
     """The base's pretraining; ``copy_steps`` first, on long random repeat strings only.
 
     A copying skill (induction heads) forms in a phase transition whose time varies with the seed:
@@ -106,6 +115,11 @@ class IEPretrainSpec(PretrainSpec):
     mixed in: ``experiments/results/zoo_pilot_gate.md``). Both are off in ``conf/zoo/ie.yaml``.
     """
 
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 3e-3
+    num_texts: int = 20000
+    num_records: int = 10000
     copy_steps: int = 0
     copy_every: int = 0  # after the warm-up, every copy_every-th batch is a copy batch (0: none)
 
@@ -136,7 +150,7 @@ class ZooBuildConfig:
         z = {k: v for k, v in z.items() if k not in ("kind", "compiler_options")}
         parts = {"tasks": IEWorldConfig, "model": BaseModelSpec, "pretrain": IEPretrainSpec,
                  "adapters": AdapterSpec, "gate": GateSpec}
-        return cls(**build.config_sections(z, parts), seed=int(z.get("seed", 0)), compiler_options=options)
+        return cls(**config_sections(z, parts), seed=int(z.get("seed", 0)), compiler_options=options)
 
     def __post_init__(self) -> None:
         from evojax_merge.errors import EvoMergeInputError
@@ -156,13 +170,58 @@ class ZooBuildConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class Zoo(build.Zoo):
+class Zoo:
     """Paths of a built IE world and its manifest; adapters are not one per task here."""
+
+    root: Path
+    manifest: dict
+
+    @property
+    def base_dir(self) -> Path:
+        return self.root / "base"
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.manifest["tasks"])
+
+    def records(self, task: str) -> dict[str, list[dict]]:
+        return json.loads((self.root / "data" / f"{task}.json").read_text())
 
     @property
     def adapters(self) -> dict[str, dict[str, str]]:
         """Adapter name -> {"task": the task its data imitates ("" for distractors), "kind"}."""
         return self.manifest.get("adapters") or {t: {"task": t, "kind": "task"} for t in self.task_names}
+
+
+def _encode_texts(texts: list[str], tokenizer, length: int) -> dict[str, np.ndarray]:
+    """Plain sentences with a full LM loss: ``<s> text </s>``, right-padded to ``length``."""
+    pad, bos, eos = special_ids(tokenizer)
+    rows = [[bos, *ids[: length - 2], eos] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    ids = np.full((len(rows), length), pad, np.int32)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+    mask = (np.arange(length)[None] < np.array([len(r) for r in rows])[:, None]).astype(np.int32)
+    return {"input_ids": ids, "attention_mask": mask, "labels": np.where(mask == 1, ids, IGNORE_INDEX)}
+
+
+TRAIN_BUCKETS = (32, 48, 64, 80, 96, 112, 128, 160, 192, 256)
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "labels")
+
+
+def _trim_to_bucket(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Cut right padding down to the smallest bucket that holds the batch's longest row.
+
+    Rows are padded to the model's max length once; each step only pays for a few compiles
+    (one per bucket) instead of the full length.
+    """
+    longest = int(batch["attention_mask"].sum(-1).max())
+    width = batch["input_ids"].shape[-1]
+    t = min(next((b for b in TRAIN_BUCKETS if b >= longest), width), width)
+    return {k: v[..., :t] if k in SEQUENCE_KEYS else v for k, v in batch.items()}
+
+
+def _with_answer_targets(encoded: dict[str, np.ndarray], k: int | None = None) -> dict[str, np.ndarray]:
+    return {**encoded, **answer_targets(encoded["labels"], k)}
 
 
 def _pretrain_batches(cfg: ZooBuildConfig, tokenizer, rng: np.random.Generator):

@@ -23,8 +23,9 @@ Stable API (shared with DAM, issue 13): :func:`build_sakana_world(cfg, cache_dir
 :class:`SakanaWorld` with ``base_dir``, ``source_dirs`` (``{"lang": dir, "skill": dir}``, HF
 directories with config.json, model.safetensors and the tokenizer), ``tokenizer``, ``records``,
 ``target``, ``own_task``; :func:`encode` (records -> padded arrays with answer-only targets) and
-:func:`accuracy` (exact match of the generated answer). The world is a cache directory keyed by
-the config's hash, built in a temp directory and renamed into place.
+:func:`accuracy` (exact match of the generated answer). The world is a cache directory keyed by a
+hash of the config and of the source of the modules its build imports (:data:`CODE_MODULES`),
+built in a temp directory and renamed into place.
 """
 
 from __future__ import annotations
@@ -46,17 +47,30 @@ from evojax_merge.models.config import ModelConfig
 from evojax_merge.models.io import load_model, save_model
 from evojax_merge.models.llama import LlamaForCausalLM
 from evojax_merge.models.loss import IGNORE_INDEX, answer_targets
-from evojax_merge.zoo.build import default_cache_dir
+from evojax_merge.zoo.common import default_cache_dir, source_digest
 from evojax_merge.zoo.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
 from evojax_merge.zoo.trainer import _schedule, batch_loss, pretrain
 
-WORLD_FORMAT_VERSION = 1
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 NAMES = ("tom", "ann", "bob", "sue", "max", "eva", "sam", "lea")
 OBJECTS = ("apples", "pens", "books", "cats", "cups", "coins", "hats", "eggs")
 ADJECTIVES = ("red", "big", "small", "old", "new", "blue")
 TASKS = ("skill_a", "skill_b", "lang_b")
 TARGET = "skill_b"
+
+
+# every module this build imports whose code changes what it writes (tests/test_sakana_world.py checks
+# the list against the build's imports)
+CODE_MODULES = (
+    "evojax_merge.zoo.sakana_world", "evojax_merge.zoo.tokenizer", "evojax_merge.zoo.trainer",
+    "evojax_merge.models.config", "evojax_merge.models.io", "evojax_merge.models.llama", "evojax_merge.models.loss",
+    "evojax_merge.lora.adapter",
+)
+
+
+def code_digest() -> str:
+    """SHA-256 over the source of :data:`CODE_MODULES`."""
+    return source_digest(CODE_MODULES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +101,8 @@ class SakanaWorldConfig:
     seed: int = 0
 
     def digest(self) -> str:
-        blob = json.dumps({"v": WORLD_FORMAT_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        """Hash of the world's code and this config: the cache key."""
+        blob = json.dumps({"code": code_digest(), **dataclasses.asdict(self)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -374,5 +389,5 @@ def _build_into(out: Path, cfg: SakanaWorldConfig, progress: bool) -> dict:
         save_tokenizer(tokenizer, out / name)
         finals[name] = float(np.mean(loss[-20:]))
         timings[f"{name}_s"] = time.perf_counter() - t0
-    return {"format_version": WORLD_FORMAT_VERSION, "config": dataclasses.asdict(cfg), "tasks": list(TASKS),
+    return {"code_digest": code_digest(), "config": dataclasses.asdict(cfg), "tasks": list(TASKS),
             "target": TARGET, "timings": timings, "final_loss": finals}

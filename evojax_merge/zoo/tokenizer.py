@@ -1,6 +1,6 @@
-"""The zoo's word-level tokenizer, built with ``tokenizers`` and saved for ``AutoTokenizer``.
+"""The worlds' word-level tokenizer, built with ``tokenizers`` and saved for ``AutoTokenizer``.
 
-Why word-level: every zoo answer copies words from the prompt, and with one token per word the
+Why word-level: every world's answer copies words from the prompt, and with one token per word the
 copy is one token per word too, whatever the neighbouring punctuation; a tiny model learns that
 far more easily than a copy of BPE pieces whose split depends on context.
 
@@ -8,8 +8,9 @@ far more easily than a copy of BPE pieces whose split depends on context.
   character is its own token. Whitespace is not a token.
 - Specials: ``<pad>`` (0), ``<s>`` (1), ``</s>`` (2), ``<unk>`` (3). ``add_special_tokens=True``
   prepends ``<s>`` like Llama; :mod:`evojax_merge.data.batching` adds ``<s>``/``</s>`` itself.
-- Vocabulary: the specials, then every word of the zoo (from :func:`vocabulary_texts`) plus
-  single letters, digits and ASCII punctuation, sorted: deterministic, no frequency cut.
+- Vocabulary: the specials, then every word of the texts a world passes to :func:`build_tokenizer`
+  (e.g. :func:`evojax_merge.zoo.ie_build.world_tokenizer`) plus single letters, digits and ASCII
+  punctuation, sorted: deterministic, no frequency cut.
 - Decoding joins tokens with single spaces: ``"person: john smith; city: paris"`` comes back
   as ``"person : john smith ; city : paris"``. :func:`evojax_merge.eval.metrics.canonical`
   compares in exactly that spacing, so the parsed tuples are the same.
@@ -25,9 +26,6 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-from evojax_merge.data.prompt import format_prompt
-from evojax_merge.zoo.tasks import ZooConfig, vocabulary_texts
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
@@ -87,16 +85,3 @@ def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerFast:
     """``AutoTokenizer.from_pretrained`` on a local directory."""
     return AutoTokenizer.from_pretrained(str(path))
 
-
-def build_zoo_tokenizer(
-    cfg: ZooConfig | None = None, out_dir: str | os.PathLike[str] | None = None
-) -> PreTrainedTokenizerFast:
-    """The tokenizer for the zoo of ``cfg`` (saved to ``out_dir`` when given).
-
-    Its vocabulary is everything the zoo can emit plus the words of the prompt template.
-    """
-    template = format_prompt({"instruction": "x", "input": "y", "output": "x", "history": [["x", "x"]]})
-    tok = build_tokenizer([*vocabulary_texts(cfg), template])
-    if out_dir is not None:
-        save_tokenizer(tok, out_dir)
-    return tok
