@@ -17,6 +17,13 @@ from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.runner.engine import ExperimentSpec
 
 _UNEXPECTED = re.compile(r"unexpected keyword argument '([^']+)'")
+_WRAPPED = re.compile(r"""^\w+\((["'])(.*)\1\)$""")  # ModuleNotFoundError("No module named 'x'")
+
+
+def _keyed(key: str, error: Exception) -> str:
+    """``key: error``, unless the error already names a key under ``key`` (``world.build.x: ...``)."""
+    text = str(error)
+    return text if text.startswith((f"{key}.", f"{key}:")) else f"{key}: {text}"
 
 
 def _container(node, key: str):
@@ -39,12 +46,17 @@ def instantiate_node(node, key: str, expected: type | None = None):
     try:
         obj = instantiate(config, _convert_="all", **tuples)
     except EvoMergeInputError as e:
-        raise EvoMergeInputError(f"{key}: {e}") from None
+        raise EvoMergeInputError(_keyed(key, e)) from None
     except InstantiationException as e:
         cause = e.__cause__ or e
         if isinstance(cause, EvoMergeInputError):
-            raise EvoMergeInputError(f"{key}: {cause}") from None
+            raise EvoMergeInputError(_keyed(key, cause)) from None
         text = str(cause)
+        if isinstance(cause, ImportError):  # Hydra's "Error loading 'x':" then the import's own error
+            lines = [line for line in text.splitlines() if line.strip()]
+            reason = lines[1] if len(lines) > 1 and lines[0].startswith("Error loading") else lines[0]
+            reason = _WRAPPED.sub(r"\2", reason)
+            raise EvoMergeInputError(f"{key}._target_: {config['_target_']} does not import ({reason})") from None
         bad = _UNEXPECTED.search(text)
         if bad:
             raise EvoMergeInputError(f"{key}.{bad.group(1)}: unknown key for {config['_target_']}") from None

@@ -153,14 +153,15 @@ class RemoteBackend(_Scored):
         self.pool_id = service_cfg.get("pool_id", "default")
         self.timeout = float(service_cfg.get("timeout_s", 600.0))
         if not self.url:
-            raise EvoMergeInputError("service.url: missing (the merge service's address)")
+            raise EvoMergeInputError("world.service.url: missing (the merge service's address)")
         if not self.key:
-            raise EvoMergeInputError("service.api_key: missing (set it or EVOJAX_MERGE_API_KEY)")
+            raise EvoMergeInputError("world.service.api_key: missing (set it or EVOJAX_MERGE_API_KEY)")
         served = list_pools(self.url, self.key, timeout=self.timeout)
         pools = {p["id"]: p for p in served["pools"]}
         self.max_prompts = int(served.get("limits", {}).get("max_prompts", 64))  # per generate request
         if self.pool_id not in pools:
-            raise EvoMergeInputError(f"service.pool_id: {self.pool_id!r} is not served (served: {', '.join(pools)})")
+            raise EvoMergeInputError(f"world.service.pool_id: {self.pool_id!r} is not served "
+                                     f"(served: {', '.join(pools)})")
         self.names = list(pools[self.pool_id]["adapters"])
         self.adapter_tasks = {n: (adapter_tasks or {}).get(n, n) for n in self.names}
         self.adapter_kinds = {n: k for n, k in (adapter_kinds or {}).items() if n in self.names}
@@ -172,9 +173,9 @@ class RemoteBackend(_Scored):
         return next((a for a, t in self.adapter_tasks.items() if t == task), None)
 
     def task_type(self, task: str) -> str:
-        """The declared type (the zoo's own, or data.tasks.NAME.type); never guessed from the name."""
+        """The declared type (the zoo's own, or world.tasks.NAME.type); never guessed from the name."""
         if task not in self.task_types:
-            raise EvoMergeInputError(f"data.tasks.{task}.type: no type declared for task {task!r}")
+            raise EvoMergeInputError(f"world.tasks.{task}.type: no type declared for task {task!r}")
         return self.task_types[task]
 
     def check(self, targets, max_len: int | None, test_examples: int) -> None:
@@ -182,7 +183,7 @@ class RemoteBackend(_Scored):
             self.task_type(task)
             for split in ("validation", "test"):
                 if not self.records.get(task, {}).get(split):
-                    raise EvoMergeInputError(f"data.tasks.{task}.{split}: missing; target {task!r} needs "
+                    raise EvoMergeInputError(f"world.tasks.{task}.{split}: missing; target {task!r} needs "
                                              "validation and test records")
 
     def prompt_stats(self, target: str) -> dict:

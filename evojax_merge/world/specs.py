@@ -74,6 +74,14 @@ def _sections(cfg: Mapping | None) -> dict:
     return dict(cfg or {})
 
 
+def _unknown_key(key: str, err: TypeError) -> str:
+    """A config dataclass's ``TypeError`` as one line naming the key: ``world.build.bogus: unknown key``."""
+    import re
+
+    bad = re.search(r"unexpected keyword argument '([^']+)'", str(err))
+    return f"{key}.{bad.group(1)}: unknown key" if bad else f"{key}: {err}"
+
+
 class IEWorld(WorldSpec):
     """The compositional IE world (``evojax_merge.zoo.ie_build``); ``build`` is a ``conf/zoo/ie*.yaml``."""
 
@@ -148,9 +156,13 @@ class SakanaWorld(WorldSpec):
         else:
             b = _sections(build)
             try:
-                self.config = SakanaWorldConfig(model=SakanaModelSpec(**b.pop("model", {})), **b)
+                model = SakanaModelSpec(**b.pop("model", {}))
             except TypeError as err:
-                raise EvoMergeInputError(f"world.build: {err}") from None
+                raise EvoMergeInputError(_unknown_key("world.build.model", err)) from None
+            try:
+                self.config = SakanaWorldConfig(model=model, **b)
+            except TypeError as err:
+                raise EvoMergeInputError(_unknown_key("world.build", err)) from None
         self.sources, self.val_examples = tuple(sources), val_examples
         if not self.sources:
             raise EvoMergeInputError("world.sources: at least one source")
