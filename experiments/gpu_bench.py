@@ -9,7 +9,7 @@ the device (``jax.random``; nothing on the host), 300 validation examples of 512
 batches of 15, P = 20 candidates. It times the batched population call (one warm-up/compile call,
 then the best of ``--repeats``) and prints seconds per generation and the MFU:
 
-    MFU = analytic FLOPs per generation (evojax_merge.plan.analytic_flops) / seconds / peak
+    MFU = analytic FLOPs per generation (evojax_merge.bench.plan.analytic_flops) / seconds / peak
 
 ``--peak`` is the device's dense bf16 FLOP/s (H100 SXM: 989.4e12). Before a long run, the plan
 (``python -m evojax_merge.bench --plan llama-3.1-8b``) says which ``--chunk`` fits the device.
@@ -27,10 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from evojax_merge.bench import random_examples
+from evojax_merge.bench.population import random_examples
 from evojax_merge.lora.adapter import LoraStack, module_path
 from evojax_merge.models.llama import LlamaForCausalLM
-from evojax_merge.plan import H100_PEAK_BF16, Workload, analytic_flops, resolve_model
+from evojax_merge.bench.plan import H100_PEAK_BF16, Workload, analytic_flops, resolve_model
 from evojax_merge.search.fitness import MergeEvaluator, ValidationConfig
 
 

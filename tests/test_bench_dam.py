@@ -1,8 +1,8 @@
-"""bench_dam: the JAX step and the PyTorch reference optimise the same objective (equal loss at init)."""
+"""bench --dam: the JAX step and the PyTorch reference optimise the same objective (equal loss at init)."""
 
 import pytest
 
-from evojax_merge.bench_dam import main
+from evojax_merge.bench.dam import main
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from evojax_merge.bench import build
+from evojax_merge.bench.population import build
 from evojax_merge.merge import dare, dare_ties, linear, task_arithmetic, task_vectors, ties
 from evojax_merge.merge.task_vectors import merge_module_factors, module_key
 from evojax_merge.models.config import ModelConfig

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow  # a subprocess on 4 devices
 DRIVER = r'''
 import json, sys
 import jax, numpy as np
-from evojax_merge.bench import random_examples, random_genomes, random_stack
+from evojax_merge.bench.population import random_examples, random_genomes, random_stack
 from evojax_merge.models.config import ModelConfig
 from evojax_merge.models.llama import LlamaForCausalLM
 from evojax_merge.search.fitness import ValidationConfig

@@ -12,7 +12,7 @@ import jax
 import pytest
 
 from evojax_merge.errors import EvoMergeInputError
-from evojax_merge.plan import (
+from evojax_merge.bench.plan import (
     NAMED_SHAPES,
     Workload,
     abstract_call,

@@ -1,7 +1,7 @@
 """Benchmark of the DAM training step: JAX (this project) against a PyTorch reference, same shapes.
 
-    python -m evojax_merge.bench_dam                          # LoRA pool: N=8 adapters, r=8, tiny Llama
-    python -m evojax_merge.bench_dam --world full --json bench_dam.json
+    python -m evojax_merge.bench --dam                          # LoRA pool: N=8 adapters, r=8, tiny Llama
+    python -m evojax_merge.bench --dam --world full --json bench_dam.json
 
 One step = merge with the current coefficients, forward of one batch of every source's data,
 KL to the precomputed source logits (T = 2) + λ_cos · cosine term, backward, Adam update.
@@ -19,35 +19,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from evojax_merge.bench import random_stack
+from evojax_merge.bench.population import random_stack
 from evojax_merge.merge.dam import dam_merge, dam_merge_lora
 from evojax_merge.models.config import ModelConfig
 from evojax_merge.models.io import model_weights
 from evojax_merge.models.llama import LlamaForCausalLM
+from evojax_merge.perf import Timing, best_time
 from evojax_merge.search.dam import DamConfig, FullDamModel, LoraDamModel, dam_step
-
-
-def best_time(fn, repeats: int) -> tuple[float, float]:
-    """(min wall seconds, min process CPU seconds) of ``repeats`` calls after one warm-up call.
-
-    CPU seconds (all threads of this process) are reported too: on a shared, overloaded machine
-    the wall time mostly measures the other tenants.
-    """
-    jax.block_until_ready(fn())
-    walls, cpus = [], []
-    for _ in range(repeats):
-        w, c = time.perf_counter(), time.process_time()
-        jax.block_until_ready(fn())
-        walls.append(time.perf_counter() - w)
-        cpus.append(time.process_time() - c)
-    return min(walls), min(cpus)
 
 
 def _batch(cfg: ModelConfig, n: int, b: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -75,7 +59,7 @@ def build(world: str, cfg: ModelConfig, n: int, rank: int):
     return base, FullDamModel(base, stack_sources(sources, names), names)
 
 
-def time_jax(model, dcfg: DamConfig, batch: dict, repeats: int) -> tuple[tuple[float, float], float]:
+def time_jax(model, dcfg: DamConfig, batch: dict, repeats: int) -> tuple[Timing, float]:
     """((wall, CPU) seconds per step, the loss at the initial coefficients)."""
     coeffs = model.init()
     opt_state = optax.adam(dcfg.lr).init(coeffs)
@@ -84,7 +68,7 @@ def time_jax(model, dcfg: DamConfig, batch: dict, repeats: int) -> tuple[tuple[f
     return best_time(lambda: dam_step(model, dcfg, model.args, coeffs, opt_state, dev)[0], repeats), loss0
 
 
-def time_merge(model, repeats: int) -> tuple[float, float]:
+def time_merge(model, repeats: int) -> Timing:
     coeffs = model.init()
     if isinstance(model, LoraDamModel):
         def f(c):
@@ -98,7 +82,7 @@ def time_merge(model, repeats: int) -> tuple[float, float]:
 
 
 def time_torch(world: str, cfg: ModelConfig, model, dcfg: DamConfig, batch: dict, repeats: int
-               ) -> tuple[tuple[float, float], float]:
+               ) -> tuple[Timing, float]:
     """((wall, CPU) seconds per step, the loss at the initial coefficients) of the PyTorch reference."""
     import torch
     from torch.func import functional_call

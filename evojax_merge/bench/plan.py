@@ -2,6 +2,7 @@
 
     python -m evojax_merge.bench --plan llama-3.1-8b          # named shapes
     python -m evojax_merge.bench --plan /models/llama/config.json
+    python -m evojax_merge.bench --plan bench-tiny --check-host   # the plan against a measured run here
 
 The real population-evaluation function (``search.fitness.population_ce``: merge the whole
 population, forward on every validation batch, answer-only CE) is lowered and compiled for
@@ -23,6 +24,7 @@ temporaries are an estimate (bf16 dots may also be widened to f32 there, which o
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import time
@@ -284,10 +286,10 @@ def check_on_host(cfg: ModelConfig, w: Workload, chunk: int | None = 1, repeats:
     The host's rate is calibrated on the smallest instance of the same call (one candidate, one
     batch: ``rate = FLOPs(P=1, 1 batch) / its time``); the plan's FLOPs for the whole generation
     at that rate are the prediction, ``predicted = FLOPs(P, all batches) / rate``, checked against
-    the best of ``repeats`` real batched calls on random weights (``bench.build``). It tests the
+    the best of ``repeats`` real batched calls on random weights (``bench.population.build``). It tests the
     plan's scaling over candidates, batches and chunking: what it extrapolates to 8B.
     """
-    from evojax_merge.bench import build, random_genomes, time_batched
+    from evojax_merge.bench.population import build, random_genomes, time_batched
 
     if w.dtype != cfg.dtype:
         cfg = dataclasses.replace(cfg, dtype=w.dtype)
@@ -310,3 +312,26 @@ def check_on_host(cfg: ModelConfig, w: Workload, chunk: int | None = 1, repeats:
         f"predicted {predicted:.3f} s / generation, measured {measured:.3f} s; measured / predicted = {ratio:.2f}")
     return {"flops": flops, "host_flop_rate": rate, "predicted_s": predicted, "measured_s": measured,
             "ratio": ratio, "chunk": chunk}
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def run_plan(args: argparse.Namespace) -> dict:
+    """``--plan``: the plan for a named model or a config.json, from the parsed flags of
+    ``python -m evojax_merge.bench`` (:func:`evojax_merge.bench.cli.parser`): the paper's workload, or
+    the population benchmark's shapes for ``bench-tiny``, unless the shape flags say otherwise."""
+    tiny = args.plan.lower() == "bench-tiny"
+    paper = Workload()
+    bench_shapes = {"examples": 16, "batch": 16, "seq": 128, "answer_tokens": 64, "dtype": "float32"}
+    defaults = dataclasses.asdict(paper) | (bench_shapes if tiny else {})
+    given = {"adapters": args.adapters, "rank": args.rank, "population": args.population, "batch": args.batch,
+             "seq": args.seq, "examples": args.examples, "answer_tokens": args.answer_tokens, "dtype": args.dtype}
+    fields = defaults | {k: v for k, v in given.items() if v is not None}
+    fields["pool_dtype"] = args.pool_dtype or fields["dtype"]
+    workload = Workload(**fields)
+    cfg = resolve_model(args.plan, dtype=workload.dtype)
+    out = make_plan(cfg, workload, chunks=tuple(args.plan_chunks), mfu=args.mfu)
+    if args.check_host:
+        out["host_check"] = check_on_host(cfg, workload, chunk=args.population_chunk or 1)
+    return out

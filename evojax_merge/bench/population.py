@@ -1,11 +1,7 @@
-"""Benchmark: seconds per candidate of the batched population call against the alternatives.
+"""The population benchmark: seconds per candidate of the batched population call against the alternatives.
 
     python -m evojax_merge.bench                      # the default shapes of issue 3
     python -m evojax_merge.bench --adapters 20 --no-scaling --json bench.json
-    python -m evojax_merge.bench --plan llama-3.1-8b     # compile-time plan (evojax_merge.plan), no weights
-    python -m evojax_merge.bench --plan bench-tiny --check-host   # the plan against a measured run here
-    python -m evojax_merge.bench --sakana [...]          # PS / DFS: one population call vs a loop
-    python -m evojax_merge.bench --dam [...]             # the DAM step against a PyTorch reference
 
 On identical shapes, in one run, it times:
   (a) the batched population call (merge + forward + loss for all P candidates in one jit call);
@@ -21,9 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
-import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +26,7 @@ from evojax_merge.lora.adapter import LoraStack, module_path
 from evojax_merge.merge import evo_merge
 from evojax_merge.models.config import ModelConfig
 from evojax_merge.models.llama import LlamaForCausalLM
+from evojax_merge.perf import best_time, matmul_peak
 from evojax_merge.search.fitness import MergeEvaluator, ValidationConfig, population_ce, resolve_population_chunk
 
 
@@ -65,17 +59,6 @@ def random_genomes(n: int, p: int, seed: int = 1) -> tuple[np.ndarray, np.ndarra
     return alpha, beta
 
 
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Minimum wall time of ``repeats`` calls after one warm-up (compile) call."""
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
 def build(cfg: ModelConfig, n: int, rank: int, batch: int, seq: int, chunk: int | str | None = "auto", *,
           examples: int | None = None, answer_tokens: int | None = None, num_batches: int = 1,
           pool_dtype: str = "float32") -> tuple[LlamaForCausalLM, LoraStack, MergeEvaluator]:
@@ -91,20 +74,20 @@ def build(cfg: ModelConfig, n: int, rank: int, batch: int, seq: int, chunk: int 
 
 
 def time_batched(evaluator: MergeEvaluator, alpha, beta, repeats: int) -> float:
-    return best_time(lambda: evaluator.evaluate(alpha, beta), repeats) / alpha.shape[0]
+    return best_time(lambda: evaluator.evaluate(alpha, beta), repeats).wall_s / alpha.shape[0]
 
 
 def time_loop(evaluator: MergeEvaluator, alpha, beta, repeats: int) -> float:
     def loop():
         return [evaluator.evaluate(alpha[i : i + 1], beta[i : i + 1]) for i in range(alpha.shape[0])]
 
-    return best_time(loop, repeats) / alpha.shape[0]
+    return best_time(loop, repeats).wall_s / alpha.shape[0]
 
 
 def time_merge_only(stack: LoraStack, evaluator: MergeEvaluator, alpha, beta, repeats: int) -> float:
     merge = jax.jit(jax.vmap(lambda a, b: evo_merge(stack, evaluator.magnitudes, a, b, prune="A")))
     a, b = jnp.asarray(alpha), jnp.asarray(beta)
-    return best_time(lambda: merge(a, b), repeats) / alpha.shape[0]
+    return best_time(lambda: merge(a, b), repeats).wall_s / alpha.shape[0]
 
 
 def batched_flops(evaluator: MergeEvaluator, alpha, beta) -> float:
@@ -112,21 +95,12 @@ def batched_flops(evaluator: MergeEvaluator, alpha, beta) -> float:
 
     Counted on the whole-population vmap of the same math: XLA's cost analysis counts a loop body
     once, so the ``lax.map`` of a chunked call would be undercounted by the population size."""
-    import dataclasses
-
     whole = dataclasses.replace(evaluator.ce_fn, chunk=None)
     compiled = population_ce.lower(whole, evaluator.ce_args, jnp.asarray(alpha), jnp.asarray(beta),
                                    jnp.asarray(evaluator.batch_index(0))).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost.get("flops", 0.0))
-
-
-def matmul_peak(size: int = 2048, repeats: int = 5, dtype=jnp.float32) -> float:
-    """This machine's measured f32 matmul rate (FLOP/s): a square GEMM, best of ``repeats``."""
-    x = jnp.asarray(np.random.default_rng(0).standard_normal((size, size)), dtype)
-    gemm = jax.jit(lambda a: a @ a)
-    return 2.0 * size**3 / best_time(lambda: gemm(x), repeats)
 
 
 def time_torch_peft(model: LlamaForCausalLM, stack: LoraStack, examples, alpha, beta, repeats: int) -> float:
@@ -170,7 +144,7 @@ def time_torch_peft(model: LlamaForCausalLM, stack: LoraStack, examples, alpha, 
     def run():
         return [one_candidate(alpha[i], beta[i]) for i in range(alpha.shape[0])]
 
-    return best_time(run, repeats) / alpha.shape[0]
+    return best_time(run, repeats).wall_s / alpha.shape[0]
 
 
 def scaling_table(cfg: ModelConfig, rank: int, batch: int, seq: int, sizes: list[int], pops: list[int],
@@ -185,74 +159,8 @@ def scaling_table(cfg: ModelConfig, rank: int, batch: int, seq: int, sizes: list
     return table
 
 
-def run_plan(args: argparse.Namespace) -> dict:
-    """``--plan``: the compile-time plan of evojax_merge.plan for a named model or a config.json."""
-    from evojax_merge import plan
-
-    tiny = args.plan.lower() == "bench-tiny"
-    paper = plan.Workload()
-    bench_shapes = {"examples": 16, "batch": 16, "seq": 128, "answer_tokens": 64, "dtype": "float32"}
-    defaults = dataclasses.asdict(paper) | (bench_shapes if tiny else {})
-    given = {"adapters": args.adapters, "rank": args.rank, "population": args.population, "batch": args.batch,
-             "seq": args.seq, "examples": args.examples, "answer_tokens": args.answer_tokens, "dtype": args.dtype}
-    fields = defaults | {k: v for k, v in given.items() if v is not None}
-    fields["pool_dtype"] = args.pool_dtype or fields["dtype"]
-    workload = plan.Workload(**fields)
-    cfg = plan.resolve_model(args.plan, dtype=workload.dtype)
-    out = plan.make_plan(cfg, workload, chunks=tuple(args.plan_chunks), mfu=args.mfu)
-    if args.check_host:
-        out["host_check"] = plan.check_on_host(cfg, workload, chunk=args.population_chunk or 1)
-    return out
-
-
-def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["--sakana"]:  # the other benchmarks, under one command
-        from evojax_merge.bench_sakana import main as sakana
-
-        return sakana(argv[1:])
-    if argv[:1] == ["--dam"]:
-        from evojax_merge.bench_dam import main as dam
-
-        return dam(argv[1:])
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--plan", metavar="MODEL", help="compile-time plan for a named model "
-                    "(llama-3.1-8b, llama-3.2-1b, bench-tiny) or a config.json path: memory, FLOPs, "
-                    "projected H100 time (the paper's workload unless the shape flags say otherwise)")
-    ap.add_argument("--plan-chunks", type=int, nargs="+", default=[1, 4, 20], help="population chunks to plan")
-    ap.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation of the H100 projection")
-    ap.add_argument("--check-host", action="store_true", help="with --plan: predicted against measured here")
-    ap.add_argument("--examples", type=int, default=None, help="validation examples (plan)")
-    ap.add_argument("--answer-tokens", type=int, default=None, help="answer positions per example (plan)")
-    ap.add_argument("--pool-dtype", choices=["float32", "bfloat16", "float16"], default=None)
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--heads", type=int, default=8)
-    ap.add_argument("--kv-heads", type=int, default=4)
-    ap.add_argument("--intermediate", type=int, default=688)
-    ap.add_argument("--vocab", type=int, default=2048)
-    ap.add_argument("--adapters", type=int, default=None)  # bench: 100
-    ap.add_argument("--rank", type=int, default=None)  # bench: 8
-    ap.add_argument("--population", type=int, default=None)  # bench: 20
-    ap.add_argument("--batch", type=int, default=None)  # bench: 16
-    ap.add_argument("--seq", type=int, default=None)  # bench: 128
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)  # bench: float32
-    ap.add_argument("--no-torch", action="store_true", help="skip path (c)")
-    ap.add_argument("--no-scaling", action="store_true", help="skip the N x P scaling table")
-    ap.add_argument("--scaling-adapters", type=int, nargs="+", default=[10, 50, 100, 200])
-    ap.add_argument("--scaling-population", type=int, nargs="+", default=[5, 20, 80])
-    ap.add_argument("--population-chunk", default="auto",
-                    help="candidates vmapped at a time inside the batched call: auto (1 on a CPU, all on an "
-                         "accelerator), all, or a number")
-    ap.add_argument("--json", help="also write the figures to this file")
-    args = ap.parse_args(argv)
-    if args.plan:
-        out = run_plan(args)
-        if args.json:
-            with open(args.json, "w") as fh:
-                json.dump(out, fh, indent=2, default=str)
-        return out
+def run(args: argparse.Namespace) -> dict:
+    """The benchmark for the parsed flags of ``python -m evojax_merge.bench`` (:func:`.cli.parser`)."""
     for name, default in (("adapters", 100), ("rank", 8), ("population", 20), ("batch", 16), ("seq", 128),
                           ("dtype", "float32")):
         if getattr(args, name) is None:
@@ -315,14 +223,3 @@ def main(argv: list[str] | None = None) -> dict:
             json.dump(out, fh, indent=2)
     return out
 
-
-if __name__ == "__main__":
-    import sys
-
-    from evojax_merge.errors import EvoMergeInputError
-
-    try:
-        main()
-    except EvoMergeInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)

@@ -1,7 +1,6 @@
 """Benchmark: a whole PS / DFS population scored in one jitted call vs a per-candidate loop.
 
     python -m evojax_merge.bench --sakana [--population 16] [--repeats 3]
-    python -m evojax_merge.bench_sakana [--population 16] [--repeats 3]
 
 Two random sources of the Sakana world's shape (4 layers, hidden 64) and a validation batch of
 32 x 32 tokens. "loop" is the same jitted single-candidate fitness called P times (compiled once,
@@ -23,13 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from evojax_merge.bench import best_time
 from evojax_merge.merge.sakana_dfs import DFSLayout, layer_row, top_level
 from evojax_merge.merge.sakana_ps import PSLayout, task_vectors_of
 from evojax_merge.models.config import ModelConfig
 from evojax_merge.models.io import model_weights
 from evojax_merge.models.llama import LlamaForCausalLM
 from evojax_merge.models.sources import stack_models
+from evojax_merge.perf import best_time
 from evojax_merge.search.fitness import resolve_population_chunk
 from evojax_merge.search.sakana import DFSConfig, DFSFitness, PSConfig, PSFitness
 
@@ -80,7 +79,7 @@ def bench(population: int = 16, repeats: int = 3) -> dict:
         def loop(f=batched, a=args, x=pop, g0=G0):
             return [f(a, x[i:i + 1], g0) for i in range(population)]
 
-        t_batched, t_vmap, t_loop = best_time(one_call, repeats), best_time(one_vmap, repeats), best_time(loop, repeats)
+        t_batched, t_vmap, t_loop = (best_time(f, repeats).wall_s for f in (one_call, one_vmap, loop))
         check = np.asarray(batched(args, pop, G0))
         single = np.concatenate([np.asarray(batched(args, pop[i:i + 1], G0)) for i in range(population)])
         out[name] = {"batched_s": t_batched, "vmapped_s": t_vmap, "loop_s": t_loop,

@@ -6,7 +6,7 @@ and then runs that executable, timing every call to completion. The rate it repo
 ``sum(flops of every call) / sum(call seconds)`` per phase; compile time is kept apart. The
 process CPU seconds of the calls are kept too: on a shared machine the wall-clock rate says how
 busy the neighbours were, while ``flops / cpu seconds`` is the rate per busy core.
-:func:`matmul_peak` measures the machine's f32 matmul rate as the reference.
+The machine's f32 matmul rate, the reference, is :func:`evojax_merge.perf.matmul_peak`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import jax
-import jax.numpy as jnp
 
 
 def _flops(compiled) -> float:
@@ -69,15 +68,3 @@ class FlopMeter:
                         "gflops_per_cpu_s": total_f / 1e9 / total_c if total_c else 0.0}
         return out
 
-
-def matmul_peak(n: int = 1024, repeats: int = 10) -> float:
-    """GFLOP/s of an ``n x n`` f32 matmul on the default device (best of ``repeats``)."""
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x, y: x @ y).lower(a, a).compile()
-    jax.block_until_ready(f(a, a))
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(a, a))
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9

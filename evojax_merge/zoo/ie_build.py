@@ -368,7 +368,7 @@ def _build_into(out: Path, cfg: ZooBuildConfig, progress: bool) -> dict:
     timings["total_s"] = time.perf_counter() - t_start
 
     flops = meter.summary()
-    from evojax_merge.bench import matmul_peak
+    from evojax_merge.perf import matmul_peak
 
     peak = matmul_peak() / 1e9
     flops["matmul_peak_gflops_per_s"] = peak
