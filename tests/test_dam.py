@@ -9,6 +9,13 @@ import torch
 from hf_oracles import build_hf_model, random_batch
 
 from evojax_merge.errors import EvoMergeInputError
+from evojax_merge.export.dam_io import (
+    load_coefficients,
+    load_full_sources,
+    save_coefficients,
+    save_merged_adapter,
+    save_merged_model,
+)
 from evojax_merge.lora import load_pool
 from evojax_merge.lora.adapter import LoraStack
 from evojax_merge.merge.dam import (
@@ -21,13 +28,6 @@ from evojax_merge.merge.dam import (
     stack_sources,
 )
 from evojax_merge.models import load_config, load_model
-from evojax_merge.models.dam_io import (
-    load_coefficients,
-    load_full_sources,
-    save_coefficients,
-    save_merged_adapter,
-    save_merged_model,
-)
 from evojax_merge.search.dam import DamConfig, DamNonFiniteError, LoraDamModel, kl_to_teacher, train_dam
 
 

@@ -9,10 +9,10 @@ from flax import nnx
 from transformers import AutoModelForCausalLM
 
 from evojax_merge.errors import EvoMergeInputError
+from evojax_merge.export.dfs_io import load_dfs, save_dfs
 from evojax_merge.merge.sakana_dfs import DFSLayout, dfs_model
 from evojax_merge.merge.sakana_ps import PSLayout, ps_merge_genome, task_vectors_of
 from evojax_merge.models import ModelConfig, model_weights, save_model
-from evojax_merge.models.dfs_io import load_dfs, save_dfs
 from evojax_merge.models.functional import ParamsModel
 from evojax_merge.models.llama import LlamaForCausalLM
 from evojax_merge.models.sources import stack_models
