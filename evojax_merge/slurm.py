@@ -59,7 +59,7 @@ def submitit_signal() -> signal.Signals:
 
 
 def stop_signals() -> tuple[int, ...]:
-    """SIGTERM and SIGUSR1, plus submitit's signal inside a submitit job."""
+    """SIGTERM, SIGUSR1 and SIGINT (Ctrl-C), plus submitit's signal inside a submitit job."""
     signals = list(DEFAULT_SIGNALS)
     if in_submitit_job() and submitit_signal() not in signals:
         signals.append(submitit_signal())

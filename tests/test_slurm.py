@@ -149,12 +149,12 @@ def test_slurm_job_id_names_one_array_task(monkeypatch):
 def test_stop_signals_add_submitits_signal_inside_a_submitit_job(monkeypatch):
     for name in ("SUBMITIT_FOLDER", "SUBMITIT_EXECUTOR", "SUBMITIT_PREEMPT_SIGNAL"):
         monkeypatch.delenv(name, raising=False)
-    assert stop_signals() == (signal.SIGTERM, signal.SIGUSR1)
+    assert stop_signals() == (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
     monkeypatch.setenv("SUBMITIT_FOLDER", "/x")
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
-    assert stop_signals() == (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+    assert stop_signals() == (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGUSR2)
     monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "USR1")
-    assert stop_signals() == (signal.SIGTERM, signal.SIGUSR1)
+    assert stop_signals() == (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
     monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "NOPE")
     with pytest.raises(EvoMergeInputError, match="SUBMITIT_PREEMPT_SIGNAL='NOPE'"):
         stop_signals()
@@ -204,13 +204,19 @@ def quiet():
         logging.getLogger(n).setLevel(level)
 
 
-def test_one_log_line_per_checkpoint_save(tmp_path, caplog, quiet):
+def test_saves_log_at_debug_and_a_stage_once_at_info(tmp_path, caplog, quiet):
     caplog.set_level(logging.INFO)  # root at INFO, as under Hydra: orbax's INFO lines would all come through
+    caplog.set_level(logging.DEBUG, logger="evojax_merge.search.checkpoint")  # to see the saves themselves
     quiet_library_logs()
     with CheckpointRunner(tmp_path / "ckpt", progress=False) as runner:
         runner(SPEC, lambda p, g: ((p - 0.3) ** 2).sum(axis=1), jax.random.key(0))
     ours = [r for r in caplog.records if r.name == "evojax_merge.search.checkpoint"]
-    assert [r.getMessage().split(" (")[0] for r in ours] == [f"checkpoint: step {s} of ckpt" for s in range(1, 7)]
+    saves = [r for r in ours if r.levelno == logging.DEBUG]
+    assert [r.getMessage().split(" (")[0] for r in saves] == [f"checkpoint: step {s} of {tmp_path.name}/ckpt"
+                                                              for s in range(1, 7)]
+    # the console (INFO) gets one line for the stage, after its progress bar, not one per save
+    assert [r.getMessage().split(" (")[0] for r in ours if r.levelno >= logging.INFO] == [
+        f"{tmp_path.name}/ckpt: stage s done"]
     # (orbax's warnings still come through, e.g. a benign "Metadata file does not exist" race on the last save)
     assert [r for r in caplog.records if (r.name == "absl" or r.name.startswith("orbax"))
             and r.levelno < logging.WARNING] == []

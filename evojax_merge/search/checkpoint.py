@@ -18,6 +18,19 @@ is a deterministic function of that state, the rerun ends bit-identical to an un
     runner = CheckpointRunner(run_dir / "checkpoints", interval=1, preemption=guard)
     with runner:
         result = evo_merging_search(evaluator, stack, cfg, seed, runner=runner)
+
+Any other iterative method checkpoints the same way through :meth:`CheckpointRunner.loop`: a loop of
+``num_steps`` deterministic steps over a pytree of arrays of fixed shapes (its state), saved every
+``interval`` steps, resumed from the newest save, stopped (saved, then :class:`Preempted`) when the
+guard is set. A runner can hold several stages and loops, one after another:
+
+    def step(state, i):                     # the i-th step (0-based): a pure function of (state, i)
+        return {"w": state["w"] - 0.1 * grad(state["w"], batches[i]), "loss": ...}
+
+    final = runner.loop("sgd", {"w": w0, "loss": np.zeros(n, np.float32)}, step, n)
+
+Saves are logged at DEBUG (the console shows the progress bars); a resume, a stop and the end of each
+stage or loop are one INFO line each.
 """
 
 from __future__ import annotations
@@ -30,7 +43,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -40,12 +53,18 @@ import orbax.checkpoint as ocp
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.search.cmaes import StageResult, StageSpec, StageState, init_stage, run_stage
 from evojax_merge.search.preemption import Preempted, any_process
+from evojax_merge.search.strategy import StrategySpec
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
 GenerationHook = Callable[[StageSpec, StageState, int], None]
+State = TypeVar("State")
+
+# the fingerprint diff of an error message: at most this many keys, each value cut to this many characters
+MAX_DIFFS = 6
+MAX_VALUE_CHARS = 40
 
 
 class CheckpointFallbackWarning(UserWarning):
@@ -56,31 +75,55 @@ class CheckpointFallbackWarning(UserWarning):
 
 
 def spec_fingerprint(spec: StageSpec) -> dict:
-    """What must match for a saved stage to be resumed under ``spec`` (JSON-normalised)."""
+    """What must match for a saved stage to be resumed under ``spec`` (JSON-normalised).
+
+    The strategy is named only when it is not the default CMA-ES, so checkpoints written before stages
+    had a strategy still resume.
+    """
     d = {"name": spec.name, "layout": spec.layout.to_dict(), "x0": [float(v) for v in spec.x0],
          "sigma0": float(spec.sigma0), "population_size": int(spec.population_size),
          "generations": int(spec.generations)}
+    if spec.strategy != StrategySpec():
+        d["strategy"] = spec.strategy.to_dict()
     return json.loads(json.dumps(d))
+
+
+def loop_fingerprint(name: str, num_steps: int, layout: list[dict]) -> dict:
+    """What must match for a saved :meth:`CheckpointRunner.loop` to be resumed: its name, length and state layout."""
+    return json.loads(json.dumps({"kind": "loop", "name": name, "steps": int(num_steps), "layout": layout}))
+
+
+def _length(fingerprint: dict) -> int:
+    """Global steps a finished stage or loop took."""
+    return int(fingerprint["steps"] if fingerprint.get("kind") == "loop" else fingerprint["generations"])
 
 
 def _is_key(x: Any) -> bool:
     return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-def state_to_host(state: StageState) -> tuple[dict[str, np.ndarray], list[dict]]:
-    """``StageState`` -> (``{leaf_i: array}``, per-leaf layout). Typed PRNG keys become their key data."""
-    arrays, layout = {}, []
-    for i, (path, leaf) in enumerate(jax.tree_util.tree_leaves_with_path(state)):
+def tree_layout(state: Any) -> list[dict]:
+    """Per leaf of ``state``: path, dtype, shape, weak type and key implementation (nothing is copied)."""
+    layout = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
         entry = {"path": jax.tree_util.keystr(path), "key_impl": None,
                  "weak": bool(getattr(leaf, "weak_type", False))}
         if _is_key(leaf):
             entry["key_impl"] = str(jax.random.key_impl(leaf))
             leaf = jax.random.key_data(leaf)
-        arr = np.asarray(leaf)
-        entry.update(dtype=arr.dtype.name, shape=list(arr.shape))
-        arrays[f"leaf_{i:03d}"] = arr
+        entry.update(dtype=np.dtype(leaf.dtype).name if hasattr(leaf, "dtype") else np.asarray(leaf).dtype.name,
+                     shape=list(np.shape(leaf)))
         layout.append(entry)
-    return arrays, layout
+    return layout
+
+
+def state_to_host(state: Any) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """A state pytree (a ``StageState``, a loop's state) -> (``{leaf_i: array}``, per-leaf layout).
+    Typed PRNG keys become their key data."""
+    arrays = {}
+    for i, leaf in enumerate(jax.tree_util.tree_leaves(state)):
+        arrays[f"leaf_{i:03d}"] = np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
+    return arrays, tree_layout(state)
 
 
 def _weak(arr: np.ndarray) -> jax.Array:
@@ -91,8 +134,11 @@ def _weak(arr: np.ndarray) -> jax.Array:
     return jnp.broadcast_to(zero, arr.shape).at[...].set(arr)
 
 
-def state_from_host(template: StageState, arrays: dict[str, np.ndarray], layout: list[dict]) -> StageState:
-    """Inverse of :func:`state_to_host`, shaped by ``template`` (e.g. ``init_stage(spec, key)``)."""
+def state_from_host(template: State, arrays: dict[str, np.ndarray], layout: list[dict]) -> State:
+    """Inverse of :func:`state_to_host`, shaped by ``template`` (e.g. ``init_stage(spec, key)``).
+
+    A leaf comes back as the kind of array the template has there: numpy stays numpy (host), the rest
+    become jax arrays with the template's key implementation and the saved weak type."""
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(template)
     if len(leaves_with_path) != len(layout):
         raise ValueError(f"checkpoint has {len(layout)} state leaves, the stage has {len(leaves_with_path)}")
@@ -109,11 +155,14 @@ def state_from_host(template: StageState, arrays: dict[str, np.ndarray], layout:
             expected = jax.random.key_data(tmpl)
         else:
             expected = tmpl
-        if arr.shape != tuple(expected.shape) or arr.dtype != np.dtype(expected.dtype):
+        exp_dtype = np.dtype(expected.dtype) if hasattr(expected, "dtype") else np.asarray(expected).dtype
+        if arr.shape != tuple(np.shape(expected)) or arr.dtype != exp_dtype:
             raise ValueError(f"{where}: saved {arr.dtype}{list(arr.shape)}, "
-                             f"the stage expects {np.dtype(expected.dtype)}{list(expected.shape)}")
+                             f"the stage expects {exp_dtype}{list(np.shape(expected))}")
         if _is_key(tmpl):
             leaf = jax.random.wrap_key_data(jnp.asarray(arr), impl=jax.random.key_impl(tmpl))
+        elif isinstance(tmpl, np.ndarray | np.generic):
+            leaf = np.array(arr, copy=True)
         else:
             leaf = _weak(arr) if entry["weak"] else jnp.asarray(arr)
         leaves.append(leaf)
@@ -141,6 +190,46 @@ def tree_checksum(tree: dict) -> str:
     return h.hexdigest()
 
 
+# -- what changed between two fingerprints -------------------------------------------------------------
+
+_ABSENT = object()
+
+
+def fingerprint_diff(saved: Any, current: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted path, saved value, current value)`` of every leaf that differs, in sorted key order.
+
+    Dicts are walked key by key, lists of equal length item by item (``x0[2]``); a key on one side only
+    has the sentinel ``_ABSENT`` on the other."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for k in sorted(set(saved) | set(current), key=str):
+            path = f"{prefix}.{k}" if prefix else str(k)
+            out += fingerprint_diff(saved.get(k, _ABSENT), current.get(k, _ABSENT), path)
+        return out
+    if isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current):
+        out = []
+        for i, (a, b) in enumerate(zip(saved, current, strict=True)):
+            out += fingerprint_diff(a, b, f"{prefix}[{i}]")
+        return out
+    return [] if saved == current else [(prefix or "(root)", saved, current)]
+
+
+def _short(value: Any) -> str:
+    if value is _ABSENT:
+        return "(unset)"
+    text = json.dumps(value, default=str)
+    return text if len(text) <= MAX_VALUE_CHARS else text[: MAX_VALUE_CHARS - 3] + "..."
+
+
+def describe_diff(saved: Any, current: Any) -> str:
+    """``a.b 0.05 -> 0.1, seed 0 -> 1`` (at most :data:`MAX_DIFFS` keys, values cut short): one line."""
+    diffs = fingerprint_diff(saved, current)
+    shown = [f"{path} {_short(a)} -> {_short(b)}" for path, a, b in diffs[:MAX_DIFFS]]
+    if len(diffs) > MAX_DIFFS:
+        shown.append(f"and {len(diffs) - MAX_DIFFS} more")
+    return ", ".join(shown) or "(no difference in the values; their types differ)"
+
+
 # -- what a restore yields ---------------------------------------------------------------------------------
 
 
@@ -149,30 +238,32 @@ class Restored:
     """The content of one checkpoint step."""
 
     step: int
-    stage_index: int  # the stage in progress (== len(finished))
+    stage_index: int  # the stage or loop in progress (== len(finished))
     stage_spec: dict  # its fingerprint
     state_arrays: dict[str, np.ndarray]
     state_layout: list[dict]
-    finished: list[tuple[dict, StageResult]]  # (fingerprint, result) of every finished stage
+    finished: list[tuple[dict, dict[str, np.ndarray]]]  # (fingerprint, host arrays) of every finished stage/loop
     elapsed_s: float = 0.0  # seconds the search had run when this step was saved, over all earlier segments
+    generation: int = 0  # generations (steps) of the one in progress done at this save
 
 
 class CheckpointRunner:
-    """A ``StageRunner`` (``runner(spec, fitness_fn, key) -> StageResult``) that checkpoints and resumes.
+    """A ``StageRunner`` (``runner(spec, fitness_fn, key) -> StageResult``) that checkpoints and resumes,
+    and the checkpointed loop of any iterative method (:meth:`loop`).
 
     Args:
       directory: where the orbax steps go (created). One directory per search; one runner per search.
-      interval: save every ``interval`` global generations; the last generation of each stage and a
-        preempted generation are always saved.
+      interval: save every ``interval`` global generations (loop steps); the last generation of each
+        stage or loop and a preempted one are always saved.
       max_to_keep: how many steps to keep (older ones are deleted once a newer one is written).
       resume: restore from ``directory`` if it holds checkpoints. ``False`` with existing checkpoints is
         an error rather than a silent overwrite.
       fingerprint: any JSON-able description of the run (e.g. the resolved config minus run-local keys);
-        resuming a checkpoint written under a different fingerprint is an error.
+        resuming a checkpoint written under a different fingerprint is an error naming the keys that differ.
       preemption: a :class:`~evojax_merge.search.preemption.PreemptionGuard` (anything with ``requested``
-        and ``signum``); when set after a generation, the runner saves and raises ``Preempted``.
+        and ``signum``); when set after a generation or loop step, the runner saves and raises ``Preempted``.
       on_generation: ``hook(spec, state, step)`` after every generation (logging), before the save.
-      progress: show a tqdm bar per stage.
+      progress: show a tqdm bar per stage and loop.
       async_save: write in a background thread while the next generation runs.
 
     After construction, ``resumed_from`` is the restored step (``None`` for a fresh run),
@@ -212,9 +303,11 @@ class CheckpointRunner:
             preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
         )
         self._mngr = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
-        self._finished: list[tuple[dict, StageResult]] = []  # this process's view, saved with every step
+        # this process's view of the finished stages and loops, (fingerprint, host arrays), saved with every step
+        self._finished: list[tuple[dict, dict[str, np.ndarray]]] = []
         self._calls = 0
         self._last_saved: int | None = None
+        self._saved_elapsed_s = 0.0
         self._restored: Restored | None = None
         steps = list(self._mngr.all_steps())
         if steps and not resume:
@@ -229,6 +322,11 @@ class CheckpointRunner:
                 raise
             if self._restored is not None:
                 self._last_saved = self._restored.step
+
+    @property
+    def name(self) -> str:
+        """``checkpoints/<label>``: how messages name this search's checkpoints."""
+        return f"{self.directory.parent.name}/{self.directory.name}"
 
     # -- restore ---------------------------------------------------------------------------------------
     def _read_step(self, step: int) -> Restored:
@@ -245,15 +343,14 @@ class CheckpointRunner:
         if meta.get("fingerprint") != self.fingerprint:
             # not corruption: a different run. Falling back would not help, so stop with a clear error.
             raise EvoMergeInputError(
-                f"checkpoint {self.directory / str(step)} was written by a different run "
-                f"(fingerprint {meta.get('fingerprint')!r}, this run {self.fingerprint!r}); "
-                "use a fresh output directory or the original config")
+                f"{self.name}: the config changed since the checkpoint: "
+                f"{describe_diff(meta.get('fingerprint'), self.fingerprint)} "
+                "(a different run: rerun with the original config, or in another run dir)")
         finished_arrays = tree.get("finished", {})
-        finished = [(fp, result_from_host(fp["name"], finished_arrays[f"stage_{i}"]))
-                    for i, fp in enumerate(meta["finished"])]
+        finished = [(fp, dict(finished_arrays[f"stage_{i}"])) for i, fp in enumerate(meta["finished"])]
         return Restored(step=step, stage_index=int(meta["stage_index"]), stage_spec=meta["stage_spec"],
                         state_arrays=tree["current"], state_layout=meta["state_layout"], finished=finished,
-                        elapsed_s=float(meta.get("elapsed_s", 0.0)))
+                        elapsed_s=float(meta.get("elapsed_s", 0.0)), generation=int(meta.get("generation", 0)))
 
     def _restore_newest_valid(self) -> Restored | None:
         steps = sorted(self._mngr.all_steps(), reverse=True)
@@ -283,7 +380,10 @@ class CheckpointRunner:
 
     @property
     def restored_results(self) -> list[StageResult]:
-        return [] if self._restored is None else [r for _, r in self._restored.finished]
+        """The results of the CMA-ES stages that had finished before the restored step."""
+        if self._restored is None:
+            return []
+        return [result_from_host(fp["name"], a) for fp, a in self._restored.finished if fp.get("kind") != "loop"]
 
     @property
     def prior_elapsed_s(self) -> float:
@@ -300,22 +400,35 @@ class CheckpointRunner:
         return self._mngr.latest_step()
 
     # -- save ------------------------------------------------------------------------------------------
-    def _save(self, step: int, spec: StageSpec, state: StageState) -> None:
+    def _write(self, step: int, fingerprint: dict, generation: int, arrays: dict[str, np.ndarray],
+               layout: list[dict]) -> None:
+        """Save the one in progress (``fingerprint``, ``generation`` done, its host ``arrays``) and the finished."""
         if step == self._last_saved:
             return
-        arrays, layout = state_to_host(state)
-        tree = {"current": arrays,
-                "finished": {f"stage_{i}": result_to_host(r) for i, (_, r) in enumerate(self._finished)}}
+        tree = {"current": arrays, "finished": {f"stage_{i}": a for i, (_, a) in enumerate(self._finished)}}
         meta = {"version": FORMAT_VERSION, "step": step, "stage_index": len(self._finished),
-                "stage_spec": spec_fingerprint(spec), "generation": int(state.generation),
+                "stage_spec": fingerprint, "generation": int(generation),
                 "state_layout": layout, "finished": [fp for fp, _ in self._finished],
                 "fingerprint": self.fingerprint, "checksum": tree_checksum(tree), "elapsed_s": self.elapsed_s}
         self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                                       meta=ocp.args.JsonSave(meta)))
-        self._last_saved = step
-        # the one line per save (orbax's own INFO lines are silenced by evojax_merge.logs)
-        log.info("checkpoint: step %d of %s (%s generation %d, search %.1f s)", step, self.directory.name,
-                 spec.name, int(state.generation), meta["elapsed_s"])
+        self._last_saved, self._saved_elapsed_s = step, meta["elapsed_s"]
+        # DEBUG: a line per save would cut through the progress bars (orbax's own lines: evojax_merge.logs)
+        log.debug("checkpoint: step %d of %s (%s %d, search %.1f s)", step, self.name, fingerprint["name"],
+                  int(generation), meta["elapsed_s"])
+
+    def _save(self, step: int, spec: StageSpec, state: StageState) -> None:
+        arrays, layout = state_to_host(state)
+        self._write(step, spec_fingerprint(spec), int(state.generation), arrays, layout)
+
+    def _stop_requested(self) -> bool:
+        return self.preemption is not None and any_process(bool(self.preemption.requested))
+
+    def _preempt(self, step: int) -> Preempted:
+        self._mngr.wait_until_finished()  # on disk before the process may exit
+        # the search seconds saved with the step: where the resumed run's clock starts
+        log.info("%s: stopped; saved step %d (search %.1f s)", self.name, step, self._saved_elapsed_s)
+        return Preempted(self.preemption.signum, step, str(self.directory))
 
     def wait_until_finished(self) -> None:
         self._mngr.wait_until_finished()
@@ -331,48 +444,130 @@ class CheckpointRunner:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # -- the StageRunner -------------------------------------------------------------------------------
-    def __call__(self, spec: StageSpec, fitness_fn: Callable, key: jax.Array) -> StageResult:
+    def _next(self) -> int:
         index = self._calls
         self._calls += 1
         if index != len(self._finished):
-            raise RuntimeError("CheckpointRunner: stages must run one after another; use one runner per search")
+            raise RuntimeError("CheckpointRunner: stages and loops must run one after another; "
+                               "use one runner per search")
+        return index
+
+    def _check_same(self, saved: dict, current: dict, index: int) -> None:
+        if saved != current:
+            raise EvoMergeInputError(
+                f"{self.name}: {current.get('kind', 'stage')} {index} ({current.get('name')}) changed since the "
+                f"checkpoint: "
+                f"{describe_diff(saved, current)} (rerun with the original config, or in another run dir)")
+
+    # -- the StageRunner -------------------------------------------------------------------------------
+    def __call__(self, spec: StageSpec, fitness_fn: Callable, key: jax.Array) -> StageResult:
+        index = self._next()
         fingerprint = spec_fingerprint(spec)
         restored = self._restored
         if restored is not None and index < len(restored.finished):  # finished before: no recompute
-            saved_fp, result = restored.finished[index]
-            _check_same_stage(saved_fp, fingerprint, index)
-            self._finished.append((fingerprint, result))
-            return result
+            saved_fp, arrays = restored.finished[index]
+            self._check_same(saved_fp, fingerprint, index)
+            self._finished.append((fingerprint, arrays))
+            return result_from_host(spec.name, arrays)
         state = init_stage(spec, key)  # a template: a restored stage needs no x0 evaluation
         if restored is not None and index == restored.stage_index:  # in progress: continue from the save
-            _check_same_stage(restored.stage_spec, fingerprint, index)
+            self._check_same(restored.stage_spec, fingerprint, index)
             state = state_from_host(state, restored.state_arrays, restored.state_layout)
-            log.info("resuming stage %s at generation %d (step %d)", spec.name, int(state.generation), restored.step)
+            log.info("%s: resuming stage %s at generation %d (step %d)", self.name, spec.name,
+                     int(state.generation), restored.step)
         else:
             state = init_stage(spec, key, fitness_fn)  # x0 is evaluated first and is the best to beat
-        offset = sum(fp["generations"] for fp, _ in self._finished)  # global step = offset + generation
+        offset = sum(_length(fp) for fp, _ in self._finished)  # global step = offset + generation
 
         def hook(spec: StageSpec, state: StageState) -> None:
             generation = int(state.generation)
             step = offset + generation
             if self.on_generation is not None:
                 self.on_generation(spec, state, step)
-            stop = self.preemption is not None and any_process(bool(self.preemption.requested))
+            stop = self._stop_requested()
             if stop or generation == spec.generations or step % self.interval == 0:
                 self._save(step, spec, state)
             if stop:
-                self._mngr.wait_until_finished()  # on disk before the process may exit
-                raise Preempted(self.preemption.signum, step, str(self.directory))
+                raise self._preempt(step)
 
         result = run_stage(spec, fitness_fn, state, on_generation=hook, progress=self.progress,
                            visit_every=lambda g: (offset + g) % self.interval == 0)
         self._mngr.wait_until_finished()  # a finished stage is on disk when the runner returns, close() or not
-        self._finished.append((fingerprint, result))
+        self._finished.append((fingerprint, result_to_host(result)))
+        log.info("%s: stage %s done (checkpoint step %d, search %.1f s)", self.name, spec.name,
+                 offset + spec.generations, self.elapsed_s)
         return result
 
+    # -- any iterative method --------------------------------------------------------------------------
+    def loop(
+        self,
+        name: str,
+        init_state: State,
+        step_fn: Callable[[State, int], State],
+        num_steps: int,
+        on_step: Callable[[State, int], None] | None = None,
+        every_s: float | None = None,
+    ) -> State:
+        """Run ``state = step_fn(state, i)`` for ``i = 0 .. num_steps - 1``, checkpointed; return the final state.
 
-def _check_same_stage(saved: dict, current: dict, index: int) -> None:
-    if saved != current:
-        raise EvoMergeInputError(f"checkpointed stage {index} was {saved}, this run's stage {index} is {current}; "
-                                 "use a fresh output directory or the original config")
+        ``init_state``: a pytree of arrays (jax or numpy; PRNG keys too) whose structure, shapes and
+        dtypes every step keeps; numpy leaves stay numpy across a restore. ``step_fn`` must be a
+        deterministic function of ``(state, i)`` (derive batches and keys from ``i``), so that a rerun
+        that restores the state saved after step ``k`` continues bit-identically.
+
+        After every step: ``on_step(state, done)`` (logging, ``done`` = steps taken, 1-based), then a save
+        when ``done`` is the last step, the guard asks to stop, or the global step is a multiple of the
+        runner's ``interval`` (and, with ``every_s``, at least that many seconds passed since the last
+        save: for cheap steps). A stop saves, waits for the save to be on disk and raises ``Preempted``.
+        A rerun in the same directory returns a loop that had finished without running a step.
+        """
+        index = self._next()
+        layout = tree_layout(init_state)
+        fingerprint = loop_fingerprint(name, num_steps, layout)
+        restored = self._restored
+        if restored is not None and index < len(restored.finished):  # finished before: no recompute
+            saved_fp, arrays = restored.finished[index]
+            self._check_same(saved_fp, fingerprint, index)
+            self._finished.append((fingerprint, arrays))
+            log.info("%s: %s had finished (%d steps), restored", self.name, name, num_steps)
+            return state_from_host(init_state, arrays, layout)
+        state, done = init_state, 0
+        if restored is not None and index == restored.stage_index:  # in progress: continue from the save
+            self._check_same(restored.stage_spec, fingerprint, index)
+            state = state_from_host(init_state, restored.state_arrays, restored.state_layout)
+            done = restored.generation
+            log.info("%s: resuming %s at step %d of %d (checkpoint step %d)", self.name, name, done, num_steps,
+                     restored.step)
+        offset = sum(_length(fp) for fp, _ in self._finished)  # global step = offset + done
+        arrays = None
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=num_steps, initial=done, desc=name, leave=False, dynamic_ncols=True)
+        last_save = time.perf_counter()
+        try:
+            while done < num_steps:
+                state = step_fn(state, done)
+                done += 1
+                if bar is not None:
+                    bar.update(1)
+                if on_step is not None:
+                    on_step(state, done)
+                step = offset + done
+                stop = self._stop_requested()
+                due = step % self.interval == 0 and (every_s is None or time.perf_counter() - last_save >= every_s)
+                if stop or done == num_steps or due:
+                    arrays, _ = state_to_host(state)
+                    self._write(step, fingerprint, done, arrays, layout)
+                    last_save = time.perf_counter()
+                if stop:
+                    raise self._preempt(step)
+        finally:
+            if bar is not None:
+                bar.close()
+        self._mngr.wait_until_finished()  # a finished loop is on disk when the runner returns
+        self._finished.append((fingerprint, arrays if arrays is not None else state_to_host(state)[0]))
+        log.info("%s: %s done (%d steps, checkpoint step %d, search %.1f s)", self.name, name, num_steps,
+                 offset + num_steps, self.elapsed_s)
+        return state

@@ -7,6 +7,10 @@ checkpointing runner polls it after every generation, saves, waits for the save 
 raises :class:`Preempted`. The entry point turns that into a clean exit 0, and the requeued job
 resumes from the checkpoint.
 
+Ctrl-C (SIGINT) is a stop request too: the first one says so in one line and sets the same flag (no
+KeyboardInterrupt, no traceback), the search saves and the run exits as after SIGTERM; a second Ctrl-C
+kills the process at once (the default action), losing only what ran since the last checkpoint.
+
     with PreemptionGuard() as guard:
         runner = CheckpointRunner(ckpt_dir, preemption=guard)
         try:
@@ -19,6 +23,7 @@ resumes from the checkpoint.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import types
@@ -28,7 +33,11 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGUSR1)
+DEFAULT_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+# What the first Ctrl-C prints (the terminal has echoed "^C" on the current line, a progress bar's maybe).
+INTERRUPT_NOTICE = ("\nstop requested (Ctrl-C): the search saves a checkpoint after this generation (or step) "
+                    "and the run exits; Ctrl-C again quits at once\n")
 
 Handler = Callable[[int, types.FrameType | None], object] | int | None
 
@@ -52,7 +61,9 @@ class PreemptionGuard:
     ``requested`` is the flag; ``signum`` the first signal received. With ``forward=True`` and a previous
     handler that is a Python callable (e.g. submitit's requeue handler), that handler is called with the
     received signal after the guard exits, so an outer framework still sees the preemption, but only
-    once the checkpoint is safely written.
+    once the checkpoint is safely written. SIGINT is never forwarded (Python's handler would raise
+    KeyboardInterrupt); the first one prints :data:`INTERRUPT_NOTICE` and restores SIGINT's default
+    action, so that a second Ctrl-C ends the process at once.
     """
 
     def __init__(self, signals: Sequence[int] = DEFAULT_SIGNALS, forward: bool = True):
@@ -74,6 +85,9 @@ class PreemptionGuard:
     def _handle(self, signum: int, frame: types.FrameType | None) -> None:
         # only the flag: the one message about the stop comes from the entry point once the save is on disk
         self.request(signum)
+        if signum == signal.SIGINT:  # someone at a terminal: say that it was heard, and how to quit now
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.write(2, INTERRUPT_NOTICE.encode())  # not print(): the handler may run inside a write to stderr
 
     def install(self) -> PreemptionGuard:
         if threading.current_thread() is not threading.main_thread():
@@ -99,7 +113,7 @@ class PreemptionGuard:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.restore()
         previous = self._previous.get(self.signum) if self.signum is not None else None
-        if self.forward and callable(previous):
+        if self.forward and callable(previous) and previous is not signal.default_int_handler:
             previous(self.signum, None)  # may raise (submitit requeues and exits); that is its contract
 
 
