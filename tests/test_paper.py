@@ -11,9 +11,9 @@ from evojax_merge.runner.paper import table_overrides
 
 
 def test_the_tables_inherit_every_override_but_their_own():
-    line = ["+experiment=paper", "seed=3", "experiment.seeds=[0,1]", "zoo=ie_full", "logger=none",
+    line = ["+experiment=paper", "seed=3", "paper.seeds=[0,1]", "world=ie_full", "logger=none",
             "budget.stage1_generations=2", "hydra.run.dir=/x"]
-    assert table_overrides(line) == ["zoo=ie_full", "logger=none", "budget.stage1_generations=2"]
+    assert table_overrides(line) == ["world=ie_full", "logger=none", "budget.stage1_generations=2"]
     assert table_overrides([]) == []
 
 
@@ -26,7 +26,7 @@ def _train(tmp_path, cache, *overrides):
 @pytest.mark.slow
 def test_paper_runs_each_table_per_seed_reports_and_resumes(tmp_path, smoke_cache):
     out = tmp_path / "paper"
-    proc = _train(tmp_path, smoke_cache, "experiment.tables=[smoke]", "experiment.seeds=[0,1]",
+    proc = _train(tmp_path, smoke_cache, "paper.tables=[smoke]", "paper.seeds=[0,1]",
                   "method=[uniform,task_arithmetic]", f"hydra.run.dir={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for seed in (0, 1):
@@ -40,7 +40,7 @@ def test_paper_runs_each_table_per_seed_reports_and_resumes(tmp_path, smoke_cach
     assert "`uniform`" in summary and "the runs themselves took" in summary
     # a rerun in the same directory skips the finished runs and rebuilds the reports only
     before = (out / "smoke" / "seed_0" / "results.json").stat().st_mtime_ns
-    again = _train(tmp_path, smoke_cache, "experiment.tables=[smoke]", "experiment.seeds=[0,1]",
+    again = _train(tmp_path, smoke_cache, "paper.tables=[smoke]", "paper.seeds=[0,1]",
                    "method=[uniform,task_arithmetic]", f"hydra.run.dir={out}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert (out / "smoke" / "seed_0" / "results.json").stat().st_mtime_ns == before
@@ -49,7 +49,7 @@ def test_paper_runs_each_table_per_seed_reports_and_resumes(tmp_path, smoke_cach
 
 @pytest.mark.slow
 def test_an_unknown_table_is_a_one_line_error_before_any_run(tmp_path):
-    proc = _train(tmp_path, tmp_path / "cache", "experiment.tables=[nonesuch]", f"hydra.run.dir={tmp_path / 'o'}")
+    proc = _train(tmp_path, tmp_path / "cache", "paper.tables=[nonesuch]", f"hydra.run.dir={tmp_path / 'o'}")
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: experiment.tables: 'nonesuch'")
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: paper.tables: 'nonesuch'")
     assert not (tmp_path / "cache").exists()

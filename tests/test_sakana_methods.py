@@ -16,7 +16,6 @@ from evojax_merge.models import ModelConfig, model_weights
 from evojax_merge.models.llama import LlamaForCausalLM
 from evojax_merge.models.sources import stack_models
 from evojax_merge.report.method_plots import dfs_path_figure
-from evojax_merge.runner.sources import _no_evaluator
 
 pytestmark = pytest.mark.slow  # searches
 
@@ -33,6 +32,10 @@ def cell():
              "attention_mask": jnp.ones((4, 8), jnp.int32), "answer_pos": jnp.full((4, 1), 6, jnp.int32),
              "answer_tgt": jnp.asarray(rng.integers(4, 24, (4, 1)), jnp.int32), "answer_mask": jnp.ones((4, 1), bool)}
     return SourcesCell(stack, base, batch, ("a", "b"))
+
+
+def _no_evaluator(prune):
+    raise AssertionError("a full-fine-tune method asked for a LoRA evaluator")
 
 
 def _task(cell, seed=0):

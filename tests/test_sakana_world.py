@@ -10,7 +10,7 @@ import pytest
 
 from evojax_merge.methods.base import MergeTask
 from evojax_merge.methods.sakana_grid import SakanaGrid
-from evojax_merge.runner.sources import _no_evaluator, generate_answers, make_cell
+from evojax_merge.world.backends import SourcesBackend, generate_answers
 from evojax_merge.zoo.sakana_world import (
     SakanaWorldConfig,
     accuracy,
@@ -54,7 +54,7 @@ def world():
 
 @pytest.mark.slow  # builds the Sakana world (~3 min on 2 cores)
 def test_gate_the_merge_matters(world):
-    cell = make_cell(world)
+    cell = SourcesBackend(world, ("lang", "skill")).sources_cell()
     tok, target = world.tokenizer, world.target
     recs = world.records(target)["test"]
     from evojax_merge.models.functional import ParamsModel
@@ -68,7 +68,7 @@ def test_gate_the_merge_matters(world):
     best = max(on_target, key=on_target.get)
     assert own["skill"] > 0.9  # the skill model does its own task
     assert on_target[best] < 0.15 and on_target[best] < 0.5 * own[best]
-    out = SakanaGrid("task_arithmetic").run(MergeTask(target, list(cell.stack.names), _no_evaluator, sources=cell))
+    out = SakanaGrid("task_arithmetic").run(MergeTask(target, list(cell.stack.names), None, sources=cell))
     merged = accuracy(generate_answers(out.model, recs, tok, world.max_len), recs)
     assert merged > on_target[best] + 0.1, (merged, on_target)
     assert np.isfinite(out.val_ce)

@@ -6,7 +6,7 @@
     results.json, results.md   the table (per method: P/R/F1 and per-task cells with costs and genomes)
     result.json            written last: the run is done (SLURM templates requeue a job without it)
 
-With several replicates (``experiment.seeds`` / ``experiment.world_seeds``) each is such a directory
+With replicates named (``experiment.seeds`` / ``experiment.world_seeds``) each is such a directory
 (``seeds/seed_<s>`` or ``worlds/world_<w>/seed_<s>``); the run's own directory then holds the mean table,
 ``report/REPORT.md`` (``python -m evojax_merge.report``) and a ``result.json`` listing the replicates.
 A replicate that wrote ``result.json`` is not run again.
@@ -214,7 +214,7 @@ def run(cfg: DictConfig, out_dir: Path, guard=None) -> dict:
                       bool(cfg.progress))
     world_seeds = list(spec.world_seeds) or [None]
     seeds = [int(s) for s in spec.seeds] or [int(cfg.seed)]
-    single = len(world_seeds) == 1 and len(seeds) == 1
+    single = not spec.world_seeds and not spec.seeds  # named replicates always get their directories and a report
     dirs, runs, t_start = [], [], time.perf_counter()
     for world_seed in world_seeds:
         realized = world if world_seed is None else world.with_seed(int(world_seed))

@@ -1,8 +1,8 @@
 """The world a run merges in: a base model, its tokenizer, an adapter pool and the tasks' records.
 
-Three sources: the built-in zoo (built or reused from the cache), the compositional IE world
-(``conf/zoo/ie*.yaml``, ``kind: ie``; also built or reused), or user paths (an HF model directory,
-a glob of PEFT adapters, and alpaca-style record files per task).
+Two sources: the compositional IE world (``conf/zoo/ie*.yaml``, built or reused from the cache), or
+user paths (an HF model directory or a GGUF file, a glob of PEFT adapters, and alpaca-style record
+files per task). ``world/specs.py`` opens them; Sakana's world of full fine-tunes is its own backend.
 """
 
 from __future__ import annotations
@@ -36,6 +36,15 @@ class World:
     prompt: PromptSettings = PromptSettings()
     prompt_stats: dict[str, dict] = dataclasses.field(default_factory=dict)  # task -> what fitting did
     adapter_kinds: dict[str, str] = dataclasses.field(default_factory=dict)  # adapter -> task|sibling|anti|...
+    adapter_train: dict[str, list[dict]] = dataclasses.field(default_factory=dict)  # adapter -> its training records
+
+    def source_records(self, adapter: str, split: str = "train") -> tuple[list[dict], str]:
+        """``(records, task)``: what ``adapter`` was trained on (an IE world knows each adapter's own set, siblings
+        and distractors included), else ``split`` of the task it stands for (empty when there is none)."""
+        task = self.adapter_task.get(adapter, adapter)
+        if adapter in self.adapter_train:
+            return self.adapter_train[adapter], task
+        return (self.records.get(task) or {}).get(split) or [], task
 
     def task_type(self, task: str) -> str:
         """The declared type of ``task`` (the zoo declares its own); never guessed from the name."""
@@ -91,23 +100,6 @@ class World:
         return next((a for a, t in self.adapter_task.items() if t == task), None)
 
 
-def load_zoo_world(zoo_cfg, cache_dir: str | None, dtype: str = "float32", progress: bool = True,
-                   prompt: PromptSettings | None = None) -> World:
-    from transformers import AutoTokenizer
-
-    from evojax_merge.zoo.build import build_zoo
-    from evojax_merge.zoo.tasks import parse_task_name
-
-    zoo = build_zoo(zoo_cfg, cache_dir=cache_dir, progress=progress)
-    model = load_model(zoo.base_dir, dtype=dtype)
-    # the same sorted glob a merge service uses, so local and remote genomes line up
-    pool = load_pool(str(zoo.root / "adapters" / "*"), model.config)
-    records = {t: zoo.records(t) for t in zoo.task_names}
-    return World(model, AutoTokenizer.from_pretrained(zoo.base_dir), pool, records,
-                 {t: t for t in zoo.task_names}, zoo.base_dir, {"zoo_root": str(zoo.root), **zoo.manifest},
-                 task_types={t: parse_task_name(t)[0] for t in zoo.task_names}, prompt=prompt or PromptSettings())
-
-
 def ie_adapter_tasks(adapters: dict[str, dict[str, str]]) -> dict[str, str]:
     """``adapter_task`` of an IE world: a task adapter (kind ``task``) stands for its task; every other
     adapter (siblings, anti-adapters, distractors) for itself, so that OOD removes only the target's
@@ -148,11 +140,15 @@ def load_ie_world(zoo_cfg, cache_dir: str | None, dtype: str = "float32", progre
     unknown = [n for n in pool.names if n not in adapters]
     if unknown:
         raise EvoMergeInputError(f"{zoo.root / 'manifest.json'}: adapter {unknown[0]!r} is not in its adapters")
+    from evojax_merge.zoo.ie_world import adapter_datasets
+
     records = {t: zoo.records(t) for t in zoo.task_names}
+    trained = adapter_datasets(zoo_cfg.tasks, records)  # each adapter's own training set, regenerated exactly
     return World(model, AutoTokenizer.from_pretrained(zoo.base_dir), pool, records,
                  ie_adapter_tasks({n: adapters[n] for n in pool.names}), zoo.base_dir,
                  {"zoo_root": str(zoo.root), **zoo.manifest}, task_types=ie_task_types(zoo.task_names),
-                 prompt=prompt or PromptSettings(), adapter_kinds={n: adapters[n]["kind"] for n in pool.names})
+                 prompt=prompt or PromptSettings(), adapter_kinds={n: adapters[n]["kind"] for n in pool.names},
+                 adapter_train={n: trained[n]["train"] for n in pool.names if n in trained})
 
 
 def load_user_world(model_dir: str | None, tokenizer_dir: str | None, adapters: str | list[str], data: dict,
