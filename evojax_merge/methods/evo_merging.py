@@ -8,18 +8,21 @@
 
 The switches are the paper's ablations: ``denoise=false`` (stage 2 alone, which is also the paper's
 LoraHub row), ``scale=false`` (stage 1 alone), ``sign_flip=false`` (beta ≥ 0), and ``prune`` (which
-factor stage 1 sparsifies).
+factor stage 1 sparsifies). ``strategy`` (``conf/strategy/``, CMA-ES by default) is the black-box
+search both stages run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import numpy as np
 
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.methods.base import MergeMethod, MergeTask, Outcome
 from evojax_merge.search.evo_merging import EvoMergingConfig, evo_merging_search
+from evojax_merge.search.strategy import StrategySpec
 
 PRUNE_MODES = ("A", "B", "both", "none")
 
@@ -40,7 +43,8 @@ class EvoMerging(MergeMethod):
     def __init__(self, population_size: int = 20, sigma0: float = 0.05, stage1_generations: int = 20,
                  stage2_generations: int = 40, l1_weight: float = 0.05,
                  alpha_bounds: tuple[float, float] = (0.0, 1.0), beta_bounds: tuple[float, float] = (-1.5, 1.5),
-                 denoise: bool = True, scale: bool = True, sign_flip: bool = True, prune: str = "A"):
+                 denoise: bool = True, scale: bool = True, sign_flip: bool = True, prune: str = "A",
+                 strategy: Mapping | None = None):
         if prune not in PRUNE_MODES:
             raise EvoMergeInputError(f"prune: {prune!r} is not one of {', '.join(PRUNE_MODES)}")
         checks = [(population_size >= 2, "population_size must be >= 2"), (sigma0 > 0, "sigma0 must be > 0"),
@@ -52,11 +56,12 @@ class EvoMerging(MergeMethod):
                 raise EvoMergeInputError(message)
         self.config = EvoMergingConfig(int(population_size), float(sigma0), int(stage1_generations),
                                        int(stage2_generations), float(l1_weight), tuple(alpha_bounds),
-                                       tuple(beta_bounds), bool(denoise), bool(scale), bool(sign_flip))
+                                       tuple(beta_bounds), bool(denoise), bool(scale), bool(sign_flip),
+                                       StrategySpec.from_config(strategy))
         self.prune = prune
 
     def describe(self) -> dict:
-        return {**dataclasses.asdict(self.config), "prune": self.prune}
+        return {**dataclasses.asdict(self.config), "strategy": self.config.strategy.to_dict(), "prune": self.prune}
 
     def run(self, task: MergeTask) -> Outcome:
         evaluator = task.evaluator_for(self.prune)

@@ -3,14 +3,15 @@ random sample of the pool.
 
     w* = argmin_w  CE(base + Σ_i w_i ΔW_i) + λ · mean_i |w_i|,   w ∈ [-1.5, 1.5]^k,  w0 = 0
 
-k modules are sampled from the pool (20 in the paper), CMA-ES starts at w = 0 (the base model) with
-step 1.0 and a budget of 40 evaluations. (The Evo-Merging paper's "LoraHub" row is instead Evo's
-stage 2 alone with Evo's budget: ``conf/method/lorahub.yaml``.)
+k modules are sampled from the pool (20 in the paper), CMA-ES (or the configured ``strategy``) starts
+at w = 0 (the base model) with step 1.0 and a budget of 40 evaluations. (The Evo-Merging paper's
+"LoraHub" row is instead Evo's stage 2 alone with Evo's budget: ``conf/method/lorahub.yaml``.)
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.methods.base import MergeMethod, MergeTask, Outcome
 from evojax_merge.methods.evo_merging import search_record
 from evojax_merge.search.evo_merging import LoraHubConfig, lorahub_search
+from evojax_merge.search.strategy import StrategySpec
 
 
 class SampledPool:
@@ -45,17 +47,19 @@ class LoraHubOriginal(MergeMethod):
     prune = "none"
 
     def __init__(self, num_modules: int = 20, population_size: int = 10, generations: int = 4,
-                 sigma0: float = 1.0, l1_weight: float = 0.05, bounds: tuple[float, float] = (-1.5, 1.5)):
+                 sigma0: float = 1.0, l1_weight: float = 0.05, bounds: tuple[float, float] = (-1.5, 1.5),
+                 strategy: Mapping | None = None):
         if num_modules < 1:
             raise EvoMergeInputError("num_modules must be >= 1")
         if population_size < 2 or generations < 1 or sigma0 <= 0 or bounds[0] >= bounds[1]:
             raise EvoMergeInputError("population_size >= 2, generations >= 1, sigma0 > 0 and bounds [low, high]")
         self.num_modules = int(num_modules)
         self.config = LoraHubConfig(int(population_size), int(generations), float(sigma0), float(l1_weight),
-                                    tuple(bounds))
+                                    tuple(bounds), StrategySpec.from_config(strategy))
 
     def describe(self) -> dict:
-        return {"num_modules": self.num_modules, **dataclasses.asdict(self.config)}
+        return {"num_modules": self.num_modules, **dataclasses.asdict(self.config),
+                "strategy": self.config.strategy.to_dict()}
 
     def run(self, task: MergeTask) -> Outcome:
         n = task.num_adapters

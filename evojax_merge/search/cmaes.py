@@ -1,4 +1,7 @@
-"""One CMA-ES stage with evosax: ask -> clip to bounds -> evaluate -> tell, generation by generation.
+"""One black-box search stage with evosax: ask -> clip to bounds -> evaluate -> tell, generation by generation.
+
+The algorithm is the stage's ``strategy`` (:class:`~evojax_merge.search.strategy.StrategySpec`,
+``conf/strategy/``; CMA-ES by default): any evosax algorithm, by class name.
 
 The loop state is one pytree (``StageState``) of fixed shapes, so a checkpoint is a plain save of
 it and a resumed run continues bit-identically.
@@ -12,7 +15,11 @@ Two kinds of fitness:
   test's numpy quadratic): the same generation, with the evaluation on the host.
 
 Every stage evaluates its start ``x0`` first, and keeps it as the best unless a candidate beats it.
-A NaN fitness counts as +inf everywhere: in CMA-ES's ranking and in the best-so-far.
+A NaN fitness counts as +inf everywhere: in the strategy's ranking and in the best-so-far.
+
+The history's ``sigma`` column is the strategy's step size after each generation; for a strategy
+with a per-dimension std (SNES, SimpleES, PGPE) it is the mean over dimensions
+(:func:`~evojax_merge.search.strategy.step_size`).
 """
 
 from __future__ import annotations
@@ -24,17 +31,23 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from evosax.algorithms import CMA_ES
 from flax import struct
 
 from evojax_merge.search.genome import GenomeLayout
+from evojax_merge.search.strategy import (
+    StrategySpec,
+    algorithm_params,
+    build_algorithm,
+    is_population_based,
+    step_size,
+)
 
 HISTORY_COLUMNS = ("best", "mean", "std", "sigma")
 
 
 @dataclasses.dataclass(frozen=True)
 class StageSpec:
-    """One CMA-ES run: what it searches, where it starts, how long it runs."""
+    """One search run: what it searches, where it starts, how long it runs, with which strategy."""
 
     name: str
     layout: GenomeLayout
@@ -42,6 +55,7 @@ class StageSpec:
     sigma0: float = 0.05
     population_size: int = 20
     generations: int = 20
+    strategy: StrategySpec = StrategySpec()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +89,7 @@ class StageState:
     generation: jax.Array  # generations done
     best_genome: jax.Array  # [D], best clipped candidate evaluated so far (x0 before any beats it)
     best_fitness: jax.Array  # scalar
-    history: jax.Array  # [generations, 4]: best-so-far, mean, std of fitness, sigma
+    history: jax.Array  # [generations, 4]: best-so-far, mean, std of fitness, step size (mean over dims)
 
 
 @dataclasses.dataclass
@@ -89,17 +103,11 @@ class StageResult:
         return [dict(zip(HISTORY_COLUMNS, map(float, row), strict=True)) for row in self.history]
 
 
-@functools.lru_cache(maxsize=64)
-def _cma_es(population_size: int, num_dims: int) -> CMA_ES:
-    # One instance per shape: evosax jits ask/tell with the instance static, so stages and runs of
-    # the same shape share their compiles.
-    return CMA_ES(population_size=population_size, solution=jnp.zeros(num_dims))
-
-
-def _strategy(spec: StageSpec) -> tuple[CMA_ES, object]:
-    strategy = _cma_es(spec.population_size, spec.layout.length)
-    params = strategy.default_params.replace(std_init=jnp.asarray(spec.sigma0, jnp.float32))
-    return strategy, params
+def _strategy(spec: StageSpec) -> tuple[object, object]:
+    # One instance per (strategy, shape) (lru_cache in build_algorithm): evosax jits ask/tell with the
+    # instance static, so stages and runs of the same strategy and shape share their compiles.
+    strategy = build_algorithm(spec.strategy, spec.population_size, spec.layout.length, spec.sigma0)
+    return strategy, algorithm_params(strategy, spec.strategy, spec.sigma0)
 
 
 def finite_or_inf(fitness: jax.Array) -> jax.Array:
@@ -120,14 +128,29 @@ def init_stage(spec: StageSpec, key: jax.Array, fitness: TracedFitness | HostFit
     strategy, params = _strategy(spec)
     key, init_key = jax.random.split(key)
     x0 = jnp.asarray(spec.x0, jnp.float32)
+    best_fitness = _evaluate_x0(spec, fitness)
+    if is_population_based(strategy):
+        es_state = _init_population(spec, strategy, params, init_key, x0, best_fitness)
+    else:
+        es_state = strategy.init(init_key, x0, params)
     return StageState(
-        es_state=strategy.init(init_key, x0, params),
+        es_state=es_state,
         key=key,
         generation=jnp.asarray(0, jnp.int32),
         best_genome=x0,
-        best_fitness=_evaluate_x0(spec, fitness),
+        best_fitness=best_fitness,
         history=jnp.full((spec.generations, len(HISTORY_COLUMNS)), jnp.nan, jnp.float32),
     )
+
+
+def _init_population(spec: StageSpec, strategy, params, key: jax.Array, x0: jax.Array, x0_fitness: jax.Array):
+    """A population-based strategy starts from ``[x0, clip(x0 + σ0 z_1), ...]``: x0 with its fitness, the
+    others unevaluated (+inf), so the first generation's evaluated candidates replace them."""
+    init_key, noise_key = jax.random.split(key)
+    z = jax.random.normal(noise_key, (spec.population_size, spec.layout.length), jnp.float32)
+    population = spec.layout.clip(x0 + spec.sigma0 * z).at[0].set(x0)
+    fitness = jnp.full((spec.population_size,), jnp.inf, jnp.float32).at[0].set(x0_fitness)
+    return strategy.init(init_key, population, fitness, params)
 
 
 def _ask(spec: StageSpec, state: StageState):
@@ -149,7 +172,7 @@ def _tell(spec: StageSpec, state: StageState, population, es_state, key, tell_ke
     count = jnp.maximum(finite.sum(), 1)
     mean = jnp.where(finite, fitness, 0.0).sum() / count
     std = jnp.sqrt(jnp.where(finite, (fitness - mean) ** 2, 0.0).sum() / count)
-    row = jnp.stack([best_fitness, mean, std, jnp.asarray(es_state.std, jnp.float32)])
+    row = jnp.stack([best_fitness, mean, std, step_size(es_state)])
     return StageState(es_state=es_state, key=key, generation=state.generation + 1, best_genome=best_genome,
                       best_fitness=best_fitness, history=state.history.at[state.generation].set(row))
 
@@ -204,7 +227,7 @@ def run_stage(
             state = _tell_jit(spec, state, population, es_state, key, tell_key, jnp.asarray(values, jnp.float32))
             stop = g + 1
         if bar is not None:
-            bar.set_postfix(best=f"{float(state.best_fitness):.4f}", sigma=f"{float(state.es_state.std):.4f}")
+            bar.set_postfix(best=f"{float(state.best_fitness):.4f}", sigma=f"{float(step_size(state.es_state)):.4f}")
             bar.update(stop - g)
         g = stop
         if on_generation is not None:

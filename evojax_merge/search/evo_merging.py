@@ -5,6 +5,9 @@
     stage 1: x = alpha, x0 = 1,   bounds [0, 1],      beta = 1/N
     stage 2: x = beta,  x0 = 1/N, bounds [-1.5, 1.5], alpha = stage 1's best
 
+Both stages (and LoraHub's one) run the configured black-box strategy (``strategy``, CMA-ES by
+default; ``conf/strategy/``).
+
 The best of each stage is kept on its own (the reference code shares one best-loss value across
 stages, so its stage 2 can end with uniform weights); the answer is stage 2's best.
 """
@@ -23,6 +26,7 @@ from evojax_merge.merge import evo_merge, stack_magnitudes
 from evojax_merge.search.cmaes import StageResult, StageSpec, TracedFitness, init_stage, run_stage
 from evojax_merge.search.fitness import Evaluator, PopulationCE
 from evojax_merge.search.genome import GenomeLayout, decode, l1_penalty
+from evojax_merge.search.strategy import StrategySpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +43,7 @@ class EvoMergingConfig:
     denoise: bool = True  # False: no stage 1, alpha = 1 ("without denoising")
     scale: bool = True  # False: no stage 2, beta = 1/N ("without scaling")
     sign_flip: bool = True  # False: beta restricted to [0, upper] ("without sign flip")
+    strategy: StrategySpec = StrategySpec()  # the black-box search of both stages (CMA-ES, the paper's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +55,7 @@ class LoraHubConfig:
     sigma0: float = 1.0  # nevergrad's default step for a bounded Array
     l1_weight: float = 0.05
     bounds: tuple[float, float] = (-1.5, 1.5)
+    strategy: StrategySpec = StrategySpec()  # the black-box search (default CMA-ES)
 
 
 @dataclasses.dataclass
@@ -150,7 +156,7 @@ def evo_merging_search(
     if cfg.denoise:
         layout = GenomeLayout("alpha", n, *cfg.alpha_bounds)
         spec = StageSpec("stage1_denoise", layout, tuple(alpha), cfg.sigma0, cfg.population_size,
-                         cfg.stage1_generations)
+                         cfg.stage1_generations, cfg.strategy)
         result = runner(spec, stage_fitness(evaluator, layout, beta, cfg.l1_weight, spec.generations),
                         _stage_key(seed, 1))
         alpha, best_fitness = result.best_genome.astype(np.float32), result.best_fitness
@@ -159,7 +165,7 @@ def evo_merging_search(
         lower, upper = cfg.beta_bounds
         layout = GenomeLayout("beta", n, lower if cfg.sign_flip else max(0.0, lower), upper)
         spec = StageSpec("stage2_scale", layout, tuple(beta), cfg.sigma0, cfg.population_size,
-                         cfg.stage2_generations)
+                         cfg.stage2_generations, cfg.strategy)
         result = runner(spec, stage_fitness(evaluator, layout, alpha, cfg.l1_weight, spec.generations),
                         _stage_key(seed, 2))
         beta, best_fitness = result.best_genome.astype(np.float32), result.best_fitness
@@ -177,12 +183,12 @@ def lorahub_search(
     seed: int = 0,
     runner: StageRunner | None = None,
 ) -> MergeSearchResult:
-    """LoraHub: CMA-ES over w with alpha = 1, from w = 0 (the bare base model)."""
+    """LoraHub: the strategy (CMA-ES) over w with alpha = 1, from w = 0 (the bare base model)."""
     runner = runner or default_stage_runner()
     n = evaluator.num_adapters
     alpha = np.ones(n, np.float32)
     layout = GenomeLayout("beta", n, *cfg.bounds)
-    spec = StageSpec("lorahub", layout, (0.0,) * n, cfg.sigma0, cfg.population_size, cfg.generations)
+    spec = StageSpec("lorahub", layout, (0.0,) * n, cfg.sigma0, cfg.population_size, cfg.generations, cfg.strategy)
     result = runner(spec, stage_fitness(evaluator, layout, alpha, cfg.l1_weight, spec.generations),
                     _stage_key(seed, 3))
     beta = result.best_genome.astype(np.float32)

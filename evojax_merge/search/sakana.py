@@ -1,5 +1,9 @@
 """CMA-ES searches of Sakana's PS and DFS merges on the project's stage machinery (docs/methods.md §4).
 
+The search is the configured black-box strategy (``strategy``, CMA-ES by default, as the paper's), one
+stage run by the caller's stage runner (the engine's checkpointing one, so a preempted search resumes)
+or by :func:`~evojax_merge.search.evo_merging.default_stage_runner`.
+
 Both fitnesses are :class:`~evojax_merge.search.cmaes.TracedFitness`: a frozen, hashable static
 part and a pytree of arrays, so one generation (ask, clip, merge/route the whole population in one
 ``vmap``, the objective on the validation batch, tell) is one jitted step.
@@ -27,9 +31,11 @@ from evojax_merge.models.config import ModelConfig
 from evojax_merge.models.functional import logits_of
 from evojax_merge.models.loss import answer_loss
 from evojax_merge.models.sources import SourceStack
-from evojax_merge.search.cmaes import StageResult, StageSpec, TracedFitness, init_stage, run_stage
+from evojax_merge.search.cmaes import StageResult, StageSpec, TracedFitness
+from evojax_merge.search.evo_merging import StageRunner, default_stage_runner
 from evojax_merge.search.fitness import resolve_population_chunk
 from evojax_merge.search.genome import GenomeLayout
+from evojax_merge.search.strategy import StrategySpec
 
 BATCH_KEYS = ("input_ids", "attention_mask", "answer_pos", "answer_tgt", "answer_mask")
 
@@ -141,6 +147,7 @@ class PSConfig:
     # candidates per vmap inside the population call: auto = 1 on a CPU (measured 1.58x a loop, the
     # whole-population vmap 1.05x: python -m evojax_merge.bench --sakana), the whole population elsewhere
     population_chunk: int | str | None = "auto"
+    strategy: StrategySpec = StrategySpec()  # the black-box search (CMA-ES, the paper's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +166,7 @@ class DFSConfig:
     # the whole population in one vmap: on a quiet CPU 1.54x a loop, one candidate at a time 0.98x
     # (python -m evojax_merge.bench --sakana); an int or "auto" chunks it
     population_chunk: int | str | None = None
+    strategy: StrategySpec = StrategySpec()  # the black-box search (CMA-ES, the paper's)
 
 
 @dataclasses.dataclass
@@ -167,14 +175,17 @@ class SearchOutcome:
     result: StageResult
 
 
-def _run(spec: StageSpec, fitness: TracedFitness, seed: int, progress: bool) -> StageResult:
+def _run(spec: StageSpec, fitness: TracedFitness, seed: int, progress: bool, runner: StageRunner | None
+         ) -> StageResult:
+    """One stage through ``runner`` (one batched population call per generation), keyed by seed and name."""
     key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(spec.name.encode()) & 0x7FFFFFFF)
-    return run_stage(spec, fitness, init_stage(spec, key, fitness), progress=progress)
+    return (runner or default_stage_runner(progress=progress))(spec, fitness, key)
 
 
 def ps_search(stack: SourceStack, base: Params, batch: dict, cfg: PSConfig = PSConfig(), seed: int = 0,
-              progress: bool = False) -> tuple[np.ndarray, StageResult, PSFitness, dict]:
-    """CMA-ES over the PS genome; returns (best genome, stage result, fitness, args)."""
+              progress: bool = False, runner: StageRunner | None = None
+              ) -> tuple[np.ndarray, StageResult, PSFitness, dict]:
+    """The strategy (CMA-ES) over the PS genome; returns (best genome, stage result, fitness, args)."""
     layout = PSLayout(stack.num_sources, stack.config.num_hidden_layers)
     x0 = layout.check(np.full(layout.length, cfg.x0), "method.x0")
     args = {"base": {k: jnp.asarray(v) for k, v in base.items()}, "tv": task_vectors_of(stack, base),
@@ -182,20 +193,22 @@ def ps_search(stack: SourceStack, base: Params, batch: dict, cfg: PSConfig = PSC
     fitness = PSFitness(layout, stack.config, resolve_population_chunk(cfg.population_chunk),
                         check_objective(cfg.fitness))
     spec = StageSpec("sakana_ps", GenomeLayout("ps", layout.length, *cfg.bounds), tuple(map(float, x0)),
-                     cfg.sigma0, cfg.population_size, cfg.generations)
-    result = _run(spec, TracedFitness(fitness, args), seed, progress)
+                     cfg.sigma0, cfg.population_size, cfg.generations, cfg.strategy)
+    result = _run(spec, TracedFitness(fitness, args), seed, progress, runner)
     return result.best_genome, result, fitness, args
 
 
 def dfs_search(stack: SourceStack, batch: dict, cfg: DFSConfig = DFSConfig(), seed: int = 0,
-               progress: bool = False) -> tuple[np.ndarray, StageResult, DFSLayout, dict]:
-    """CMA-ES over the DFS genome from ``start_source``'s own path; returns (best, result, layout, args)."""
+               progress: bool = False, runner: StageRunner | None = None
+               ) -> tuple[np.ndarray, StageResult, DFSLayout, dict]:
+    """The strategy (CMA-ES) over the DFS genome from ``start_source``'s own path; returns (best, result,
+    layout, args)."""
     layout = DFSLayout(stack.num_sources, stack.config.num_hidden_layers, cfg.repeats, cfg.max_path)
     x0 = layout.check(layout.source_path(cfg.start_source), "method.start_source path")
     args = {"top": top_level(stack, cfg.embed_source), "layers": layer_row(stack), "batch": batch}
     spec = StageSpec("sakana_dfs", GenomeLayout("dfs", layout.length, *cfg.bounds), tuple(map(float, x0)),
-                     cfg.sigma0, cfg.population_size, cfg.generations)
+                     cfg.sigma0, cfg.population_size, cfg.generations, cfg.strategy)
     fitness = DFSFitness(layout, stack.config, resolve_population_chunk(cfg.population_chunk),
                          check_objective(cfg.fitness))
-    result = _run(spec, TracedFitness(fitness, args), seed, progress)
+    result = _run(spec, TracedFitness(fitness, args), seed, progress, runner)
     return result.best_genome, result, layout, args
