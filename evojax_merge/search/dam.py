@@ -25,7 +25,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
 import jax
@@ -347,13 +347,34 @@ def _batches(num_examples: int, cfg: DamConfig, rng: np.random.Generator, num_so
             yield rows if num_sources is not None else rows[0]
 
 
+# With a checkpointing runner: save at most this often (a DAM step takes milliseconds, a save tens of them),
+# besides the last step and a stop, which are always saved.
+CHECKPOINT_EVERY_S = 30.0
+
+
+def history_columns(cfg: DamConfig) -> tuple[str, ...]:
+    """The loss parts of a history row, in order (after its ``step``)."""
+    return ("loss", cfg.objective, "cos", "l1", "l2")
+
+
+def _history_rows(history: np.ndarray, steps: int, columns: Sequence[str]) -> list[dict]:
+    return [{"step": i + 1, **dict(zip(columns, map(float, history[i]), strict=True))} for i in range(steps)]
+
+
 def train_dam(model: DamModel, cfg: DamConfig, source_data: Sequence[Mapping[str, np.ndarray] | None] | None = None,
               target_data: Mapping[str, np.ndarray] | None = None, init: Mapping[str, jax.Array] | None = None,
-              log_every: int = 0) -> DamResult:
+              log_every: int = 0, runner=None, on_step: Callable[[dict], None] | None = None,
+              checkpoint_every_s: float | None = CHECKPOINT_EVERY_S) -> DamResult:
     """Train the coefficients for one epoch (``cfg.epochs``) and return them with the loss curve.
 
     ``source_data[k]``: examples (``input_ids``, ``attention_mask``, ``labels``) of source k, for
     the KL objective. ``target_data``: the target's validation examples, for the CE objective.
+
+    ``runner``: a :class:`~evojax_merge.search.checkpoint.CheckpointRunner`. The training loop then runs
+    as its ``loop("dam", ...)``: the coefficients, Adam's state and the loss history are saved (every
+    ``checkpoint_every_s`` seconds at most, and always at the last step and on a stop), a stop request
+    saves and raises ``Preempted``, and a rerun resumes bit-identically. Without one, nothing is saved.
+    ``on_step(row)``: after every step, with its history row.
     """
     cfg.check()
     coeffs = {k: jnp.asarray(v, jnp.float32) for k, v in (init if init is not None else model.init()).items()}
@@ -380,31 +401,45 @@ def train_dam(model: DamModel, cfg: DamConfig, source_data: Sequence[Mapping[str
     device_data = {k: jnp.asarray(data[k]) for k in keys}
     precompute_s = time.perf_counter() - t0
 
-    opt_state = optax.adam(cfg.lr).init(coeffs)
     static_cfg = dataclasses.replace(cfg, seed=0)  # the seed only orders batches on the host
-    rng = np.random.default_rng(cfg.seed)
-    history: list[dict] = []
-    steps = backward = 0
-    t1 = time.perf_counter()
-    for rows in _batches(num_examples, cfg, rng, num_sources):
-        batch = _gather_batch(device_data, jnp.asarray(rows))
-        new, new_state, parts, finite = dam_step(model, static_cfg, model.args, coeffs, opt_state, batch)
-        steps += 1
-        n_rows = int(rows.size)
-        forward += n_rows
-        backward += n_rows
-        row = {"step": steps, **{k: float(v) for k, v in parts.items()}}
+    # every step's rows, drawn up front: step i is a function of (state, i) alone, so a resume continues exactly
+    schedule = list(_batches(num_examples, cfg, np.random.default_rng(cfg.seed), num_sources))
+    columns = history_columns(cfg)
+    state = {"coeffs": coeffs, "opt_state": optax.adam(cfg.lr).init(coeffs),
+             "history": np.full((len(schedule), len(columns)), np.nan, np.float32)}
+
+    def step_fn(state: dict, i: int) -> dict:
+        batch = _gather_batch(device_data, jnp.asarray(schedule[i]))
+        new, new_state, parts, finite = dam_step(model, static_cfg, model.args, state["coeffs"], state["opt_state"],
+                                                 batch)
+        values = [float(parts[c]) for c in columns]
         if not bool(finite):
             where = first_non_finite({k: np.asarray(v) for k, v in new.items()}, model.names)
-            last = {k: np.asarray(v) for k, v in coeffs.items()}
+            last = {k: np.asarray(v) for k, v in state["coeffs"].items()}
             raise DamNonFiniteError(
-                f"dam: non-finite coefficients in {where} at step {steps} (loss {row['loss']:.4g}); "
-                f"kept the coefficients of step {steps - 1}", steps - 1, last, history)
-        coeffs, opt_state = new, new_state
-        history.append(row)
-        if log_every and steps % log_every == 0:
-            print(f"dam step {steps}: loss {row['loss']:.5f}", flush=True)
-    return DamResult({k: np.asarray(v) for k, v in coeffs.items()}, history, steps, forward, backward,
+                f"dam: non-finite coefficients in {where} at step {i + 1} (loss {values[0]:.4g}); "
+                f"kept the coefficients of step {i}", i, last, _history_rows(state["history"], i, columns))
+        history = np.array(state["history"])
+        history[i] = values
+        return {"coeffs": new, "opt_state": new_state, "history": history}
+
+    def after_step(state: dict, done: int) -> None:
+        if on_step is not None:
+            on_step(_history_rows(state["history"], done, columns)[-1])
+        if log_every and done % log_every == 0:
+            print(f"dam step {done}: loss {float(state['history'][done - 1, 0]):.5f}", flush=True)
+
+    t1 = time.perf_counter()
+    if runner is None:
+        for i in range(len(schedule)):
+            state = step_fn(state, i)
+            after_step(state, i + 1)
+    else:
+        state = runner.loop("dam", state, step_fn, len(schedule), on_step=after_step, every_s=checkpoint_every_s)
+    steps = len(schedule)
+    trained = sum(int(rows.size) for rows in schedule)
+    return DamResult({k: np.asarray(v) for k, v in state["coeffs"].items()},
+                     _history_rows(state["history"], steps, columns), steps, forward + trained, trained,
                      precompute_s, time.perf_counter() - t1)
 
 
