@@ -1,4 +1,4 @@
-"""``model=gguf`` through the Hydra entry point: a tiny GGUF base, PEFT adapters, user data files."""
+"""``world=gguf`` through the Hydra entry point: a tiny GGUF base, PEFT adapters, user data files."""
 
 from __future__ import annotations
 
@@ -57,10 +57,10 @@ def tiny_gguf_world(tmp_path_factory):
 def test_model_gguf_runs_the_search_and_exports_faithfully(tiny_gguf_world, tmp_path):
     root, gguf_path = tiny_gguf_world
     out = tmp_path / "run"
-    proc = _train(tmp_path, "model=gguf", f"model.path={gguf_path}", "pool=peft", f"pool.adapters={root}/adapters/*",
-                  "data=files", "+data.tasks.NER_target.type=ner",
-                  f"+data.tasks.NER_target.validation={root}/data/validation.jsonl",
-                  f"+data.tasks.NER_target.test={root}/data/test.jsonl", "experiment.targets=[NER_target]",
+    proc = _train(tmp_path, "world=gguf", f"world.model.path={gguf_path}", f"world.adapters={root}/adapters/*",
+                  "world.tasks.NER_target.type=ner",  # world.tasks is open: a new task needs no "+"
+                  f"world.tasks.NER_target.validation={root}/data/validation.jsonl",
+                  f"world.tasks.NER_target.test={root}/data/test.jsonl", "setting.targets=[NER_target]",
                   "experiment.max_new_tokens=6", "experiment.test_examples=4",
                   "method=[evo_merging,base]", "budget.population_size=3",
                   "budget.stage1_generations=1", "budget.stage2_generations=1",
@@ -68,6 +68,7 @@ def test_model_gguf_runs_the_search_and_exports_faithfully(tiny_gguf_world, tmp_
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert set(results["methods"]) == {"evo_merging", "base"}
+    assert results["world"]["kind"] == "files" and set(results["methods"]["base"]["per_task"]) == {"NER_target"}
     merged = out / "merged_adapters" / "NER_target__evo_merging"
     cfg = json.loads((merged / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == BASE_NAME and cfg["task_type"] == "CAUSAL_LM"
@@ -77,9 +78,11 @@ def test_model_gguf_runs_the_search_and_exports_faithfully(tiny_gguf_world, tmp_
 def test_model_gguf_missing_file_is_one_line_error(tiny_gguf_world, tmp_path):
     root, _ = tiny_gguf_world
     shutil.rmtree(tmp_path / "run", ignore_errors=True)
-    proc = _train(tmp_path, "model=gguf", f"model.path={tmp_path}/nothing.gguf", "pool=peft",
-                  f"pool.adapters={root}/adapters/*", "data=files", "+data.tasks.NER_target.type=ner",
-                  f"+data.tasks.NER_target.validation={root}/data/validation.jsonl",
-                  f"+data.tasks.NER_target.test={root}/data/test.jsonl", f"hydra.run.dir={tmp_path / 'run'}")
+    proc = _train(tmp_path, "world=gguf", f"world.model.path={tmp_path}/nothing.gguf",
+                  f"world.adapters={root}/adapters/*", "world.tasks.NER_target.type=ner",
+                  f"world.tasks.NER_target.validation={root}/data/validation.jsonl",
+                  f"world.tasks.NER_target.test={root}/data/test.jsonl", "setting.targets=[NER_target]",
+                  "method=[evo_merging,base]", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"error: {tmp_path}/nothing.gguf: GGUF file not found"
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "results.json").exists()
