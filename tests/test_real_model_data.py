@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "real_model"))
 
 import make_data  # noqa: E402
@@ -36,5 +38,20 @@ def test_records_have_the_released_sets_shape(tmp_path):
 
 def test_search_command_uses_the_project_entry_point(tmp_path):
     cmd = run_example.search_command(tmp_path)
-    assert cmd[1:3] == ["-m", "evojax_merge.train"] and "model=gguf" in cmd and "data=files" in cmd
-    assert f"experiment.targets=[{make_data.HELD_OUT}]" in cmd
+    assert cmd[1:3] == ["-m", "evojax_merge.train"] and "world=gguf" in cmd
+    assert f"world.adapters={tmp_path}/adapters/*" in cmd and f"world.tasks.{make_data.HELD_OUT}.type=ner" in cmd
+    assert f"setting.targets=[{make_data.HELD_OUT}]" in cmd
+
+
+def test_search_command_composes(tmp_path):
+    """Every override of the search command is a key the config has (Hydra's own check, --cfg job)."""
+    import subprocess
+
+    cmd = [*run_example.search_command(tmp_path), "--cfg", "job", "--resolve"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cfg = yaml.safe_load(proc.stdout)
+    assert cfg["world"]["model"] == {"source": "gguf", "path": None, "tokenizer": None}
+    assert cfg["world"]["tasks"][make_data.HELD_OUT]["type"] == "ner"
+    assert cfg["setting"]["targets"] == [make_data.HELD_OUT] and cfg["experiment"]["name"] == "real_model"
+    assert set(cfg["method"]) == {"evo_merging", "lorahub", "uniform", "best_single", "base"}

