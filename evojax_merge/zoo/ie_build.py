@@ -294,9 +294,16 @@ def build_ie_zoo(cfg: ZooBuildConfig = ZooBuildConfig(), cache_dir: str | Path |
 
 
 def _say(progress: bool, text: str) -> None:
+    """One build message, logged once (under Hydra its console and log file show it). With ``progress`` and
+    no logging set up (a script), this module's logger gets a console handler first, so that it still shows."""
+    if progress and not log.hasHandlers():
+        import sys
+
+        console = logging.StreamHandler(sys.stdout)
+        console.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(console)
+        log.setLevel(logging.INFO)
     log.info("%s", text)
-    if progress:
-        print(text, flush=True)
 
 
 def world_tokenizer():
