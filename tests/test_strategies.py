@@ -131,7 +131,8 @@ def test_any_evosax_algorithm_by_class_name(name):
 
 def test_unknown_names_and_params_are_one_line_errors():
     cases = [
-        ({"name": "CMA-ES"}, r"^strategy\.name: 'CMA-ES' is not an evosax algorithm \(known: .*CMA_ES.*Sep_CMA_ES"),
+        ({"name": "CMA-ES"},
+         r"^strategy\.name: 'CMA-ES' is not an evosax algorithm a stage can run \(known: .*CMA_ES.*Sep_CMA_ES"),
         ({"name": "CMA_ES", "params": {"lr": 0.1}},
          r"^strategy\.params\.lr: unknown parameter of CMA_ES \(known: .*c_std"),
         ({"name": "SNES", "params": {"std_init": 0.1}}, r"^strategy\.params\.std_init: .*sigma0"),
@@ -144,6 +145,7 @@ def test_unknown_names_and_params_are_one_line_errors():
         with pytest.raises(EvoMergeInputError, match=message) as err:
             StrategySpec.from_config(cfg)
         assert "\n" not in str(err.value)
+        assert cfg.get("name") != "CMA-ES" or "RandomSearch" not in str(err.value)  # only what a stage can run
 
 
 SEARCHES = ["evo_merging", "evo_no_denoise", "evo_no_scale", "evo_no_sign_flip", "evo_neither", "evo_prune_B",

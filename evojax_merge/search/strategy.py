@@ -79,16 +79,14 @@ class StrategySpec:
     def algorithm_class(self) -> type:
         cls = ALGORITHMS.get(self.name)
         if cls is None:
-            raise EvoMergeInputError(f"strategy.name: {self.name!r} is not an evosax algorithm "
-                                     f"(known: {', '.join(sorted(ALGORITHMS))})")
+            usable = sorted(name for name, c in ALGORITHMS.items() if not _required_arguments(c))
+            raise EvoMergeInputError(f"strategy.name: {self.name!r} is not an evosax algorithm a stage can run "
+                                     f"(known: {', '.join(usable)})")
         return cls
 
     def checked(self) -> StrategySpec:
         """This spec, once its class builds from (population, solution) alone and every param is known."""
-        cls = self.algorithm_class()
-        required = [p.name for p in inspect.signature(cls.__init__).parameters.values()
-                    if p.default is inspect.Parameter.empty and p.name not in _GIVEN
-                    and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+        required = _required_arguments(self.algorithm_class())
         if required:
             raise EvoMergeInputError(f"strategy.name: {self.name} needs constructor arguments a stage does not give "
                                      f"({', '.join(required)}); pick another algorithm")
@@ -110,6 +108,13 @@ class StrategySpec:
                 raise EvoMergeInputError(f"strategy.params.{key}: {value!r} where {self.name} has "
                                          f"a {np.asarray(default).dtype.name} ({default!r})")
         return self
+
+
+def _required_arguments(cls: type) -> list[str]:
+    """Constructor arguments without a default beyond what a stage gives (population size, solution)."""
+    return [p.name for p in inspect.signature(cls.__init__).parameters.values()
+            if p.default is inspect.Parameter.empty and p.name not in _GIVEN
+            and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
 
 
 def _takes_std_schedule(cls: type) -> bool:
