@@ -27,7 +27,7 @@ from evojax_merge.search.checkpoint import CheckpointRunner, state_from_host, st
 from evojax_merge.search.cmaes import StageResult, StageSpec, init_stage
 from evojax_merge.search.evo_merging import default_stage_runner
 from evojax_merge.search.genome import GenomeLayout
-from evojax_merge.search.preemption import Preempted, PreemptionGuard
+from evojax_merge.search.preemption import INTERRUPT_NOTICE, Preempted, PreemptionGuard
 from evojax_merge.search.result_io import read_result, write_result
 
 DRIVER = Path(__file__).with_name("search_driver.py")
@@ -167,6 +167,39 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, env, referen
     assert f"falling back to step {steps[-2]}" in err
     assert _resumed_from(out) == steps[-2]
     _assert_identical(run_dir, reference)
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_exits_zero_without_a_traceback_and_resumes(tmp_path, env, reference):
+    """Ctrl-C is a stop request like SIGTERM: one notice, the save, the one stop line, exit 0, a clean resume."""
+    run_dir = tmp_path / "run"
+    target = int(np.random.default_rng(3).integers(2, G1 + G2 - 1))
+    proc = _start(run_dir, env)
+    _wait_for_step(proc, run_dir, target)
+    proc.send_signal(signal.SIGINT)
+    out, err = _finish(proc)  # exit status 0
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert err.count(INTERRUPT_NOTICE.strip()) == 1
+    line = next(line for line in out.splitlines() if line.startswith("PREEMPTED "))
+    saved = int(line.split()[1].rstrip(":"))
+    assert "received SIGINT: saved checkpoint step" in line and target <= saved == _steps(run_dir)[-1]
+    out, _ = _run(run_dir, env)
+    assert _resumed_from(out) == saved
+    _assert_identical(run_dir, reference)
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_quits_at_once(tmp_path, env):
+    proc = _start(tmp_path / "run", env, sleep=60.0)  # each generation then waits a minute
+    deadline = time.monotonic() + TIMEOUT
+    while proc.stdout.readline().strip() != "STEP 1":  # generation 1 is done, its wait begins
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-4000:]
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1.0)  # the first one is handled (the notice is written) at once, even mid-wait
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)  # well before the minute is over
+    assert proc.returncode == -signal.SIGINT
+    assert err.count(INTERRUPT_NOTICE.strip()) == 1 and "Traceback" not in err
 
 
 # -- in-process units: cheap, no search loop --------------------------------------------------------------
