@@ -70,6 +70,21 @@ def check_group_choices(argv: list[str], conf: str) -> None:
                 sys.exit(2)
 
 
+def check_run_dir(argv: list[str]) -> None:
+    """An unwritable ``hydra.run.dir`` / ``hydra.sweep.dir`` (or working directory) is a one-line error before
+    Hydra tries to create it (Hydra's own failure is a traceback)."""
+    import os
+
+    dirs = [a.partition("=")[2] for a in argv if a.lstrip("+").startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+    for d in dirs or ["."]:
+        path = Path(d).absolute()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            key = "hydra.run.dir" if dirs else "the working directory"
+            print(f"error: {key}: {path} cannot be created ({existing} is not a writable directory)", file=sys.stderr)
+            sys.exit(2)
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def main(cfg: DictConfig) -> None:
     from evojax_merge.distributed import maybe_initialize_distributed
@@ -95,4 +110,5 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     check_group_choices(sys.argv[1:], config_dir())
+    check_run_dir(sys.argv[1:])
     main()
