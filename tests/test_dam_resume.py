@@ -82,6 +82,12 @@ def test_dam_stopped_by_the_guard_then_resumed_is_bit_identical(lora, tmp_path):
     _assert_same(again, reference)
 
 
+def test_a_stage_runner_without_a_loop_trains_unsaved(lora):
+    """``checkpoint.enabled=false``: the engine's runner is a plain stage runner; DAM trains as without one."""
+    model, data, reference = lora
+    _assert_same(train_dam(model, CONFIG, data, runner=lambda spec, fitness, key: None), reference)
+
+
 def test_dam_method_on_full_finetunes_resumes_through_its_runner(tmp_path):
     assert DAM.searches  # so the engine gives it task.runner
     model, data = full_model(), source_data()

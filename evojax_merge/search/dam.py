@@ -373,7 +373,8 @@ def train_dam(model: DamModel, cfg: DamConfig, source_data: Sequence[Mapping[str
     ``runner``: a :class:`~evojax_merge.search.checkpoint.CheckpointRunner`. The training loop then runs
     as its ``loop("dam", ...)``: the coefficients, Adam's state and the loss history are saved (every
     ``checkpoint_every_s`` seconds at most, and always at the last step and on a stop), a stop request
-    saves and raises ``Preempted``, and a rerun resumes bit-identically. Without one, nothing is saved.
+    saves and raises ``Preempted``, and a rerun resumes bit-identically. Without one, or with a stage
+    runner that has no ``loop`` (``checkpoint.enabled=false``), nothing is saved.
     ``on_step(row)``: after every step, with its history row.
     """
     cfg.check()
@@ -430,7 +431,7 @@ def train_dam(model: DamModel, cfg: DamConfig, source_data: Sequence[Mapping[str
             print(f"dam step {done}: loss {float(state['history'][done - 1, 0]):.5f}", flush=True)
 
     t1 = time.perf_counter()
-    if runner is None:
+    if getattr(runner, "loop", None) is None:
         for i in range(len(schedule)):
             state = step_fn(state, i)
             after_step(state, i + 1)
