@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -93,6 +94,59 @@ def test_template_bad_input_is_one_line_before_sbatch(args, env, message, tmp_pa
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert proc.stdout == "" and proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written, nothing submitted
+
+
+FAKE_SRUN = """#!/bin/bash
+# the job step, composed instead of run: Hydra checks every override the template passes
+[[ "$1" == --kill-on-bad-exit=1 ]] || { echo "srun: no --kill-on-bad-exit=1" >&2; exit 3; }
+shift
+printf '%s\\n' "$@" > "$FAKE_SRUN_ARGS"
+exec "$@" --cfg job --resolve > "$FAKE_SRUN_CFG"
+"""
+
+
+@pytest.mark.slow  # each template's job step composes its config in a Python subprocess
+@pytest.mark.parametrize("template, experiment, env, expected", [
+    ("single.sbatch", "sakana", {"SLURM_JOB_ID": "41"},
+     {"run_dir": "outputs/slurm/sakana/41", "job": "41", "seed": 0, "seeds": [0, 1, 2], "distributed": False}),
+    ("array.sbatch", "sakana", {"SLURM_JOB_ID": "41", "SLURM_ARRAY_JOB_ID": "40", "SLURM_ARRAY_TASK_ID": "1",
+                                "SEEDS": "0 5", "METHODS": "base sakana_ps"},
+     {"run_dir": "outputs/slurm/sweep/sakana/40/base/seed5", "job": "40_1", "seed": 5, "seeds": [],
+      "methods": ["base"], "distributed": False}),
+    ("multinode.sbatch", "smoke", {"SLURM_JOB_ID": "41"},
+     {"run_dir": "outputs/slurm/multinode/smoke/41", "job": "41", "seed": 0, "seeds": [], "distributed": True}),
+], ids=["single", "array", "multinode"])
+def test_template_job_step_composes_and_requeues_an_unfinished_run(template, experiment, env, expected, tmp_path):
+    """Inside the job (SLURM_JOB_ID set): the template's ``python -m evojax_merge.train`` command composes (srun
+    is a stand-in that runs it with ``--cfg job``), and without result.json the job is requeued by its own id."""
+    import yaml
+
+    assert sys.prefix != sys.base_prefix and (Path(sys.prefix) / "bin" / "activate").is_file(), sys.prefix
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(FAKE_SRUN)
+    (bin_dir / "scontrol").write_text('#!/bin/bash\necho "$@" >> "$FAKE_SCONTROL"\n')
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    submit = tmp_path / "submit"
+    submit.mkdir()
+    fake = {"FAKE_SRUN_ARGS": str(tmp_path / "args"), "FAKE_SRUN_CFG": str(tmp_path / "cfg.yaml"),
+            "FAKE_SCONTROL": str(tmp_path / "scontrol")}
+    proc = _template([template, experiment, "logger=none"], submit, PROFILE="cpu", VENV=sys.prefix,
+                     EVOJAX_ROOT=str(ROOT), SLURM_SUBMIT_DIR=str(submit),
+                     PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **fake, **env)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr[-3000:])
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[:4] == ["python", "-m", "evojax_merge.train", f"+experiment={experiment}"], args
+    assert f"hydra.run.dir={expected['run_dir']}" in args and "resume=true" in args and args[-1] == "logger=none"
+    cfg = yaml.safe_load((tmp_path / "cfg.yaml").read_text())
+    assert cfg["experiment"]["name"] == experiment and cfg["resume"] is True and cfg["progress"] is False
+    assert (cfg["seed"], cfg["experiment"]["seeds"], cfg["distributed"]) == (
+        expected["seed"], expected["seeds"], expected["distributed"])
+    if "methods" in expected:
+        assert list(cfg["method"]) == expected["methods"]
+    assert (tmp_path / "scontrol").read_text() == f"requeue {expected['job']}\n"  # no result.json: not done
+    assert f"not finished yet: requeueing job {expected['job']}" in proc.stdout
 
 
 @pytest.mark.parametrize("launcher,target", [
