@@ -1,4 +1,5 @@
-"""Task-vector baselines against peft.utils.merge_utils on identical tensors and identical masks."""
+"""Generalized task arithmetic against peft.utils.merge_utils on identical tensors and identical masks:
+TIES, DARE, DARE-TIES and task arithmetic as configurations of a sparsifier and a consensus."""
 
 from __future__ import annotations
 
@@ -14,33 +15,63 @@ from peft.utils import merge_utils as pmu
 
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.lora.adapter import LoraAdapter, LoraStack
-from evojax_merge.merge import trim_count
+from evojax_merge.merge import (
+    SignElection,
+    Sparsifier,
+    Sum,
+    bernoulli_masks,
+    keep_all,
+    magnitude_prune,
+    module_key,
+    random_drop,
+    task_keys,
+    trim_count,
+)
 
 # the package re-exports the function `task_vectors`, which shadows the submodule's attribute
 tvm = importlib.import_module("evojax_merge.merge.task_vectors")
 
 # Everything runs jitted (op-by-op dispatch would compile dozens of tiny kernels per shape and
-# dominate the runtime). TIES' density is static so it keeps peft's float64 trim count; the traced
-# path is tested on its own. DARE's density is traced: it has no count to round.
-ties = jax.jit(tvm.ties, static_argnames=("density", "sign_method"))
-magnitude_prune = jax.jit(tvm.magnitude_prune, static_argnames=("density",))
-dare = jax.jit(tvm.dare)
-dare_ties = jax.jit(tvm.dare_ties, static_argnames=("sign_method",))
-dare_masks = jax.jit(tvm.dare_masks)
-dare_with_masks = jax.jit(tvm.dare_with_masks)
-dare_ties_with_masks = jax.jit(tvm.dare_ties_with_masks, static_argnames=("sign_method",))
+# dominate the runtime). The density is static so a trim keeps peft's float64 count; the traced
+# path is tested on its own.
+merge = jax.jit(tvm.merge_task_vectors, static_argnames=("sparsifier", "consensus", "density"))
+prune = jax.jit(magnitude_prune, static_argnames=("density",))
 linear = jax.jit(tvm.linear)
-task_arithmetic = jax.jit(tvm.task_arithmetic)
 task_vectors = jax.jit(tvm.task_vectors)
 adapter_delta = jax.jit(tvm.adapter_delta)
 to_low_rank = jax.jit(tvm.to_low_rank, static_argnames=("rank",))
+masks_of = jax.jit(bernoulli_masks, static_argnames=("shape",))
+
+TRIM, DROP, NONE = Sparsifier(magnitude_prune), Sparsifier(random_drop), Sparsifier(keep_all)
+
+
+def ties(tv, density, lam, *, weights=None, sign_method="total"):
+    return merge(tv, TRIM, SignElection(sign_method), lam, density, weights=weights)
+
+
+def task_arithmetic(tv, lam):
+    return merge(tv, NONE, Sum(), lam)
+
+
+def dare(tv, density, lam, key, *, weights=None):
+    return merge(tv, DROP, Sum(), lam, density, key, weights=weights)
+
+
+def dare_ties(tv, density, lam, key, *, weights=None, sign_method="total"):
+    return merge(tv, DROP, SignElection(sign_method), lam, density, key, weights=weights)
+
+
+def drawn_masks(key, density, t):
+    """The masks ``random_drop`` draws for a bare stack ``t [N, ...]`` from ``key``."""
+    return masks_of(task_keys(key, t.shape[0]), density, tuple(t.shape[1:]))
+
 
 N = 4
 
 
 def _key(seed: int) -> jax.Array:
     # rbg keys compile ~5x faster than threefry on CPU; the merge code is key-impl agnostic
-    # (test_dare_masks_with_default_threefry_key covers the default).
+    # (test_drop_masks_with_default_threefry_key covers the default).
     return jax.random.key(seed, impl="rbg")
 
 
@@ -183,7 +214,7 @@ def test_magnitude_prune_keeps_exactly_k_with_ties_lower_index_first():
     rng = np.random.default_rng(9)
     t = rng.integers(-2, 3, size=(5, 6, 4)).astype(np.float32)  # many tied magnitudes
     for density in (0.0, 0.04, 0.1, 0.3, 0.5, 0.75, 1.0):
-        got = np.asarray(magnitude_prune(jnp.asarray(t), density))
+        got = np.asarray(prune(jnp.asarray(t), density))
         k = int(density * 24)
         for i in range(5):
             order = np.argsort(-np.abs(t[i]).ravel(), kind="stable")[:k]
@@ -194,9 +225,10 @@ def test_magnitude_prune_keeps_exactly_k_with_ties_lower_index_first():
 
 def test_ties_under_jit_with_traced_density():
     t = jnp.asarray(_tv(10))
-    f = jax.jit(tvm.ties)  # density traced: float32 floor(density · numel)
+    f = jax.jit(tvm.merge_task_vectors, static_argnames=("sparsifier", "consensus"))  # density traced: float32 floor
     for d in (0.25, 0.5, 1.0):
-        np.testing.assert_allclose(np.asarray(f(t, d, 0.7)), np.asarray(ties(t, d, 0.7)), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(np.asarray(f(t, TRIM, SignElection(), 0.7, d)), np.asarray(ties(t, d, 0.7)),
+                                   rtol=1e-6, atol=1e-7)
 
 
 # ----------------------------------------------------------------------------- DARE / DARE-TIES
@@ -205,8 +237,9 @@ def test_ties_under_jit_with_traced_density():
 @pytest.mark.parametrize("density", [0.2, 0.5, 0.9, 1.0])
 def test_dare_matches_peft_dare_linear_with_same_masks(density, monkeypatch):
     t = _tv(11)
-    masks = dare_masks(_key(0), density, jnp.asarray(t))
-    got = np.asarray(dare_with_masks(jnp.asarray(t), masks, density, 0.7))
+    key = _key(0)
+    masks = drawn_masks(key, density, jnp.asarray(t))
+    got = np.asarray(dare(jnp.asarray(t), density, 0.7, key))
     want = _peft(pmu.dare_linear, t, np.full(N, 0.7), density, masks=np.asarray(masks), monkeypatch=monkeypatch)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
@@ -216,8 +249,9 @@ def test_dare_matches_peft_dare_linear_with_same_masks(density, monkeypatch):
 def test_dare_ties_matches_peft_with_same_masks(density, sign_method, monkeypatch):
     t = _tv(12, n=5)
     w = np.asarray([1.0, 0.5, -0.3, 1.2, 0.9], np.float32)
-    masks = dare_masks(_key(1), density, jnp.asarray(t))
-    got = dare_ties_with_masks(jnp.asarray(t), masks, density, 0.5, weights=jnp.asarray(w), sign_method=sign_method)
+    key = _key(1)
+    masks = drawn_masks(key, density, jnp.asarray(t))
+    got = dare_ties(jnp.asarray(t), density, 0.5, key, weights=jnp.asarray(w), sign_method=sign_method)
     want = _peft(
         pmu.dare_ties,
         t,
@@ -230,32 +264,32 @@ def test_dare_ties_matches_peft_with_same_masks(density, sign_method, monkeypatc
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-6)
 
 
-def test_public_dare_functions_draw_their_masks_from_the_key():
+def test_random_drop_draws_its_masks_from_the_key():
     t = {"m1": jnp.asarray(_tv(13)), "m2": jnp.asarray(_tv(14, shape=(5, 3)))}
     key = _key(2)
-    masks = dare_masks(key, 0.4, t)
-    for m in t:  # same masks; the values differ only by fusion-dependent float rounding
-        np.testing.assert_allclose(
-            np.asarray(dare(t, 0.4, 0.8, key)[m]), np.asarray(dare_with_masks(t, masks, 0.4, 0.8)[m]), rtol=1e-5
-        )
-        np.testing.assert_allclose(
-            np.asarray(dare_ties(t, 0.4, 0.8, key)[m]),
-            np.asarray(dare_ties_with_masks(t, masks, 0.4, 0.8)[m]),
-            rtol=1e-5,
-        )
+    for m in t:  # module m draws task vector i from fold_in(module_key(key, m), i)
+        mask = np.asarray(drawn_masks(module_key(key, m), 0.4, t[m]))
+        kept = np.asarray(t[m]) * mask / np.float32(0.4)
+        np.testing.assert_allclose(np.asarray(dare(t, 0.4, 0.8, key)[m]), (kept * np.float32(0.8)).sum(0), rtol=1e-5)
     # deterministic given the key; another key, another mask
     first = np.asarray(dare(t, 0.4, 0.8, key)["m1"])
     np.testing.assert_array_equal(np.asarray(dare(t, 0.4, 0.8, key)["m1"]), first)
     assert not np.array_equal(np.asarray(dare(t, 0.4, 0.8, _key(3))["m1"]), first)
-    # a module's mask depends on its name, not on the other modules merged with it
-    alone = dare_masks(key, 0.4, {"m2": t["m2"]})
-    np.testing.assert_array_equal(np.asarray(alone["m2"]), np.asarray(masks["m2"]))
-    assert not np.array_equal(np.asarray(masks["m1"]).ravel()[:15], np.asarray(masks["m2"]).ravel()[:15])
+    # a module's draw depends on its name, not on the other modules merged with it
+    alone = dare({"m2": t["m2"]}, 0.4, 0.8, key)
+    np.testing.assert_array_equal(np.asarray(alone["m2"]), np.asarray(dare(t, 0.4, 0.8, key)["m2"]))
+    # task vector i's mask depends on i alone: a one-row stack with keys[i:i+1] draws row i (threefry,
+    # the default, is vmap-invariant; rbg keys draw otherwise under vmap)
+    keys = task_keys(jax.random.key(2), N)
+    full = np.asarray(masks_of(keys, 0.4, (10, 10)))
+    np.testing.assert_array_equal(np.asarray(masks_of(keys[2:3], 0.4, (10, 10)))[0], full[2])
+    assert not np.array_equal(full[0], full[1])
+    with pytest.raises(EvoMergeInputError, match="needs a PRNG key"):
+        tvm.merge_task_vectors(t, DROP, Sum(), 1.0, 0.5)
 
 
-def test_dare_masks_keep_rate_and_edge_densities():
-    t = jnp.zeros((4, 200, 125))
-    rate = float(np.asarray(dare_masks(_key(4), 0.3, t)).mean())
+def test_drop_masks_keep_rate_and_edge_densities():
+    rate = float(np.asarray(masks_of(task_keys(_key(4), 4), 0.3, (200, 125))).mean())
     assert abs(rate - 0.3) < 0.005  # 100k Bernoulli draws: 5e-3 is > 3 sigma
     x = jnp.asarray(_tv(15))
     np.testing.assert_allclose(np.asarray(dare(x, 1.0, 1.0, _key(5))), np.asarray(x).sum(0), rtol=1e-6, atol=1e-6)
@@ -264,16 +298,22 @@ def test_dare_masks_keep_rate_and_edge_densities():
     assert not np.any(np.asarray(dare_ties(x, 0.0, 1.0, _key(5))))
 
 
-def test_dare_masks_with_default_threefry_key():
-    x = jnp.zeros((2, 50, 40))
-    m1 = np.asarray(dare_masks(jax.random.key(7), 0.25, x))
-    np.testing.assert_array_equal(np.asarray(dare_masks(jax.random.key(7), 0.25, x)), m1)
+def test_drop_masks_with_default_threefry_key():
+    keys = task_keys(jax.random.key(7), 2)
+    m1 = np.asarray(masks_of(keys, 0.25, (50, 40)))
+    np.testing.assert_array_equal(np.asarray(masks_of(task_keys(jax.random.key(7), 2), 0.25, (50, 40))), m1)
     assert abs(m1.mean() - 0.25) < 0.02 and m1.dtype == bool
 
 
-def test_bad_weights_shape_raises():
+def test_bad_weights_shape_and_bad_parts_raise():
     with pytest.raises(EvoMergeInputError):
         ties(jnp.asarray(_tv(17)), 0.5, 1.0, weights=jnp.ones(N + 1))
+    with pytest.raises(EvoMergeInputError, match="mass"):
+        SignElection("median")
+    with pytest.raises(EvoMergeInputError, match="not a @sparsifier"):
+        Sparsifier(np.abs)
+    with pytest.raises(EvoMergeInputError, match="unknown option for magnitude_prune"):
+        Sparsifier.of(magnitude_prune, gamma=0.1)
 
 
 # ----------------------------------------------------------------------------- to_low_rank

@@ -15,11 +15,11 @@ and every tensor n of group g is merged as
     σ     = +1 if Σ_s p_s >= 0 else −1                           (TIES sign election)
     θ[n]  = θ_base[n] + Σ_s w[g, s] p_s [sign p_s = σ] / max(1, #{s : sign p_s = σ})
 
-which is ``task_vectors.dare_ties_with_masks`` (peft's semantics: the disjoint mean divides by the
-number of agreeing sources, not by the sum of their weights as mergekit does) with per-source
-densities. The masks come from ``fold_in(key, crc32(n))`` so a tensor's mask does not depend on
-the other tensors; a search uses one key for every candidate, so a genome's fitness is a
-deterministic function of the genome.
+which is ``SignElection()(drop_rescale(τ, m, d), w)`` of ``merge/consensus.py`` (peft's
+semantics: the disjoint mean divides by the number of agreeing sources, not by the sum of their
+weights as mergekit does) with per-source densities. The masks come from
+``fold_in(key, crc32(n))`` so a tensor's mask does not depend on the other tensors; a search uses
+one key for every candidate, so a genome's fitness is a deterministic function of the genome.
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from evojax_merge.errors import EvoMergeInputError
-from evojax_merge.merge.task_vectors import dare_ties_with_masks, module_key
+from evojax_merge.merge.consensus import SignElection
+from evojax_merge.merge.sparsifiers import drop_rescale
+from evojax_merge.merge.task_vectors import module_key
 from evojax_merge.models.sources import SourceStack, layer_group
 
 Params = dict[str, jax.Array]
@@ -94,7 +96,8 @@ def ps_merge(base: Params, tv: Params, density: jax.Array, weight: jax.Array, ke
         g = layer_group(n, num_layers)
         d = density[g].reshape((-1,) + (1,) * (t.ndim - 1)).astype(t.dtype)
         mask = jax.random.bernoulli(module_key(key, n), d, t.shape)
-        out[n] = base[n] + dare_ties_with_masks(t, mask, d, 1.0, weights=weight[g].astype(t.dtype))
+        w = weight[g].astype(t.dtype).reshape((-1,) + (1,) * (t.ndim - 1))
+        out[n] = base[n] + SignElection()(drop_rescale(t, mask, d), w)
     return out
 
 

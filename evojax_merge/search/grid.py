@@ -1,21 +1,24 @@
-"""White-box baselines given their best chance (docs/methods.md §1): a pre-selection of the top
-adapters on the validation set, then a grid over λ and density scored by validation loss.
+"""Grid search, and dense merges of a LoRA pool streamed module by module into the base weights.
 
-    task arithmetic: λ · Σ τ_i                       λ ∈ lambdas
-    TIES / DARE / DARE-TIES: merge(τ, density, λ)     λ ∈ lambdas, density ∈ densities
+The search knows no merge: it is given the grid's axes (``{"lambda": (...), "density": (...)}``,
+or any other named values) and a scoring function, and returns the point with the lowest score:
 
-Streamed module by module: for one grid point, each module's merged update is computed from the
-selected adapters' factors (``merge_module_factors``: at most one module's ``[n, d_out, d_in]``
-stack alive) and folded into a copy of that module's base weight at once, ``W'^m = W^m + ΔW^m``.
-The full set of dense task vectors (N·|model| values: ~250 GB for Llama-8B with 9 adapters) is
-never built; the peak beyond the base and the merged model is one module's stack.
+    best = argmin_{p ∈ axis_1 × axis_2 × ...} score(p)        (first in grid order on ties; NaN never wins)
+
+A white-box method scores a point by streaming it: for each module m, its merged update ``ΔW^m``
+is computed from the selected adapters' factors by the method's module function (at most one
+module's work alive) and folded into a copy of that module's base weight at once,
+``W'^m = W^m + ΔW^m``, then the validation CE of ``W'`` is the score. The full set of dense task
+vectors (N·|model| values: ~250 GB for Llama-8B with 9 adapters) is never built; the peak beyond
+the base and the merged model is one module's work.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from functools import partial
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,28 +26,39 @@ import numpy as np
 
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.lora.adapter import LoraStack
-from evojax_merge.merge.task_vectors import merge_module_factors, module_key
 from evojax_merge.search.fitness import MergeEvaluator, params_ce
 
-GRID_METHODS = ("task_arithmetic", "ties", "dare", "dare_ties", "uniform_dense")
-
-
-@dataclasses.dataclass(frozen=True)
-class BaselineGridConfig:
-    lambdas: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 1.0)
-    densities: tuple[float, ...] = (0.5, 0.7, 0.9, 1.0)
-    preselect_top_k: int = 9  # "fewer than 10" adapters, chosen by validation loss; 0 keeps all
-    seed: int = 0  # DARE's drop masks
+# (module path, A [N, r, d_in], B [N, d_out, r], scale [N], out dtype) -> ΔW [d_out, d_in]
+ModuleDelta = Callable[[str, jax.Array, jax.Array, jax.Array, jnp.dtype], jax.Array]
 
 
 @dataclasses.dataclass
 class GridResult:
-    method: str
-    params: dict  # the chosen λ (and density)
-    val_ce: float
-    selected: list[int]  # pool indices the merge used
-    delta: dict[str, jax.Array]  # the merged dense update per module
-    table: list[dict]  # every grid point with its validation CE
+    params: dict  # the chosen point: one value per axis
+    score: float
+    table: list[dict]  # every point in grid order, with its score under ``score_key``
+
+
+def grid_search(axes: Mapping[str, Sequence], score: Callable[[dict], float],
+                score_key: str = "score") -> GridResult:
+    """Score every point of ``axis_1 × axis_2 × ...`` (in order, the last axis fastest); keep the lowest.
+
+    Ties go to the earlier point; a NaN score never beats a number.
+    """
+    if not axes or any(len(v) == 0 for v in axes.values()):
+        raise EvoMergeInputError(f"grid: every axis needs a value, got {dict(axes)}")
+    names = list(axes)
+    table, best = [], None
+    for values in itertools.product(*(axes[n] for n in names)):
+        row = {**dict(zip(names, values, strict=True)), score_key: float(score(dict(zip(names, values, strict=True))))}
+        table.append(row)
+        s = row[score_key]
+        if best is None or s < best[score_key] or (math.isnan(best[score_key]) and not math.isnan(s)):
+            best = row
+    return GridResult({n: best[n] for n in names}, best[score_key], table)
+
+
+# --------------------------------------------------------------------------- pre-selection
 
 
 def single_adapter_losses(evaluator: MergeEvaluator) -> np.ndarray:
@@ -59,17 +73,10 @@ def preselect(losses: np.ndarray, top_k: int) -> list[int]:
     return sorted(order[: top_k if top_k > 0 else len(order)].tolist())
 
 
-_STREAMED_NAME = {"uniform_dense": "linear"}
+# --------------------------------------------------------------------------- streaming
 
 
-@partial(jax.jit, static_argnames=("method", "density", "out_dtype"))
-def _module_delta(a, b, scale, method: str, lam, density: float, key, out_dtype):
-    # density is static: TIES trims floor(density * numel) entries, computed in float64 as peft does
-    delta = merge_module_factors(a, b, scale, _STREAMED_NAME.get(method, method), lam, density, key)
-    return delta.astype(out_dtype)
-
-
-def _base_weights(evaluator: MergeEvaluator) -> dict[str, jax.Array]:
+def base_weights(evaluator: MergeEvaluator) -> dict[str, jax.Array]:
     """Module path -> the base weight ``[d_out, d_in]`` that a dense update is folded into."""
     from flax import nnx
 
@@ -81,27 +88,22 @@ def _base_weights(evaluator: MergeEvaluator) -> dict[str, jax.Array]:
     return out
 
 
-def stream_deltas(stack: LoraStack, method: str, lam: float, density: float, key: jax.Array,
-                  dtypes: dict[str, jnp.dtype]):
-    """``(m, ΔW^m)`` for every module of ``stack``, one module at a time, in ``dtypes[m]``.
-
-    ``ΔW^m = merge(τ^m, density, λ)`` of ``_merge_dense``'s method on ``τ^m[i] = s_i B_i^m A_i^m``;
-    module m's DARE masks come from ``module_key(key, m)``, as in the dict form.
-    """
+def stream_deltas(stack: LoraStack, module_delta: ModuleDelta,
+                  dtypes: Mapping[str, jnp.dtype]) -> Iterator[tuple[str, jax.Array]]:
+    """``(m, ΔW^m)`` for every module of ``stack``, one module at a time, in ``dtypes[m]``:
+    ``ΔW^m = module_delta(m, A^m, B^m, scale, dtypes[m])``."""
     for m in stack.A:
-        yield m, _module_delta(stack.A[m], stack.B[m], stack.scale, method, jnp.float32(lam), float(density),
-                               module_key(key, m), jnp.dtype(dtypes[m]))
+        yield m, module_delta(m, stack.A[m], stack.B[m], stack.scale, jnp.dtype(dtypes[m]))
 
 
-def merged_params(evaluator: MergeEvaluator, stack: LoraStack, method: str, lam: float, density: float,
-                  key: jax.Array):
-    """The base parameters with every module's streamed ``ΔW^m`` folded in, ``W + ΔW`` (as
-    ``fold_into_params``: the update cast to the weight's dtype, then added)."""
+def merged_params(evaluator: MergeEvaluator, deltas: Iterable[tuple[str, jax.Array]]):
+    """The base parameters with every streamed ``ΔW^m`` folded in, ``W + ΔW`` (as
+    ``fold_into_params``: the update in the weight's dtype, then added); each ``ΔW^m`` is dropped
+    as soon as it is folded."""
     from flax import nnx
 
-    weights = _base_weights(evaluator)
-    new = {m: weights[m] + d for m, d in stream_deltas(stack, method, lam, density, key,
-                                                      {m: weights[m].dtype for m in stack.A})}
+    weights = base_weights(evaluator)
+    new = {m: weights[m] + d for m, d in deltas}
     leaves = []
     for path, var in nnx.to_flat_state(evaluator.params):
         name = ".".join(str(p) for p in path)
@@ -117,41 +119,14 @@ def dense_ce(evaluator: MergeEvaluator, params, generation: int = 0) -> float:
     return float(params_ce(evaluator.graphdef, params, {}, None, evaluator.data, index))
 
 
-def grid_search(
-    evaluator: MergeEvaluator,
-    stack: LoraStack,
-    method: str,
-    cfg: BaselineGridConfig = BaselineGridConfig(),
-    single_losses: np.ndarray | None = None,
-    tv_cache: dict | None = None,
-) -> GridResult:
-    """Pick λ (and density) for ``method`` by validation CE on the pre-selected adapters.
+def streamed_ce(evaluator: MergeEvaluator, stack: LoraStack, module_delta: ModuleDelta) -> float:
+    """Validation CE of the base with ``module_delta``'s update of every module of ``stack`` folded in."""
+    weights = base_weights(evaluator)
+    deltas = stream_deltas(stack, module_delta, {m: weights[m].dtype for m in stack.A})
+    return dense_ce(evaluator, merged_params(evaluator, deltas))
 
-    Every grid point is streamed module by module (``merged_params``); ``result.delta`` holds the
-    chosen point's update per module, in the base weights' dtype. ``tv_cache`` (one dict per pool)
-    keeps the gathered factors of a pre-selection (not dense task vectors: those are never built
-    whole), so TA, TIES and DARE on the same target gather them once.
-    """
-    if method not in GRID_METHODS:
-        raise EvoMergeInputError(f"method: unknown grid method {method!r}; known: {', '.join(GRID_METHODS)}")
-    losses = single_adapter_losses(evaluator) if single_losses is None else single_losses
-    selected = preselect(losses, cfg.preselect_top_k)
-    cache = {} if tv_cache is None else tv_cache
-    key = tuple(selected)
-    if key not in cache:
-        cache[key] = stack.take(selected)
-    sub = cache[key]
-    lambdas = cfg.lambdas if method != "uniform_dense" else (1.0,)
-    densities = cfg.densities if method in ("ties", "dare", "dare_ties") else (1.0,)
-    key = jax.random.key(cfg.seed)
-    table, point = [], None
-    for lam, density in itertools.product(lambdas, densities):
-        ce = dense_ce(evaluator, merged_params(evaluator, sub, method, lam, density, key))
-        table.append({"lambda": lam, "density": density, "val_ce": ce})
-        if point is None or ce < point["val_ce"]:
-            point = table[-1]
-    weights = _base_weights(evaluator)
-    delta = dict(stream_deltas(sub, method, point["lambda"], point["density"], key,
-                               {m: weights[m].dtype for m in sub.A}))
-    params = {"lambda": point["lambda"]} | ({"density": point["density"]} if len(densities) > 1 else {})
-    return GridResult(method, params, point["val_ce"], selected, delta, table)
+
+def streamed_delta(evaluator: MergeEvaluator, stack: LoraStack, module_delta: ModuleDelta) -> dict[str, jax.Array]:
+    """Every module's ``ΔW^m`` in its base weight's dtype (the ``Outcome.delta`` of a dense merge)."""
+    weights = base_weights(evaluator)
+    return dict(stream_deltas(stack, module_delta, {m: weights[m].dtype for m in stack.A}))

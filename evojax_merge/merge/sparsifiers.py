@@ -1,0 +1,241 @@
+"""Sparsifiers: the first stage of a generalized task-vector merge (docs/methods.md §3).
+
+    τ_merged = λ · consensus(sparsify(τ_1 .. τ_N))
+
+A sparsifier is one pure function with the common signature
+
+    sparsifier(t [N, ...], density, keys [N] | None, **options) -> [N, ...]
+
+where row ``t[i]`` is task vector τ_i and a random sparsifier draws row i from ``keys[i]`` alone
+(``task_keys``), so a stream that builds one task vector at a time (``t[i:i+1]``, ``keys[i:i+1]``)
+gets exactly the rows of the whole stack (with the default threefry keys: ``rbg`` keys draw
+differently under ``vmap``). Every sparsifier returns ``t`` unchanged at
+``density >= 1`` and zeros at ``density <= 0``. The rescaling of the survivors, when there is one,
+belongs to the sparsifier (it depends on each entry's keep probability, which only it knows).
+
+    keep_all          t                                                   (no density)
+    magnitude_prune   t · [rank_i(j) < k],  k = floor(density · numel)    top-k |entries| of each t_i
+    random_drop       t · m / density,      m ~ Bernoulli(density)        drop and rescale
+    magnitude_band    t · [s <= rank_i(j) < s + k],  s = min(floor(γ · numel), numel - k)
+                      the band below the γ largest |entries|: drops the smallest AND the largest
+    ranked_drop       t · m / q,  m ~ Bernoulli(q),  q = clip(density + ε (1 - 2 pos/(L - 1)), 0, 1)
+                      per row of length L, pos = 0 for the largest |entry| of the row; the keep
+                      probability falls linearly from density + ε to density - ε with the rank
+
+``rank_i(j)`` is entry j's position in τ_i's entries sorted by decreasing magnitude, ties broken
+toward the lower flat index (``torch.topk`` leaves the choice among ties unspecified). Counts
+from a concrete density are computed in float64 like peft's ``int(density · numel)``.
+
+Adding a sparsifier is one function here, decorated with ``@sparsifier`` (which records whether it
+reads the density and whether it draws random numbers), and one method config that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from evojax_merge.errors import EvoMergeInputError
+
+SparsifyFn = Callable[..., jax.Array]
+
+
+def sparsifier(fn: SparsifyFn | None = None, *, density: bool = True, random: bool = False):
+    """Mark ``fn`` as a sparsifier: ``fn.uses_density`` (a grid searches a density axis only for
+    those that read it) and ``fn.random`` (it needs PRNG keys)."""
+
+    def mark(f: SparsifyFn) -> SparsifyFn:
+        f.is_sparsifier = True
+        f.uses_density = density
+        f.random = random
+        return f
+
+    return mark if fn is None else mark(fn)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sparsifier:
+    """A sparsifier function with its options bound; hashable, so it can be a static jit argument."""
+
+    fn: SparsifyFn
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self):
+        if not getattr(self.fn, "is_sparsifier", False):
+            raise EvoMergeInputError(f"{getattr(self.fn, '__name__', self.fn)!r} is not a @sparsifier function")
+        known = [p.name for p in inspect.signature(self.fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
+        for name, _ in self.options:
+            if name not in known:
+                raise EvoMergeInputError(f"sparsifier.{name}: unknown option for {self.fn.__name__} "
+                                         f"(known: {', '.join(known) or 'none'})")
+
+    @classmethod
+    def of(cls, fn: SparsifyFn, **options) -> Sparsifier:
+        return cls(fn, tuple(sorted(options.items())))
+
+    @property
+    def name(self) -> str:
+        return self.fn.__name__
+
+    @property
+    def uses_density(self) -> bool:
+        return bool(self.fn.uses_density)
+
+    @property
+    def random(self) -> bool:
+        return bool(self.fn.random)
+
+    def describe(self) -> dict:
+        return {"name": self.name, **dict(self.options)}
+
+    def __call__(self, t: jax.Array, density: jax.Array | float, keys: jax.Array | None) -> jax.Array:
+        if self.random and keys is None:
+            raise EvoMergeInputError(f"sparsifier {self.name}: needs a PRNG key")
+        return self.fn(t, density, keys, **dict(self.options))
+
+
+# --------------------------------------------------------------------------- keys and counts
+
+
+def task_keys(key: jax.Array, n: int) -> jax.Array:
+    """``keys[i] = fold_in(key, i)``: one key per task vector, so one can be redrawn alone."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+
+
+def trim_count(density: jax.Array | float, numel: int) -> jax.Array | int:
+    """The keep count: ``numel`` if ``density >= 1`` else ``floor(max(density, 0) · numel)``.
+
+    A concrete (Python/numpy) density is evaluated in float64 like peft's
+    ``int(density * numel)`` (float32 would turn 0.29 · 100 into 29, not 28); a traced density
+    (a searched hyperparameter under jit) uses its own dtype.
+    """
+    if not isinstance(density, jax.core.Tracer):
+        d = float(density)
+        return numel if d >= 1 else int(max(d, 0.0) * numel)
+    d = jnp.asarray(density)
+    k = jnp.where(d >= 1, numel, jnp.floor(jnp.clip(d, 0.0, 1.0) * numel))
+    return k.astype(jnp.int32)
+
+
+def _top_mask(flat: jax.Array, desc: jax.Array, k: jax.Array | int) -> jax.Array:
+    """``[rank(j) < k]`` per row of ``flat`` ``[N, numel]`` (magnitudes), ``desc`` its rows sorted descending."""
+    numel = flat.shape[1]
+    thr = desc[:, jnp.clip(k - 1, 0, numel - 1)][:, None]  # k-th largest |t| per task vector
+    above = flat > thr
+    tied = flat == thr
+    # count(> thr) < k <= count(>= thr): keep the first (k - count(> thr)) tied entries by index.
+    need = k - above.sum(axis=-1, keepdims=True)
+    return (above | (tied & (jnp.cumsum(tied, axis=-1) <= need))) & (k > 0)
+
+
+def _sorted_magnitudes(t: jax.Array) -> tuple[jax.Array, jax.Array]:
+    flat = jnp.abs(t).reshape(t.shape[0], -1)
+    # Value sort instead of an argsort and a scatter: no index payload, half the memory on
+    # [N, d_out·d_in] task vectors, and k may be traced.
+    return flat, jnp.flip(jnp.sort(flat, axis=-1), axis=-1)
+
+
+def _bernoulli_rows(keys: jax.Array, p: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Row i ``~ Bernoulli(p[i] or p)`` of ``shape`` from ``keys[i]``. One row draws without vmap,
+    exactly as a per-task-vector draw does."""
+    if keys.shape[0] == 1:
+        return jax.random.bernoulli(keys[0], p[0] if jnp.ndim(p) > len(shape) else p, shape)[None]
+    if jnp.ndim(p) > len(shape):
+        return jax.vmap(lambda k, q: jax.random.bernoulli(k, q, shape))(keys, p)
+    return jax.vmap(lambda k: jax.random.bernoulli(k, p, shape))(keys)
+
+
+def bernoulli_masks(keys: jax.Array, density: jax.Array | float, shape: tuple[int, ...]) -> jax.Array:
+    """``random_drop``'s keep masks ``[N, *shape]``: row i ``~ Bernoulli(clip(density, 0, 1))`` from ``keys[i]``."""
+    p = jnp.clip(jnp.asarray(density, jnp.float32), 0.0, 1.0)
+    return _bernoulli_rows(keys, p, shape)
+
+
+def drop_rescale(t: jax.Array, mask: jax.Array, density: jax.Array | float) -> jax.Array:
+    """``t · mask / density`` (peft's ``random_pruning(rescale=True)``).
+
+    ``density >= 1`` returns ``t`` (no pruning, mask ignored, as peft's ``prune``);
+    ``density <= 0`` returns zeros (peft would divide by zero and return NaN).
+    """
+    d = jnp.asarray(density, t.dtype)
+    pruned = (t * mask) / jnp.where(d > 0, d, 1)  # peft's order: mask, then divide
+    out = jnp.where(d >= 1, t, pruned)
+    return jnp.where(d > 0, out, jnp.zeros((), t.dtype))
+
+
+# --------------------------------------------------------------------------- the sparsifiers
+
+
+@sparsifier(density=False)
+def keep_all(t: jax.Array, density: jax.Array | float = 1.0, keys: jax.Array | None = None) -> jax.Array:
+    """No sparsification: ``t``."""
+    return t
+
+
+@sparsifier
+def magnitude_prune(t: jax.Array, density: jax.Array | float, keys: jax.Array | None = None) -> jax.Array:
+    """Keep exactly the top-k |entries| of each task vector ``t[i]``, k = ``trim_count``, zero the rest.
+
+    peft's ``magnitude_based_pruning`` per tensor, no rescale; ties at the cut go to the lower flat index.
+    """
+    flat, desc = _sorted_magnitudes(t)
+    keep = _top_mask(flat, desc, trim_count(density, flat.shape[1]))
+    return jnp.where(keep.reshape(t.shape), t, jnp.zeros((), t.dtype))
+
+
+@sparsifier(random=True)
+def random_drop(t: jax.Array, density: jax.Array | float, keys: jax.Array) -> jax.Array:
+    """Drop each entry with probability ``1 - density``, rescale the survivors by ``1/density``:
+    ``drop_rescale(t, bernoulli_masks(keys, density, ...), density)`` (peft's ``random_pruning``)."""
+    return drop_rescale(t, bernoulli_masks(keys, density, tuple(t.shape[1:])), density)
+
+
+@sparsifier
+def magnitude_band(t: jax.Array, density: jax.Array | float, keys: jax.Array | None = None, *,
+                   gamma: float = 0.01) -> jax.Array:
+    """Keep the band of ranks ``[s, s + k)`` of each task vector: drop the ``s`` largest |entries|
+    (outliers) and everything below the band, no rescale.
+
+    ``k = trim_count(density, numel)``, ``s = min(floor(γ · numel), numel - k)`` (at high density the
+    outlier cut shrinks so that k entries remain, as mergekit's ``magnitude_outliers``; unlike it,
+    ``floor(γ · numel) = 0`` removes no outlier instead of every entry). ``density >= 1``: ``t``.
+    """
+    if not 0.0 <= float(gamma) < 1.0:
+        raise EvoMergeInputError(f"sparsifier.gamma: {gamma}, expected a fraction in [0, 1)")
+    flat, desc = _sorted_magnitudes(t)
+    numel = flat.shape[1]
+    k = trim_count(density, numel)
+    skip = jnp.minimum(int(float(gamma) * numel), numel - k)
+    keep = _top_mask(flat, desc, skip + k) & ~_top_mask(flat, desc, skip)
+    return jnp.where(keep.reshape(t.shape), t, jnp.zeros((), t.dtype))
+
+
+@sparsifier(random=True)
+def ranked_drop(t: jax.Array, density: jax.Array | float, keys: jax.Array, *, epsilon: float = 0.1) -> jax.Array:
+    """Drop with a probability that falls with the magnitude's rank in its row, rescale by the keep probability.
+
+    Rows are the last axis (the inputs of one output unit of a ``[d_out, d_in]`` matrix; a vector is
+    one row). In a row of length L, the entry at position ``pos`` of the stable descending order of
+    |t| (0 = largest) is kept with probability ``q = clip(density + ε (1 - 2 pos/(L - 1)), 0, 1)``
+    (``q = density`` when L = 1) and rescaled by ``1/q``: kept entries are ``t / q``, dropped ones 0,
+    so ``E[out] = t`` wherever ``q > 0``. The drop probability ``p = 1 - q`` spans
+    ``[1 - density - ε, 1 - density + ε]``. ``density >= 1``: ``t``; ``density <= 0``: zeros.
+    """
+    if float(epsilon) < 0:
+        raise EvoMergeInputError(f"sparsifier.epsilon: {epsilon}, expected >= 0")
+    n, length = t.shape[0], t.shape[-1] if t.ndim > 1 else 1
+    rows = jnp.abs(t).reshape(n, -1, length)
+    order = jnp.argsort(-rows, axis=-1, stable=True)  # largest first, ties toward the lower index
+    pos = jnp.argsort(order, axis=-1, stable=True).astype(jnp.float32)  # the inverse permutation
+    d = jnp.asarray(density, jnp.float32)
+    slope = (1.0 - 2.0 * pos / (length - 1)) if length > 1 else jnp.zeros_like(pos)
+    q = jnp.clip(d + float(epsilon) * slope, 0.0, 1.0).reshape(t.shape)
+    keep = _bernoulli_rows(keys, q, tuple(t.shape[1:])) & (q > 0)
+    out = jnp.where(keep, t / jnp.where(q > 0, q, 1).astype(t.dtype), jnp.zeros((), t.dtype))
+    out = jnp.where(d >= 1, t, out)
+    return jnp.where(d > 0, out, jnp.zeros((), t.dtype))
