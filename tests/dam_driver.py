@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"RESUMED_FROM {runner.resumed_from}", flush=True)
         try:
             with runner:
-                res = train_dam(model, CONFIG, data, runner=runner, on_step=slow, checkpoint_every_s=None)
+                res = train_dam(model, CONFIG, data, runner=runner, on_step=slow)
         except Preempted as stop:
             print(f"PREEMPTED {stop.step}: {stop}", flush=True)
             return 0

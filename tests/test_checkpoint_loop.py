@@ -90,10 +90,12 @@ def test_stage_then_loop_stopped_and_resumed_is_bit_identical(tmp_path):
     assert _same(done, reference)
 
 
-def test_loop_saves_at_most_every_s_seconds_but_always_the_last_step(tmp_path):
+@pytest.mark.parametrize(("busy", "saved"), [(False, list(range(1, STEPS + 1))), (True, [STEPS])])
+def test_when_idle_skips_an_intervals_save_while_the_last_is_written(tmp_path, monkeypatch, busy, saved):
     with CheckpointRunner(tmp_path, interval=1, max_to_keep=10, progress=False) as runner:
-        final = runner.loop("toy", _init(), _step, STEPS, every_s=3600.0)
-    assert _steps(tmp_path) == [STEPS] and _same(final, _plain(_init()))
+        monkeypatch.setattr(runner._mngr, "is_saving_in_progress", lambda: busy)  # the disk, kept busy or not
+        final = runner.loop("toy", _init(), _step, STEPS, when_idle=True)
+    assert _steps(tmp_path) == saved and _same(final, _plain(_init()))  # the last step is always saved
 
 
 def test_another_loop_shape_is_a_one_line_error(tmp_path):

@@ -69,7 +69,7 @@ def test_dam_stopped_by_the_guard_then_resumed_is_bit_identical(lora, tmp_path):
     with pytest.raises(Preempted) as stop, first:
         train_dam(model, CONFIG, data, runner=first, on_step=stop_at_k)
     assert stop.value.step == k and stop.value.signum == signal.SIGUSR1
-    assert sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()) == [k]  # every_s: the stop's save
+    assert max(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()) == k  # the stop's save is the newest
     seen = []
     with CheckpointRunner(tmp_path, progress=False) as second:
         assert second.resumed_from == k

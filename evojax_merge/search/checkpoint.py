@@ -506,7 +506,7 @@ class CheckpointRunner:
         step_fn: Callable[[State, int], State],
         num_steps: int,
         on_step: Callable[[State, int], None] | None = None,
-        every_s: float | None = None,
+        when_idle: bool = False,
     ) -> State:
         """Run ``state = step_fn(state, i)`` for ``i = 0 .. num_steps - 1``, checkpointed; return the final state.
 
@@ -517,8 +517,10 @@ class CheckpointRunner:
 
         After every step: ``on_step(state, done)`` (logging, ``done`` = steps taken, 1-based), then a save
         when ``done`` is the last step, the guard asks to stop, or the global step is a multiple of the
-        runner's ``interval`` (and, with ``every_s``, at least that many seconds passed since the last
-        save: for cheap steps). A stop saves, waits for the save to be on disk and raises ``Preempted``.
+        runner's ``interval``. With ``when_idle`` (for steps cheaper than a save) an interval's save is
+        skipped while the previous one is still being written, so the loop never waits for the disk
+        (single-process runs only: the hosts of a multi-host job must agree on every save). A stop
+        saves, waits for the save to be on disk and raises ``Preempted``.
         A rerun in the same directory returns a loop that had finished without running a step.
         """
         index = self._next()
@@ -545,7 +547,7 @@ class CheckpointRunner:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=num_steps, initial=done, desc=name, leave=False, dynamic_ncols=True)
-        last_save = time.perf_counter()
+        idle_only = when_idle and jax.process_count() == 1
         try:
             while done < num_steps:
                 state = step_fn(state, done)
@@ -556,11 +558,10 @@ class CheckpointRunner:
                     on_step(state, done)
                 step = offset + done
                 stop = self._stop_requested()
-                due = step % self.interval == 0 and (every_s is None or time.perf_counter() - last_save >= every_s)
+                due = step % self.interval == 0 and not (idle_only and self._mngr.is_saving_in_progress())
                 if stop or done == num_steps or due:
                     arrays, _ = state_to_host(state)
                     self._write(step, fingerprint, done, arrays, layout)
-                    last_save = time.perf_counter()
                 if stop:
                     raise self._preempt(step)
         finally:

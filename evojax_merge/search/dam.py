@@ -347,11 +347,6 @@ def _batches(num_examples: int, cfg: DamConfig, rng: np.random.Generator, num_so
             yield rows if num_sources is not None else rows[0]
 
 
-# With a checkpointing runner: save at most this often (a DAM step takes milliseconds, a save tens of them),
-# besides the last step and a stop, which are always saved.
-CHECKPOINT_EVERY_S = 30.0
-
-
 def history_columns(cfg: DamConfig) -> tuple[str, ...]:
     """The loss parts of a history row, in order (after its ``step``)."""
     return ("loss", cfg.objective, "cos", "l1", "l2")
@@ -363,17 +358,17 @@ def _history_rows(history: np.ndarray, steps: int, columns: Sequence[str]) -> li
 
 def train_dam(model: DamModel, cfg: DamConfig, source_data: Sequence[Mapping[str, np.ndarray] | None] | None = None,
               target_data: Mapping[str, np.ndarray] | None = None, init: Mapping[str, jax.Array] | None = None,
-              log_every: int = 0, runner=None, on_step: Callable[[dict], None] | None = None,
-              checkpoint_every_s: float | None = CHECKPOINT_EVERY_S) -> DamResult:
+              log_every: int = 0, runner=None, on_step: Callable[[dict], None] | None = None) -> DamResult:
     """Train the coefficients for one epoch (``cfg.epochs``) and return them with the loss curve.
 
     ``source_data[k]``: examples (``input_ids``, ``attention_mask``, ``labels``) of source k, for
     the KL objective. ``target_data``: the target's validation examples, for the CE objective.
 
     ``runner``: a :class:`~evojax_merge.search.checkpoint.CheckpointRunner`. The training loop then runs
-    as its ``loop("dam", ...)``: the coefficients, Adam's state and the loss history are saved (every
-    ``checkpoint_every_s`` seconds at most, and always at the last step and on a stop), a stop request
-    saves and raises ``Preempted``, and a rerun resumes bit-identically. Without one, or with a stage
+    as its ``loop("dam", ...)``: the coefficients, Adam's state and the loss history are saved every
+    ``interval`` steps unless the previous save is still being written (a step can be much cheaper than
+    a save), and always at the last step and on a stop; a stop request saves and raises ``Preempted``,
+    and a rerun resumes bit-identically. Without one, or with a stage
     runner that has no ``loop`` (``checkpoint.enabled=false``), nothing is saved.
     ``on_step(row)``: after every step, with its history row.
     """
@@ -436,7 +431,7 @@ def train_dam(model: DamModel, cfg: DamConfig, source_data: Sequence[Mapping[str
             state = step_fn(state, i)
             after_step(state, i + 1)
     else:
-        state = runner.loop("dam", state, step_fn, len(schedule), on_step=after_step, every_s=checkpoint_every_s)
+        state = runner.loop("dam", state, step_fn, len(schedule), on_step=after_step, when_idle=True)
     steps = len(schedule)
     trained = sum(int(rows.size) for rows in schedule)
     return DamResult({k: np.asarray(v) for k, v in state["coeffs"].items()},
