@@ -32,10 +32,10 @@ FAST = ["logger=none", "progress=false", "budget.population_size=4",
 
 
 def readme_user_data_lines() -> list[str]:
-    """Every README command that takes user data (``data=files``), continuation lines joined."""
+    """Every README command that takes user data (``world=files``), continuation lines joined."""
     text = (ROOT / "README.md").read_text().replace("\\\n", " ")
     return [" ".join(line.split()) for line in text.splitlines()
-            if line.lstrip().startswith("python -m evojax_merge.train") and "data=files" in line]
+            if line.lstrip().startswith("python -m evojax_merge.train") and "world=files" in line]
 
 
 @pytest.fixture(scope="module")
@@ -86,31 +86,46 @@ def test_readme_user_data_line_runs_as_written(user_files, tmp_path):
 def test_a_bad_declaration_on_the_command_line_is_one_line_exit_2(user_files, tmp_path):
     line = readme_user_data_lines()[0]
     run_dir = tmp_path / "bad"
-    args = [a for a in _readme_args(line, user_files, run_dir) if not a.startswith("data.tasks.my_task.type")]
+    args = [a for a in _readme_args(line, user_files, run_dir) if not a.startswith("world.tasks.my_task.type")]
+    assert len(args) == len(_readme_args(line, user_files, run_dir)) - 1
     proc = _run(args, tmp_path, ROOT)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(
-        "error: data.tasks.my_task.type: missing; declare the task's type, one of ner, es, et, re")
+        "error: world.tasks.my_task.type: missing; declare the task's type, one of ner, es, et, re")
+    assert "Traceback" not in proc.stderr
     assert not (run_dir / "results.json").exists() and not (run_dir / "predictions").exists()
 
 
-def _world(user_files, **tasks):
-    from evojax_merge.runner.world import load_user_world
+def _spec(user_files, model=None, **tasks):
+    """``world=files`` as the world group creates it: declarations are checked here, before anything loads."""
+    from evojax_merge.world.specs import FilesWorld
 
-    return load_user_world(str(user_files / "model"), None, f"{user_files}/adapters/*", tasks)
+    return FilesWorld(model or {"source": "hf", "path": str(user_files / "model")}, f"{user_files}/adapters/*", tasks)
+
+
+def _world(user_files, **tasks):
+    from evojax_merge.world.specs import OpenContext
+
+    return _spec(user_files, **tasks).open(OpenContext(max_new_tokens=6, progress=False)).world
 
 
 def test_bad_task_declarations(user_files):
     from evojax_merge.errors import EvoMergeInputError
 
     val, test = str(user_files / "val.jsonl"), str(user_files / "test.jsonl")
-    cases = [({"validation": val, "test": test}, "data.tasks.t.type: missing; declare the task's type"),
-             ({"type": "pos", "validation": val, "test": test}, "data.tasks.t.type: 'pos' is not one of ner, es, et"),
-             ({"type": "re", "validation": val}, "data.tasks.t.test: missing; every task needs a validation"),
-             ({"type": "re", "validation": val, "test": test, "tets": test}, "data.tasks.t.tets: unknown key")]
+    cases = [({"validation": val, "test": test}, "world.tasks.t.type: missing; declare the task's type"),
+             ({"type": "pos", "validation": val, "test": test}, "world.tasks.t.type: 'pos' is not one of ner, es, et"),
+             ({"type": "re", "validation": val}, "world.tasks.t.test: missing; every task needs a validation"),
+             ({"type": "re", "validation": val, "test": test, "tets": test}, "world.tasks.t.tets: unknown key")]
     for spec, message in cases:
         with pytest.raises(EvoMergeInputError, match="^" + re.escape(message)):
-            _world(user_files, t=spec)
+            _spec(user_files, t=spec)
+    good = {"type": "re", "validation": val, "test": test}
+    for model, message in [({"source": "hf", "path": None}, "world.model.path: missing (an HF model directory)"),
+                           ({"source": "onnx", "path": "m"}, "world.model.source: 'onnx' is not hf or gguf")]:
+        with pytest.raises(EvoMergeInputError, match="^" + re.escape(message)):
+            _spec(user_files, model=model, t=good)
+    assert _spec(user_files, t=good).catalog()[1] == {"t": "re"}  # the declared type, never guessed
 
 
 def test_bad_records(user_files, tmp_path):
