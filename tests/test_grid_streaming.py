@@ -190,3 +190,44 @@ def test_grid_search_knows_no_method():
     assert res.params == {"x": "b"} and res.table[1] == {"x": "b", "score": 5.0}
     with pytest.raises(EvoMergeInputError, match="every axis"):
         grid_search({"lambda": ()}, lambda p: 0.0)
+
+
+def test_parts_from_config_and_the_grid_axes():
+    import functools
+
+    from evojax_merge.methods.sakana_grid import SakanaGrid
+
+    raw = TaskVectorMerge({"_target_": "evojax_merge.merge.sparsifiers.magnitude_band", "_partial_": True,
+                           "gamma": 0.05},
+                          {"_target_": "evojax_merge.merge.consensus.SignElection", "mass": "frequency"},
+                          lambdas=(0.5,), densities=(0.5, 0.9))
+    hydra_made = TaskVectorMerge(functools.partial(magnitude_band, gamma=0.05), SignElection("frequency"),
+                                 lambdas=(0.5,), densities=(0.5, 0.9))  # what Hydra's instantiate hands over
+    assert raw.sparsifier == hydra_made.sparsifier == Sparsifier.of(magnitude_band, gamma=0.05)
+    assert raw.consensus == hydra_made.consensus == SignElection("frequency")
+    assert raw.axes() == {"lambda": (0.5,), "density": (0.5, 0.9)}
+    plain = TaskVectorMerge(None, None, lambdas=(0.1, 1.0), densities=())  # no sparsifier: no density axis
+    assert plain.axes() == {"lambda": (0.1, 1.0)} and plain.consensus == Sum()
+    for bad, match in [({"sparsifier": "evojax_merge.merge.sparsifiers.nowhere"}, "does not import"),
+                       ({"sparsifier": "evojax_merge.merge.task_vectors.linear"}, "not a @sparsifier"),
+                       ({"sparsifier": {"_target_": "evojax_merge.merge.sparsifiers.ranked_drop", "eps": 1}},
+                        "unknown option for ranked_drop"),
+                       ({"consensus": "evojax_merge.merge.consensus.majority_sign_mask"}, "not a Consensus"),
+                       ({"sparsifier": {"_target_": "evojax_merge.merge.sparsifiers.random_drop"},
+                         "densities": (0.0, 1.0)}, "densities")]:
+        with pytest.raises(EvoMergeInputError, match=match):
+            TaskVectorMerge(**bad)
+    # full fine-tunes: the kind alias and the parts are the same merge
+    for kind, sp, cons in [("ties", Sparsifier(magnitude_prune), SignElection()),
+                           ("dare_ties", Sparsifier(random_drop), SignElection()),
+                           ("task_arithmetic", Sparsifier(keep_all), Sum())]:
+        by_kind = SakanaGrid(kind, lambdas=(0.5, 1.0))
+        by_parts = SakanaGrid(sparsifier=sp, consensus=cons, lambdas=(0.5, 1.0))
+        assert by_kind.describe() == by_parts.describe() and by_kind.grid(2) == by_parts.grid(2)
+    assert SakanaGrid(kind="soup").describe() == SakanaGrid(mean=True).describe()
+    assert SakanaGrid(mean=True).grid(4) == [(0.25, 1.0)]
+    assert SakanaGrid("task_arithmetic", lambdas=(0.5,)).grid() == [(0.5, 1.0)]  # no density axis
+    with pytest.raises(EvoMergeInputError, match="method.kind"):
+        SakanaGrid(kind="linear")
+    with pytest.raises(EvoMergeInputError, match="alias"):
+        SakanaGrid(kind="ties", consensus=Sum())
