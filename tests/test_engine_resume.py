@@ -70,7 +70,7 @@ def test_sigkill_and_rerun_is_bit_identical(method, tmp_path, env):
     assert not (run_dir / "result.json").exists(), "killed after it finished: the test proves nothing"
     rerun = subprocess.run(_cmd(method, run_dir), env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
-    assert "resumed" in rerun.stderr + rerun.stdout, "the rerun did not resume from the checkpoint"
+    assert "resuming" in rerun.stderr + rerun.stdout, "the rerun did not resume from the checkpoint"
     assert _found(run_dir, method) == _found(tmp_path / "reference", method)
     assert json.loads((run_dir / "result.json").read_text())["searches"] == json.loads(
         (tmp_path / "reference" / "result.json").read_text())["searches"]

@@ -80,7 +80,7 @@ class MergeTask:
     stack: LoraStack | None = None
     world: Any = None  # the World when the run is local (methods that need more than the pool)
     sources: SourcesCell | None = None  # a world of full fine-tunes: what its methods merge
-    runner: Callable | None = None  # a StageRunner (checkpoints, logging) for CMA-ES stages
+    runner: Callable | None = None  # a checkpointing runner: CMA-ES stages, or CheckpointRunner.loop
     seed: int = 0
     progress: bool = True
     val_records: list[dict] | None = None  # the cell's validation records (pooled over a multi-task cell's tasks)
@@ -103,7 +103,8 @@ class MergeMethod(abc.ABC):
     """Base class of every method. Subclasses set the class attributes and implement ``run``.
 
     ``remote``: the method needs nothing but an evaluator, so it also runs against a black-box
-    service. ``searches``: it runs CMA-ES stages (and so gets a checkpointing stage runner).
+    service. ``searches``: it runs a checkpointed search (CMA-ES stages, or an iterative loop through
+    ``CheckpointRunner.loop``), and so gets a checkpointing runner.
     ``prune``: the LoRA factor its evaluator sparsifies. ``requires``: what a world must provide
     (``LORA_POOL``, ``POOL_WEIGHTS``, ``FULL_FINETUNES``, ``SOURCE_DATA``); the engine refuses a
     mismatch with one line before anything is built.

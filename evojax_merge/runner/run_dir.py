@@ -82,9 +82,7 @@ def stage_runner_factory(cfg: DictConfig, out_dir: Path, tracker, guard, resolve
                                   max_to_keep=cfg.checkpoint.max_to_keep, resume=cfg.resume,
                                   fingerprint=fingerprint(resolved, label), preemption=guard,
                                   on_generation=log_generation, progress=cfg.progress)
-        if runner.resumed_from is not None:
-            log.info("%s: resumed from checkpoint step %d", label, runner.resumed_from)
-        return runner
+        return runner  # it logs its own resume
 
     return runner_for
 
