@@ -45,7 +45,8 @@ from evojax_merge.errors import EvoMergeInputError
 SparsifyFn = Callable[..., jax.Array]
 
 
-def sparsifier(fn: SparsifyFn | None = None, *, density: bool = True, random: bool = False):
+def sparsifier(fn: SparsifyFn | None = None, *, density: bool = True,
+               random: bool = False) -> SparsifyFn | Callable[[SparsifyFn], SparsifyFn]:
     """Mark ``fn`` as a sparsifier: ``fn.uses_density`` (a grid searches a density axis only for
     those that read it) and ``fn.random`` (it needs PRNG keys)."""
 
@@ -76,7 +77,8 @@ class Sparsifier:
 
     @classmethod
     def of(cls, fn: SparsifyFn, **options) -> Sparsifier:
-        return cls(fn, tuple(sorted(options.items())))
+        """``fn`` with ``options`` bound (lists become tuples: the binding stays hashable)."""
+        return cls(fn, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items())))
 
     @property
     def name(self) -> str:
@@ -199,7 +201,7 @@ def random_drop(t: jax.Array, density: jax.Array | float, keys: jax.Array) -> ja
 def magnitude_band(t: jax.Array, density: jax.Array | float, keys: jax.Array | None = None, *,
                    gamma: float = 0.01) -> jax.Array:
     """Keep the band of ranks ``[s, s + k)`` of each task vector: drop the ``s`` largest |entries|
-    (outliers) and everything below the band, no rescale.
+    (outliers) and everything below the band, no rescale (Model Breadcrumbs, Davari & Belilovsky 2023).
 
     ``k = trim_count(density, numel)``, ``s = min(floor(γ · numel), numel - k)`` (at high density the
     outlier cut shrinks so that k entries remain, as mergekit's ``magnitude_outliers``; unlike it,
@@ -217,7 +219,8 @@ def magnitude_band(t: jax.Array, density: jax.Array | float, keys: jax.Array | N
 
 @sparsifier(random=True)
 def ranked_drop(t: jax.Array, density: jax.Array | float, keys: jax.Array, *, epsilon: float = 0.1) -> jax.Array:
-    """Drop with a probability that falls with the magnitude's rank in its row, rescale by the keep probability.
+    """Drop with a probability that falls with the magnitude's rank in its row, rescale by the keep
+    probability (MAGPRUNE of DELLA-Merging, Deep et al. 2024; mergekit's ``della_magprune``).
 
     Rows are the last axis (the inputs of one output unit of a ``[d_out, d_in]`` matrix; a vector is
     one row). In a row of length L, the entry at position ``pos`` of the stable descending order of
@@ -225,6 +228,9 @@ def ranked_drop(t: jax.Array, density: jax.Array | float, keys: jax.Array, *, ep
     (``q = density`` when L = 1) and rescaled by ``1/q``: kept entries are ``t / q``, dropped ones 0,
     so ``E[out] = t`` wherever ``q > 0``. The drop probability ``p = 1 - q`` spans
     ``[1 - density - ε, 1 - density + ε]``. ``density >= 1``: ``t``; ``density <= 0``: zeros.
+    Unlike mergekit, which refuses ``density ± ε`` outside (0, 1) and rescales by a norm ratio,
+    the probabilities are clipped to [0, 1] (at density 0.9, ε 0.1 the largest entry is always kept)
+    and each survivor is rescaled by its own ``1/q``, the paper's rescale.
     """
     if float(epsilon) < 0:
         raise EvoMergeInputError(f"sparsifier.epsilon: {epsilon}, expected >= 0")
