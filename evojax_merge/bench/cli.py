@@ -8,13 +8,7 @@
     python -m evojax_merge.bench --dam [...]             # the DAM step against a PyTorch reference
     python -m evojax_merge.bench --stream-memory [...]   # streamed peak memory of the merge methods at 8B shapes
 
-On identical shapes, in one run, it times:
-  (a) the batched population call (merge + forward + loss for all P candidates in one jit call);
-  (b) a Python loop over single-candidate jitted calls;
-  (c) the PyTorch/PEFT path of the reference implementation: per candidate, sparsify and merge on
-      the host, load the merged state into a PeftModel, run the forward and the loss.
-It prints seconds per candidate, the ratios (c)/(a) and (b)/(a), the merge's share of (a), and a
-scaling table of (a) over the pool size N and the population size P.
+Without a flag it runs the population benchmark (:mod:`evojax_merge.bench.population`).
 """
 
 from __future__ import annotations
