@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from evojax_merge.errors import EvoMergeInputError
-from evojax_merge.search.checkpoint import CheckpointRunner, describe_diff, fingerprint_diff
+from evojax_merge.search.checkpoint import CheckpointRunner
+from evojax_merge.search.checkpoint_state import describe_diff, fingerprint_diff
 from evojax_merge.search.cmaes import StageSpec
 from evojax_merge.search.genome import GenomeLayout
 from evojax_merge.search.preemption import Preempted, PreemptionGuard

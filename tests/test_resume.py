@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 from evojax_merge.errors import EvoMergeInputError
-from evojax_merge.search.checkpoint import CheckpointRunner, state_from_host, state_to_host
+from evojax_merge.search.checkpoint import CheckpointRunner
+from evojax_merge.search.checkpoint_state import state_from_host, state_to_host
 from evojax_merge.search.cmaes import StageResult, StageSpec, init_stage
 from evojax_merge.search.evo_merging import default_stage_runner
 from evojax_merge.search.genome import GenomeLayout

@@ -15,7 +15,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from evojax_merge.errors import EvoMergeInputError
-from evojax_merge.search.checkpoint import CheckpointRunner, spec_fingerprint
+from evojax_merge.search.checkpoint import CheckpointRunner
+from evojax_merge.search.checkpoint_state import spec_fingerprint
 from evojax_merge.search.cmaes import StageResult, StageSpec, TracedFitness, init_stage, run_stage
 from evojax_merge.search.evo_merging import default_stage_runner
 from evojax_merge.search.genome import GenomeLayout

@@ -1,6 +1,6 @@
-"""User task declarations (``data.tasks``): each task names its IE type and its record files.
+"""User task declarations (``world.tasks`` of a files world): each task names its IE type and its record files.
 
-    data:
+    world:
       tasks:
         conll04: {type: re, validation: val.jsonl, test: test.jsonl}
 
@@ -9,8 +9,8 @@
 task needs a ``validation`` and a ``test`` file; ``train`` is optional. All of it is checked,
 and every gold answer is parsed under its declared type, before a model is loaded.
 
-:func:`evojax_merge.world.registry.register_configs` gives ``world.tasks`` an open (non-struct) node, so the plain override
-``data=files data.tasks.NAME.validation=...`` adds a task without Hydra's ``+``.
+:func:`evojax_merge.world.registry.register_configs` gives ``world.tasks`` an open (non-struct) node, so
+the plain override ``world=files world.tasks.NAME.validation=...`` adds a task without Hydra's ``+``.
 """
 
 from __future__ import annotations

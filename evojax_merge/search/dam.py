@@ -1,5 +1,8 @@
 """DAM training: only the merge coefficients learn, with optax Adam (docs/methods.md §5).
 
+Over 400 lines: the objective, both model kinds (a LoRA pool, full fine-tunes), the batch schedule and the
+checkpointed loop are one training procedure; the pure merge math is ``merge/dam.py``.
+
 Objective (``objective="kl"``), with the merged model's logits ``z`` and source k's precomputed
 logits ``z_k`` on source k's own data:
 

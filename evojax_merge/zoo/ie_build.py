@@ -3,6 +3,9 @@
 Its config is ``conf/zoo/ie.yaml``; ``python -m evojax_merge.zoo.ie_build conf/zoo/ie.yaml`` builds it and
 prints the pilot gate (:mod:`evojax_merge.zoo.gate`).
 
+Over 400 lines: the build is one recipe (config sections, the digest, pretraining data, adapter batches,
+the build itself, the manifest) whose parts change together; the world's content is ``ie_world.py``.
+
 The zoo is a cache directory keyed by a hash of its config and of the source of the modules its
 build imports (``<cache_dir>/iezoo-<hash>/``): editing any of them (:data:`CODE_MODULES`) gives a
 new key, no hand-bumped version; editing another world's code does not.

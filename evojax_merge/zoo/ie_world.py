@@ -1,5 +1,8 @@
 """The compositional IE world of the built-in zoo: tasks, the adapters' training sets, the base corpus.
 
+Over 400 lines: the world's generators (records, siblings, anti-adapters, distractors, the base corpus)
+share one vocabulary and one seeded draw order, which a split would spread over modules.
+
 One task per (task type, domain), task types ``ner`` / ``es`` / ``et`` in InstructUIE's answer
 formats (``docs/ie-formats.md``): ``type: span; type: span``, ``span; span``, ``None``.
 
