@@ -1,4 +1,5 @@
-"""The research harness around the smoke experiment: W&B offline history, multirun sweeps, result.json."""
+"""The research harness around the smoke experiment (world=ie_tiny): W&B offline history, multirun sweeps,
+result.json."""
 
 import json
 import os
@@ -32,14 +33,15 @@ def test_wandb_offline_history_has_one_row_per_generation(tmp_path, train):
     assert len(files) == 1
     rows = history_rows(files[0])
     result = json.loads((run_dir / "result.json").read_text())
-    # smoke: 2 targets x (Evo-Merging 2 + 2 generations, LoraHub 2 generations)
-    assert len(rows) == result["generations_done"] == 12
+    # smoke: 1 target (ie_tiny's gate target) x (Evo-Merging 2 + 2 generations, LoraHub 2 generations)
+    assert len(rows) == result["generations_done"] == 6
+    assert set(result["searches"]) == {"ner_medicine/evo_merging", "ner_medicine/lorahub"}
     for row in rows:
         stats = [k for k in row if k.endswith(("/best", "/mean", "/std", "/sigma"))]
         assert len(stats) == 4
         assert any(k.endswith(("/alpha/_type", "/beta/_type")) for k in row)  # the genome histogram
     alpha_rows = [r for r in rows if any("stage1_denoise/alpha" in k for k in r)]
-    assert len(alpha_rows) == 4
+    assert len(alpha_rows) == 2  # stage 1's 2 generations
 
 
 def test_wandb_takes_the_merged_adapters_of_pool_and_validation_size_cells(tmp_path, train):
@@ -50,12 +52,12 @@ def test_wandb_takes_the_merged_adapters_of_pool_and_validation_size_cells(tmp_p
     assert artifact_name("id-evo_merging[no_scale]") == "id-evo_merging-no_scale"
     assert artifact_name("a/b c.d_e-f") == "a-b-c.d_e-f"
     run_dir = tmp_path / "run"
-    proc = train("+experiment=smoke", "logger=wandb", "method=[evo_merging]", "experiment.num_targets=1",
-                 "experiment.pool_sizes=[2]", "experiment.val_sizes=[8]", f"hydra.run.dir={run_dir}",
+    proc = train("+experiment=smoke", "logger=wandb", "method=[evo_merging]", "setting.targets=[ner_medicine]",
+                 "setting.pool_sizes=[2]", "setting.val_sizes=[8]", f"hydra.run.dir={run_dir}",
                  env={"WANDB_MODE": "offline"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     [adapter] = (run_dir / "merged_adapters").iterdir()
-    assert adapter.name.endswith("__evo_merging@N=2@V=8") and (adapter / "adapter_config.json").is_file()
+    assert adapter.name == "ner_medicine__evo_merging@N=2@V=8" and (adapter / "adapter_config.json").is_file()
     assert len(list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
 
 
