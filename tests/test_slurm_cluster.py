@@ -1,9 +1,9 @@
 """The cluster path on a real SLURM: a single-node cluster on localhost (tests/slurm_cluster.py), the sbatch
 templates with the CPU profile, Hydra's submitit launcher, and preemption mid-search.
 
-One uninterrupted run of the smoke experiment (seed 0, outside SLURM) is the reference. On the cluster,
-each of these is preempted mid-search with ``scancel --signal=USR1``, saves, is requeued, resumes, and its
-result.json must equal the reference:
+One uninterrupted run of the smoke experiment (the tiny IE world, seed 0, outside SLURM) is the reference. On the
+cluster, each of these is preempted mid-search with ``scancel --signal=USR1``, saves, is requeued, resumes, and
+its result.json must equal the reference:
 
 - ``single.sbatch`` (seed 0): the template requeues it;
 - ``array.sbatch`` (METHODS=evo, SEEDS="1 0"): task 1 (seed 0), which holds the array's own job id; task 0
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 GENERATIONS = 30  # per stage: long enough that a signal at step >= PREEMPT_AT lands mid-search
 PREEMPT_AT = 3
-RUN = ["+experiment=smoke", "method=evo", "experiment.num_targets=1",
+RUN = ["+experiment=smoke", "method=evo", "setting.targets=[ner_medicine]",
        f"budget.stage1_generations={GENERATIONS}",
        f"budget.stage2_generations={GENERATIONS}"]
 TIMEOUT = 900  # seconds for everything on the cluster to finish
@@ -52,13 +52,13 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def job_env(work) -> dict[str, str]:
-    """What every run gets: a zoo cache and a JAX compilation cache of its own, this checkout first on the
+    """What every run gets: a world cache and a JAX compilation cache of its own, this checkout first on the
     path, the virtualenv as the active one (VIRTUAL_ENV, no VENV: the templates must find it)."""
     env = clean_environ()
     env.pop("VENV", None)
     env.pop("XLA_FLAGS", None)
     env.update(VIRTUAL_ENV=_venv(), PATH=f"{Path(_venv()) / 'bin'}{os.pathsep}{env.get('PATH', '')}",
-               PYTHONPATH=str(ROOT), EVOJAX_MERGE_CACHE=str(work / "zoo_cache"), WANDB_MODE="offline",
+               PYTHONPATH=str(ROOT), EVOJAX_MERGE_CACHE=str(work / "world_cache"), WANDB_MODE="offline",
                JAX_COMPILATION_CACHE_DIR=str(work / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PLATFORMS="cpu")
     return env
@@ -157,17 +157,17 @@ def test_bad_input_is_one_line_before_submission(cluster, work):
 
 def test_templates_and_submitit_resume_preempted_jobs_exactly(cluster, work, job_env):
     t_start = time.monotonic()
-    # -- the reference: one uninterrupted run, outside SLURM. It builds the zoo every job reads; the jobs
-    # are submitted once the zoo is in place, while the reference still runs ----------------------------
-    ref_dir, zoo_cache = work / "reference_seed0", Path(job_env["EVOJAX_MERGE_CACHE"])
+    # -- the reference: one uninterrupted run, outside SLURM. It builds the world every job reads; the jobs
+    # are submitted once the world is in place, while the reference still runs --------------------------
+    ref_dir, world_cache = work / "reference_seed0", Path(job_env["EVOJAX_MERGE_CACHE"])
     with open(work / "reference.log", "w") as log:
         ref = subprocess.Popen([sys.executable, "-m", "evojax_merge.train", *RUN, "seed=0", "progress=false",
                                 f"hydra.run.dir={ref_dir}"], env=job_env, cwd=work, stdout=log,
                                stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + TIMEOUT
-    while not list(zoo_cache.glob("zoo-*/manifest.json")):
+    while not list(world_cache.glob("iezoo-*/manifest.json")):  # the tiny IE world, built (renamed into place)
         assert ref.poll() is None, f"the reference run ended early:\n{(work / 'reference.log').read_text()[-4000:]}"
-        assert time.monotonic() < deadline, f"no zoo after {TIMEOUT}s"
+        assert time.monotonic() < deadline, f"no world after {TIMEOUT}s"
         time.sleep(0.2)
 
     # -- the sbatch templates, CPU profile; the first job the cluster ever sees is job 1 ------------------
@@ -210,10 +210,12 @@ def test_templates_and_submitit_resume_preempted_jobs_exactly(cluster, work, job
     assert submitter.returncode == 0, f"the submitit sweep failed:\n{submitter_log.read_text()[-4000:]}"
     total_s = time.monotonic() - t_start
     ref0 = _result(ref_dir)
-    # quiet logs: orbax's INFO lines are gone, one line per checkpoint save is left
+    # quiet logs: orbax's INFO lines are gone, and so are the saves (DEBUG); one line per finished stage is left
     ref_log = (ref_dir / "train.log").read_text()
     assert "[absl][INFO]" not in ref_log + (work / "reference.log").read_text()
-    assert len(re.findall(r"checkpoint: step \d+ of ", ref_log)) == 2 * GENERATIONS
+    assert re.findall(r"checkpoint: step \d+ of ", ref_log) == []
+    assert re.findall(r": stage (\S+) done \(checkpoint step (\d+),", ref_log) == [
+        ("stage1_denoise", str(GENERATIONS)), ("stage2_scale", str(2 * GENERATIONS))]
 
     # -- each preempted job stopped once mid-search, was requeued once, resumed, and matches --------------
     for p in template_preemptions:
@@ -226,11 +228,18 @@ def test_templates_and_submitit_resume_preempted_jobs_exactly(cluster, work, job
     assert re.findall(r"restart (\d+)", task_logs[0].read_text()) == ["0"], task_logs[0].read_text()[-3000:]
     seed1 = _result(task_dirs[0])
     assert seed1["seed"] == 1 and seed1["best_genome"] != ref0["best_genome"]
-    # search time adds up across the restart: every save logs the search seconds so far (to 0.1 s), and
-    # they never drop, not even over the restart (the resumed run's clock starts at the preempted step's)
-    saves = re.findall(r"checkpoint: step (\d+) of .* search ([\d.]+) s\)", (single_dir / "train.log").read_text())
-    assert [int(step) for step, _ in saves] == list(range(1, 2 * GENERATIONS + 1)), saves
-    seconds = [float(t) for _, t in saves]
+    # search time adds up across the restart: the stop and each finished stage log the search seconds so far
+    # (to 0.1 s), and they never drop, not even over the restart (the resumed run's clock starts at the
+    # preempted step's); the resumed run starts at the step the stop saved
+    single_log = (single_dir / "train.log").read_text()
+    saves = [(int(a or b), float(t)) for a, b, t in re.findall(
+        r"(?:: stopped; saved step (\d+) \(|: stage \S+ done \(checkpoint step (\d+), )search ([\d.]+) s\)",
+        single_log)]
+    stopped = [step for step, _ in saves if step not in (GENERATIONS, 2 * GENERATIONS)]
+    assert len(stopped) == 1 and sorted(saves) == saves, saves
+    assert [step for step, _ in saves] == sorted([*stopped, GENERATIONS, 2 * GENERATIONS]), saves
+    assert re.findall(r": resuming stage \S+ at generation \d+ \(step (\d+)\)", single_log) == [str(stopped[0])]
+    seconds = [t for _, t in saves]
     assert all(b >= a for a, b in zip(seconds, seconds[1:], strict=False)), saves
     cell = json.loads((single_dir / "results.json").read_text())["methods"]["evo_merging"]["per_task"]
     assert next(iter(cell.values()))["search_s"] >= seconds[-1]
