@@ -21,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from evojax_merge.errors import EvoMergeInputError
+from evojax_merge.runner.build import config_dir
 from evojax_merge.world.registry import register_configs
 
 log = logging.getLogger("evojax_merge.train")
@@ -44,13 +45,6 @@ def run(cfg: DictConfig, out_dir: Path, guard=None) -> dict:
 
         return run_paper(cfg, out_dir, lambda sub, run_dir: run_engine(sub, run_dir, guard), _command_line())
     return run_engine(cfg, Path(out_dir), guard)
-
-
-def config_dir() -> str:
-    """The Hydra config tree: inside the package when installed from a wheel, else the repo's conf/."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "conf"
-    return str(packaged if packaged.is_dir() else here.parent / "conf")
 
 
 def check_group_choices(argv: list[str], conf: str) -> None:

@@ -35,8 +35,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("search",),  # fitness, CMA-ES, grids, DAM training
     ("methods", "export", "sharding", "slurm", "setting", "zoo", "service", "report"),  # built on search or below
     ("world",),  # worlds: zoo builds, remote services, the methods they hold
-    ("runner", "bench"),  # the experiment engine; the benchmarks
-    ("train",),  # the Hydra entry point
+    ("runner",),  # the experiment engine
+    ("bench", "train"),  # the benchmarks (they build methods as a run does); the Hydra entry point
 )
 
 # (importing unit, imported module or package) -> why it is allowed; remove an entry when its import goes

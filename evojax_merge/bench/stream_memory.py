@@ -51,7 +51,7 @@ def build_methods(names: list[str]) -> dict:
     from hydra import compose, initialize_config_dir
 
     from evojax_merge.runner.build import build_methods as build
-    from evojax_merge.train import config_dir
+    from evojax_merge.runner.build import config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("config", overrides=[f"method=[{','.join(names)}]"])

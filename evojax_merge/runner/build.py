@@ -16,6 +16,16 @@ from omegaconf import DictConfig, OmegaConf
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.runner.engine import ExperimentSpec
 
+
+def config_dir() -> str:
+    """The Hydra config tree: inside the package when installed from a wheel, else the repo's conf/."""
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parents[1]
+    packaged = here / "conf"
+    return str(packaged if packaged.is_dir() else here.parent / "conf")
+
+
 _UNEXPECTED = re.compile(r"unexpected keyword argument '([^']+)'")
 _WRAPPED = re.compile(r"""^\w+\((["'])(.*)\1\)$""")  # ModuleNotFoundError("No module named 'x'")
 
