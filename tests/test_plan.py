@@ -11,7 +11,6 @@ import sys
 import jax
 import pytest
 
-from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.bench.plan import (
     NAMED_SHAPES,
     Workload,
@@ -21,6 +20,7 @@ from evojax_merge.bench.plan import (
     make_plan,
     resolve_model,
 )
+from evojax_merge.errors import EvoMergeInputError
 
 pytestmark = pytest.mark.slow  # compiles and times
 
