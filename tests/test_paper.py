@@ -34,6 +34,8 @@ def test_paper_runs_each_table_per_seed_reports_and_resumes(tmp_path, smoke_cach
         assert res["config"]["seed"] == seed and set(res["methods"]) == {"uniform", "task_arithmetic"}
     report = (out / "smoke" / "report" / "REPORT.md").read_text()
     assert "n=2" in report or "± " in report
+    for d in (out, out / "smoke" / "seed_0"):  # the run contract, at the top and for every (table, seed)
+        assert (d / "config_resolved.json").is_file() and (d / "result.json").is_file(), sorted(d.iterdir())
     summary = (out / "SUMMARY.md").read_text()
     assert summary.startswith("# The paper's tables: 1 tables x 2 seeds (0, 1)")
     assert "## smoke" in summary and "[REPORT.md](smoke/report/REPORT.md) — runs: " in summary
