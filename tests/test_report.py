@@ -423,35 +423,42 @@ def test_provenance_is_this_checkout():
     assert prov["git_commit"] == head and isinstance(prov["git_dirty"], bool)
 
 
-def test_seed_runs_with_costs_paths_and_coefficients_by_hand(tmp_path):
-    """Runs written by ``runner.seed_runs`` (the Sakana and DAM experiments): the metric is named
-    accuracy, and the cost table is the mean over seeds of each seed's value, worked out by hand:
+def _engine_run(run_dir: Path, seed: int, metric: str, methods: dict[str, dict]) -> Path:
+    """A results.json as the engine (runner/run_dir.py) writes it for one replicate: one target per method."""
+    table = {label: {**{k: cell[k] for k in ("precision", "recall", "f1")}, "per_task": {"skill_b": cell}}
+             for label, cell in methods.items()}
+    config = {"experiment": {"name": "dam"}, "setting": {"_target_": "x.CrossDomain", "name": "cross_domain"},
+              "seed": seed}
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.json").write_text(json.dumps({"methods": table, "config": config, "metric": metric}))
+    return run_dir
+
+
+def test_engine_runs_with_costs_paths_and_coefficients_by_hand(tmp_path):
+    """Replicates written by the engine (Sakana's and DAM's experiments): the metric is named accuracy, the
+    setting's name comes from the setting group, and the cost table is the mean over seeds of each seed's
+    value, worked out by hand:
 
         dam   wall 10, 14 -> 12 ± 2.83; forward 100, 300 -> 200; val CE 2.0, 3.0 -> 2.5000 ± 0.7071
         dfs   wall  1,  3 ->  2 ± 1.41; forward 40, 40 -> 40
     accuracy: dam 0.5, 0.3 -> 40.00 ± 14.14; dfs 0.2, 0.4 -> 30.00 ± 14.14; best_single 0.1 -> 10.00 ± 0.00
     """
-    from evojax_merge.runner.seed_runs import report_cell, write_seed_runs
-
     path = [{"slot": 1, "source_index": 0, "layer": 1, "scale": 1.2}, {"slot": 2, "source_index": 1, "layer": 0,
                                                                        "scale": 0.8}]
-    cells = {}
+    dirs = []
     for seed, (acc_dam, acc_dfs, wall, fwd, ce) in enumerate(((0.5, 0.2, 10, 100, 2.0), (0.3, 0.4, 14, 300, 3.0))):
-        dam = report_cell(acc_dam, {"history": [{"step": 0, "loss": 2.0, "kl": 1.9}, {"step": 1, "loss": 1.5,
-                                                                                      "kl": 1.4}],
-                                    "coefficients": {"model.layers.0.mlp.up_proj.weight": [0.4, 0.6],
-                                                     "model.layers.1.mlp.up_proj.weight": [0.5, 0.5]},
-                                    "sources": ["lang", "skill"], "forward_examples": fwd, "backward_examples": 8},
-                          val_ce=ce, wall_s=wall)
-        dfs = report_cell(acc_dfs, {"history": [{"best": 2.0, "mean": 3.0, "std": 0.1, "sigma": 0.5}],
-                                    "path": path, "num_slots": 4, "sources": ["lang", "skill"], "forward_examples": 40},
-                          wall_s=1 + 2 * seed)
-        cells[seed] = {"dam": {"skill_b": dam}, "sakana_dfs": {"skill_b": dfs},
-                       "best_single": {"skill_b": report_cell(0.1, {})}}
-    assert "train_history" in cells[0]["dam"]["skill_b"] and "stages" not in cells[0]["dam"]["skill_b"]
-    assert cells[0]["sakana_dfs"]["skill_b"]["stages"]["dfs"]["history"][0]["best"] == 2.0
-    dirs = write_seed_runs(tmp_path / "seeds", {"experiment": {"name": "dam", "setting": "cross_domain"}},
-                           "accuracy", cells)
+        def score(a):
+            return {"precision": a, "recall": a, "f1": a, "accuracy": a}
+
+        dam = {**score(acc_dam), "val_ce": ce, "wall_s": wall, "forward_examples": fwd, "backward_examples": 8,
+               "train_history": [{"step": 0, "loss": 2.0, "kl": 1.9}, {"step": 1, "loss": 1.5, "kl": 1.4}],
+               "coefficients": {"model.layers.0.mlp.up_proj.weight": [0.4, 0.6],
+                                "model.layers.1.mlp.up_proj.weight": [0.5, 0.5]}, "sources": ["lang", "skill"]}
+        dfs = {**score(acc_dfs), "val_ce": None, "wall_s": 1 + 2 * seed, "forward_examples": 40,
+               "stages": {"dfs": {"history": [{"best": 2.0, "mean": 3.0, "std": 0.1, "sigma": 0.5}]}},
+               "path": path, "num_slots": 4, "sources": ["lang", "skill"]}
+        dirs.append(_engine_run(tmp_path / "seeds" / f"seed_{seed}", seed, "accuracy",
+                                {"dam": dam, "sakana_dfs": dfs, "best_single": score(0.1)}))
     text = build_report(dirs, tmp_path / "report", wandb=False).read_text()
     assert "# dam (cross_domain setting): test accuracy over 2 seeds" in text
     assert "| method | n | accuracy | Δ vs best_single |" in text

@@ -161,7 +161,9 @@ def load_run(run_dir: str | Path) -> RunRecord:
     if not isinstance(metric, str) or not metric:
         raise EvoMergeInputError(f"{file}: 'metric' must be a name such as 'F1' (got {metric!r})")
     timings = data.get("timings")
-    return RunRecord(run_dir, experiment["name"], str(experiment.get("setting", "?")), seed, methods, config,
+    setting = config.get("setting")  # the engine's setting group (its name), or an older run's experiment.setting
+    setting = setting.get("name") if isinstance(setting, dict) else setting
+    return RunRecord(run_dir, experiment["name"], str(setting or experiment.get("setting", "?")), seed, methods, config,
                      command, source, commit, dirty, metric, timings if isinstance(timings, dict) else {})
 
 

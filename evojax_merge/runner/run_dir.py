@@ -116,7 +116,7 @@ def write_result_json(out_dir: Path, searches: dict[str, dict], seed: int, extra
 
 
 def _title(cfg: DictConfig, spec) -> str:
-    return f"{spec.name}: {cfg.setting.get('name') or cfg.setting._target_.rsplit('.', 1)[-1]} setting"
+    return f"{spec.name}: {cfg.setting.get('name') or cfg.setting._target_.rsplit('.', 1)[-1].lower()} setting"
 
 
 def run_replicate(cfg: DictConfig, backend, world_spec, setting, methods: dict, spec, seed: int, out_dir: Path,
@@ -131,6 +131,7 @@ def run_replicate(cfg: DictConfig, backend, world_spec, setting, methods: dict, 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["seed"] = int(seed)
     resolved["world_realization"] = world_spec.describe()
+    resolved["setting"] = {**resolved["setting"], "name": setting.name}  # the report's title
     write_text_atomic(out_dir / "config_resolved.json", json.dumps(_masked(resolved), indent=2, default=str))
     tracker = make_tracker(OmegaConf.to_container(cfg.logger, resolve=True), resolved, out_dir, spec.name)
     searches: dict[str, dict] = {}
@@ -157,6 +158,7 @@ def run_replicate(cfg: DictConfig, backend, world_spec, setting, methods: dict, 
     results["world"] = world_spec.describe()
     results["zoo"] = {k: info[k] for k in ("zoo_root", "timings", "adapter_test", "adapters", "gate") if k in info}
     results["setting"] = setting.describe()
+    results["metric"] = getattr(backend, "metric", "F1")  # what f1 holds (the report names it)
     results["config"] = _masked(resolved)
     results["provenance"] = provenance("evojax_merge.train")  # read by python -m evojax_merge.report
     table = results_table(results)
@@ -234,7 +236,8 @@ def run(cfg: DictConfig, out_dir: Path, guard=None) -> dict:
         results = runs[0]
         print(f"\n{spec.name}, test score x100:\n{results_table(results)}\n\nwritten to {out_dir}")
         return results
-    results = {**mean_table(runs), "replicates": [str(d.relative_to(out_dir)) for d in dirs],
+    results = {**mean_table(runs), "metric": runs[0].get("metric", "F1"),
+               "replicates": [str(d.relative_to(out_dir)) for d in dirs],
                "timings": {"experiment_s": time.perf_counter() - t_start},
                "config": _masked(OmegaConf.to_container(cfg, resolve=True)),
                "provenance": provenance("evojax_merge.train")}

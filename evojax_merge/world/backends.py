@@ -231,6 +231,7 @@ class SourcesBackend:
     exact-match accuracy (precision = recall = F1)."""
 
     remote = False
+    metric = "accuracy"  # exact-match accuracy of the greedy answer (precision = recall = F1 = accuracy)
 
     def __init__(self, world, sources: Sequence[str], val_examples: int | None = None, progress: bool = False):
         self.world, self.sources, self.val_examples, self.progress = world, tuple(sources), val_examples, progress
