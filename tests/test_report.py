@@ -102,9 +102,10 @@ def test_small_cases_by_hand():
     one = paired_gap("a", {0: 3.0}, "b", {0: 1.0})
     assert one.mean == 2 and not one.marked  # one seed: no SE, never marked
     assert paired_gap("a", {0: 1.0}, "b", {1: 1.0}) is None  # no common seed
-    # a constant nonzero gap has SE 0 and is marked; pairing uses only the common seeds 1 and 2
+    # a constant nonzero gap has SE 0: it does not vary over the seeds, so it is no evidence and is not
+    # marked; pairing uses only the common seeds 1 and 2
     gap = paired_gap("a", {0: 50.0, 1: 12.0, 2: 13.0}, "b", {1: 10.0, 2: 11.0})
-    assert (gap.mean, gap.se, gap.n, gap.marked) == (2.0, 0.0, 2, True)
+    assert (gap.mean, gap.se, gap.n, gap.marked) == (2.0, 0.0, 2, False)
     with pytest.raises(ValueError):
         summarize([])
 
@@ -184,8 +185,8 @@ def test_pool_and_val_size_curves(tmp_path):
     dirs = [write_run(tmp_path / f"run{s}", s, {k: v + 0.01 * s for k, v in labels.items()}) for s in range(3)]
     out = tmp_path / "out"
     text = build_report(dirs, out, wandb=False).read_text()
-    # best_single@N=5: 10 11 12; evo@N=5: 20 21 22 -> gap 10, SE 0, marked
-    assert "| `evo_merging@N=5` | 3 | 21.00 ± 1.00 | +10.00 ± 0.00 \\* |" in text
+    # best_single@N=5: 10 11 12; evo@N=5: 20 21 22 -> gap 10, SE 0: the same on every seed, so not marked
+    assert "| `evo_merging@N=5` | 3 | 21.00 ± 1.00 | +10.00 ± 0.00 |" in text
     assert "| method | N=5 | N=10 |" in text  # numeric order, not 10 before 5
     rows = [line.split("`")[1] for line in text.split("## Methods")[1].split("##")[0].splitlines()
             if line.startswith("| `")]

@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from evojax_merge.report.predictions import Prediction, check_predictions
-from evojax_merge.report.stats import BEST_SINGLE, Gap, LabelStats, Summary, split_label
+from evojax_merge.report.stats import BEST_SINGLE, SE_ZERO, Gap, LabelStats, Summary, split_label
 
 MARK = "\\*"  # Markdown-escaped asterisk
 
@@ -88,7 +88,8 @@ def top_two_lines(gaps: Mapping[str, Gap]) -> str:
     lines = []
     for key, g in gaps.items():
         where = f" (among `{key}`)" if key else ""
-        verdict = "exceeds" if g.marked else ("is within" if math.isfinite(g.se) else "cannot be tested against")
+        verdict = ("exceeds" if g.marked else "cannot be tested against" if not math.isfinite(g.se)
+                   or g.se <= SE_ZERO else "is within")
         lines.append(f"- Top two{where}: `{g.a}` − `{g.b}` = {fmt_gap(g)} (n = {g.n}); the gap {verdict} "
                      "two standard errors.")
     return "\n".join(lines)
@@ -172,8 +173,9 @@ def report_markdown(experiment: str, setting: str, stats: Mapping[str, LabelStat
         "mean ± sample standard deviation (n − 1) over seeds; `n` is the seeds a method ran with. "
         f"A gap (Δ) is paired over seeds: the mean per-seed difference ± its standard error; {MARK} marks a gap "
         "larger than two standard errors. A gap with SE 0.00 is between rows that are the same on every seed "
-        "(TA, TIES, DARE, uniform, base and best single do not depend on the search seed): its mark says the "
-        "search seed does not move it, not that it would survive other test data or another world.",
+        "(TA, TIES, DARE, uniform, base and best single do not depend on the search seed) and is never marked: "
+        "it does not vary over the replicates, which is no evidence that it would survive other test data or "
+        "another world.",
     ]
     if n < 3:
         parts.append(f"> **Only {n} seed{'s' * (n != 1)}:** at least 3 are expected; with one seed there is no "

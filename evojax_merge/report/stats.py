@@ -38,6 +38,9 @@ class Summary:
         return self.std / math.sqrt(self.n) if self.n >= 2 else math.nan
 
 
+SE_ZERO = 1e-6  # F1 x 100: a standard error below this is float rounding of a gap that does not vary
+
+
 @dataclasses.dataclass(frozen=True)
 class Gap:
     """``a - b`` paired over their common seeds."""
@@ -50,7 +53,10 @@ class Gap:
 
     @property
     def marked(self) -> bool:
-        return self.n >= 2 and abs(self.mean) > 2 * self.se
+        """Beyond two SE, and the gap varies over the seeds: a difference that is the same on every seed
+        (SE 0 up to rounding, rows the search seed does not move) is no evidence of significance, so it is never
+        marked."""
+        return self.n >= 2 and self.se > SE_ZERO and abs(self.mean) > 2 * self.se
 
 
 @dataclasses.dataclass(frozen=True)
