@@ -478,3 +478,18 @@ def test_engine_runs_with_costs_paths_and_coefficients_by_hand(tmp_path):
     other = write_run(tmp_path / "f1run", 5, {"dam": 0.2}, experiment="dam")
     with pytest.raises(EvoMergeInputError, match="metric 'F1' mixed with 'accuracy'"):
         build_report([*dirs, other], tmp_path / "mixed", wandb=False)
+
+
+def test_commands_drop_the_run_directory_of_one_machine(tmp_path):
+    from evojax_merge.report.runs import portable_command
+
+    assert portable_command("python -m evojax_merge.train +experiment=dam hydra.run.dir=/tmp/runs4/dam seed=1") == \
+        "python -m evojax_merge.train +experiment=dam seed=1"
+    assert portable_command("python -m evojax_merge.train 'note=a b' hydra.sweep.dir=/x") == \
+        "python -m evojax_merge.train 'note=a b'"
+    run = write_run(tmp_path / "r", 0, {"evo_merging": 0.3, "best_single": 0.2})
+    data = json.loads((run / "results.json").read_text())
+    data["provenance"]["command"] += " hydra.run.dir=/tmp/somewhere"
+    (run / "results.json").write_text(json.dumps(data))
+    text = build_report([run], tmp_path / "out", wandb=False).read_text()
+    assert "/tmp/somewhere" not in text and "`python -m evojax_merge.train +experiment=ood seed=0`" in text

@@ -111,7 +111,26 @@ def _yaml(path: Path) -> Any:
         raise EvoMergeInputError(f"{path}: unreadable YAML ({type(e).__name__})") from None
 
 
+_LOCAL_OVERRIDES = ("hydra.run.dir=", "hydra.sweep.dir=")  # where a run was written changes none of its numbers
+
+
+def portable_command(command: str) -> str:
+    """The command without its run-directory overrides (paths of one machine), so anyone can rerun it."""
+    import shlex
+
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return command
+    return shlex.join([w for w in words if not w.startswith(_LOCAL_OVERRIDES)])
+
+
 def _command(run_dir: Path, data: dict, config: dict) -> tuple[str | None, str]:
+    command, source = _recorded_command(run_dir, data, config)
+    return (None if command is None else portable_command(command)), source
+
+
+def _recorded_command(run_dir: Path, data: dict, config: dict) -> tuple[str | None, str]:
     for source, prov in (("results.json", data.get("provenance")), ("results.json config", config.get("provenance"))):
         if isinstance(prov, dict) and prov.get("command"):
             return str(prov["command"]), source
