@@ -40,7 +40,7 @@ def run_paper(cfg: DictConfig, out_dir: Path, run_one: Callable[[DictConfig, Pat
     from hydra import compose
 
     from evojax_merge.report.summary import write_summary
-    from evojax_merge.runner.run_dir import _report, prepare_dir, write_result_json
+    from evojax_merge.runner.run_dir import prepare_dir, replicate_report, write_result_json
 
     tables, seeds = list(cfg.paper.tables), [int(s) for s in cfg.paper.seeds]
     if not tables or not seeds:
@@ -70,7 +70,7 @@ def run_paper(cfg: DictConfig, out_dir: Path, run_one: Callable[[DictConfig, Pat
                 run_one(configs[table, seed], run_dir)
                 log.info("paper: %s seed %d in %.0f s", table, seed, time.perf_counter() - t0)
             dirs.append(run_dir)
-        reports[table] = str(_report(dirs, out_dir / table / "report"))
+        reports[table] = str(replicate_report(dirs, out_dir / table / "report"))
         print(f"paper: {table} report written to {reports[table]}", flush=True)
     seconds = time.perf_counter() - t_start
     summary = write_summary(out_dir, table_dirs, reports, seeds, seconds,

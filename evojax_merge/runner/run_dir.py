@@ -210,6 +210,9 @@ def run(cfg: DictConfig, out_dir: Path, guard=None) -> dict:
     build.validation_config(cfg)
     check_methods(methods, world.provides, world.kind)
     prepare_dir(out_dir)
+    resolved = _masked(OmegaConf.to_container(cfg, resolve=True))
+    if spec.world_seeds or spec.seeds:  # the replicates' parent: its config first, as every run directory's
+        write_text_atomic(out_dir / "config_resolved.json", json.dumps(resolved, indent=2, default=str))
     ctx = OpenContext(cfg.cache_dir, build.prompt_settings(cfg), cfg.population_chunk, spec.max_new_tokens,
                       bool(cfg.progress))
     world_seeds = list(spec.world_seeds) or [None]
@@ -239,18 +242,16 @@ def run(cfg: DictConfig, out_dir: Path, guard=None) -> dict:
     results = {**mean_table(runs), "metric": runs[0].get("metric", "F1"),
                "replicates": [str(d.relative_to(out_dir)) for d in dirs],
                "timings": {"experiment_s": time.perf_counter() - t_start},
-               "config": _masked(OmegaConf.to_container(cfg, resolve=True)),
-               "provenance": provenance("evojax_merge.train")}
-    write_text_atomic(out_dir / "config_resolved.json", json.dumps(results["config"], indent=2, default=str))
+               "config": resolved, "provenance": provenance("evojax_merge.train")}
     write_results(out_dir, results, f"{_title(cfg, spec)}, mean over {len(dirs)} replicates")
-    report = _report(dirs, out_dir / "report")
+    report = replicate_report(dirs, out_dir / "report")
     write_result_json(out_dir, {}, int(cfg.seed), {"replicates": results["replicates"], "report": str(report)})
     print(f"\n{spec.name}, test score x100, mean over {len(dirs)} replicates:\n{results_table(results)}\n\n"
           f"written to {out_dir}; report: {report}")
     return results
 
 
-def _report(dirs: list[Path], out: Path) -> Path:
+def replicate_report(dirs: list[Path], out: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
