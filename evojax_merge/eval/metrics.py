@@ -14,7 +14,9 @@ scorer is never guessed from a task's name. Answer shapes (``;`` separates items
     eea       name: role; ...                   -> ("name", "role")
     ee        type: trigger, name: role, ...; ...
               -> ("trigger", type, trigger) per event and ("argument", type, name, role) per
-                 argument, so a right trigger with one wrong argument earns partial credit
+                 argument, so a right trigger with one wrong argument earns partial credit;
+                 the trigger ends at the first comma, an argument at the comma after its
+                 ": role", so a name may hold commas ("300,000: number of victim")
 
 Normalisation, item by item (never only at the end of the whole answer): lower case, one
 space between every word and punctuation mark (``"St.Albans"`` = ``"st . albans"``), trailing
@@ -125,13 +127,35 @@ def _entity_pair(item: str) -> tuple[str, ...]:
     return (" , ".join(parts),)
 
 
+def _argument(text: str) -> tuple[str, str]:
+    """``span: role`` split at the *last* colon (roles never hold one; a span such as a time may)."""
+    span, sep, role = text.rpartition(":")
+    span, role = _clean(span), _clean(role)
+    if not (sep and span and role):
+        raise _Malformed(text)
+    return span, role
+
+
 def _events(item: str) -> set[tuple[str, ...]]:
-    head, *args = item.split(",")
+    """``type: trigger, span: role, span: role`` -> trigger and argument tuples.
+
+    The trigger ends at the first comma. After it, an argument ends at the comma that follows its
+    ``: role``; a comma inside a span ("300,000", "Nov. 21 , 2016") is part of the span, since the
+    comma-separated pieces before a piece with a colon all belong to that piece's span. Text left
+    after the last role (a piece with no colon) makes the event malformed."""
+    head, _, rest = item.partition(",")
     etype, trigger = _pair(head)
     out: set[tuple[str, ...]] = {("trigger", etype, trigger)}
-    for a in args:
-        if _clean(a):
-            out.add(("argument", etype, *_pair(a)))
+    pending: list[str] = []
+    for piece in rest.split(","):
+        if not pending and not piece.strip():
+            continue  # an empty piece between arguments (", ,")
+        pending.append(piece)
+        if ":" in piece:
+            out.add(("argument", etype, *_argument(",".join(pending))))
+            pending = []
+    if pending and _clean(",".join(pending)):
+        raise _Malformed(item)
     return out
 
 
