@@ -48,10 +48,10 @@ def main(argv: list[str]) -> int:
     for t, c in gate["targets"].items():
         print(t, "singles", {k: round(100 * v, 1) for k, v in c["single_f1"].items()})
         for cand in c["candidates"]:
-            print(f"  val {100 * cand['val_f1']:5.1f} test {100 * cand['test_f1']:5.1f}  {cand['recipe']}")
+            print(f"  pick {100 * cand['pick_f1']:5.1f} report {100 * cand['report_f1']:5.1f}  {cand['recipe']}")
     print(format_gate(gate))
     print(json.dumps({"overrides": overrides, "gate": {t: {k: c[k] for k in ("best_single", "best_single_f1",
-                                                                             "oracle_test_f1", "gap", "passed")}
+                                                                             "oracle_f1", "gap", "passed")}
                                                        for t, c in gate["targets"].items()}}))
     return 0 if gate["passed"] else 1
 

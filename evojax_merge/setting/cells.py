@@ -58,12 +58,23 @@ class Setting(abc.ABC):
             if cell.num_val > len(records):
                 raise EvoMergeInputError(f"setting.val_sizes: {cell.num_val} > {len(records)} validation records "
                                          f"of {cell.target}")
-            records = records[: cell.num_val]
-            val = dataclasses.replace(val, num_batches=max(1, cell.num_val // val.batch_size))
+            records, val = nested_subset(records, cell.num_val, val)
         return records, val
 
     def describe(self) -> dict:
         return {"name": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
+
+
+def nested_subset(records: list[dict], size: int, val: ValidationConfig) -> tuple[list[dict], ValidationConfig]:
+    """The first ``size`` records of one seeded permutation of ``records`` (``val.seed``), all of them scored.
+
+    Nested: every size's records hold every smaller size's, so a curve over sizes varies the size alone and
+    not which records are used. The batches are the largest ``b <= val.batch_size`` dividing ``size``, so
+    the fitness sees exactly ``size`` records and a cell labelled ``@V=size`` uses that many.
+    """
+    order = np.random.default_rng(val.seed).permutation(len(records))[:size]
+    batch = max(d for d in range(1, min(val.batch_size, size) + 1) if size % d == 0)
+    return [records[i] for i in order], dataclasses.replace(val, batch_size=batch, num_batches=size // batch)
 
 
 def pooled_records(per_task: list[list[dict]], limit: int | None = None) -> list[dict]:

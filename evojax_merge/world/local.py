@@ -122,7 +122,7 @@ def ie_task_types(tasks) -> dict[str, str]:
 
 
 def load_ie_world(zoo_cfg, cache_dir: str | None, dtype: str = "float32", progress: bool = True,
-                  prompt: PromptSettings | None = None) -> World:
+                  prompt: PromptSettings | None = None, canonical: bool = True) -> World:
     """The compositional IE world (:mod:`evojax_merge.zoo.ie_build`), built or reused from the cache.
 
     The pool is every adapter (the sorted glob ``adapters/*``, as a merge service loads it); the
@@ -133,7 +133,7 @@ def load_ie_world(zoo_cfg, cache_dir: str | None, dtype: str = "float32", progre
 
     from evojax_merge.zoo.ie_build import build_ie_zoo
 
-    zoo = build_ie_zoo(zoo_cfg, cache_dir=cache_dir, progress=progress)
+    zoo = build_ie_zoo(zoo_cfg, cache_dir=cache_dir, progress=progress, canonical=canonical)
     model = load_model(zoo.base_dir, dtype=dtype)
     pool = load_pool(str(zoo.root / "adapters" / "*"), model.config)
     adapters = zoo.adapters

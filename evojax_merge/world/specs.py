@@ -83,12 +83,19 @@ def _unknown_key(key: str, err: TypeError) -> str:
 
 
 class IEWorld(WorldSpec):
-    """The compositional IE world (``evojax_merge.zoo.ie_build``); ``build`` is a ``conf/zoo/ie*.yaml``."""
+    """The compositional IE world (``evojax_merge.zoo.ie_build``); ``build`` is a ``conf/zoo/ie*.yaml``.
+
+    ``canonical``: a recipe that equals a shipped realization's is loaded from the package
+    (``evojax_merge.zoo.realization``), else built on this machine. ``allow_failed_gate``: a realization
+    whose pilot gate failed (``evojax_merge.zoo.gate``) stops the run unless this is set (a replicated
+    design runs every realization and reports the gated ones apart).
+    """
 
     provides = frozenset({LORA_POOL, POOL_WEIGHTS, SOURCE_DATA})
     kind = "ie"
 
-    def __init__(self, build: Mapping, dtype: str = "float32"):
+    def __init__(self, build: Mapping, dtype: str = "float32", canonical: bool = True,
+                 allow_failed_gate: bool = False):
         from evojax_merge.zoo.ie_build import ZooBuildConfig
 
         try:
@@ -97,7 +104,7 @@ class IEWorld(WorldSpec):
             raise EvoMergeInputError(f"world.build: {e}".replace("world.build: zoo.", "world.build.")) from None
         if dtype not in ("float32", "bfloat16"):
             raise EvoMergeInputError(f"world.dtype: {dtype!r} is not float32 or bfloat16")
-        self.dtype = dtype
+        self.dtype, self.canonical, self.allow_failed_gate = dtype, bool(canonical), bool(allow_failed_gate)
 
     @property
     def seed(self) -> int:
@@ -107,7 +114,7 @@ class IEWorld(WorldSpec):
         # a world seed draws both the records and the training (zoo.ie_build ... tasks.seed=s seed=s)
         tasks = dataclasses.replace(self.config.tasks, seed=int(seed))
         cfg = dataclasses.replace(self.config, seed=int(seed), tasks=tasks)
-        return IEWorld(cfg, self.dtype)
+        return IEWorld(cfg, self.dtype, self.canonical, self.allow_failed_gate)
 
     def default_targets(self) -> tuple[str, ...]:
         return tuple(self.config.gate.targets)
@@ -132,12 +139,36 @@ class IEWorld(WorldSpec):
         from evojax_merge.world.backends import LocalBackend
         from evojax_merge.world.local import load_ie_world
 
-        world = load_ie_world(self.config, ctx.cache_dir, self.dtype, progress=ctx.progress, prompt=ctx.prompt)
+        world = load_ie_world(self.config, ctx.cache_dir, self.dtype, progress=ctx.progress, prompt=ctx.prompt,
+                              canonical=self.canonical)
+        self._check_gate(world.info.get("gate"))
         return LocalBackend(world, ctx.max_new_tokens, ctx.population_chunk, progress=ctx.progress,
                             default_targets=self.default_targets())
 
+    def _check_gate(self, gate: Mapping | None) -> None:
+        import logging
+
+        if gate is None or gate.get("passed", True):
+            return
+        from evojax_merge.zoo.gate import format_gate
+
+        failed = ", ".join(f"{t} (gap {100 * c['gap']:+.1f} F1)" for t, c in gate["targets"].items() if not c["passed"])
+        if not self.allow_failed_gate:
+            raise EvoMergeInputError(f"world: realization seed {self.seed} failed its pilot gate on {failed}; "
+                                     "no method result on it means anything (world.allow_failed_gate=true runs it)")
+        logging.getLogger(__name__).warning("world seed %d failed its pilot gate (%s); run anyway "
+                                            "(world.allow_failed_gate=true)\n%s", self.seed, failed, format_gate(gate))
+
     def describe(self) -> dict:
-        return {**super().describe(), "digest": self.config.digest()}
+        import hashlib
+
+        from evojax_merge.zoo.realization import canonical_dir, config_blob
+
+        recipe = dataclasses.asdict(self.config)
+        shipped = canonical_dir(self.kind, recipe) if self.canonical else None
+        return {**super().describe(), "digest": self.config.digest(),
+                "recipe_sha256": hashlib.sha256(config_blob(recipe).encode()).hexdigest()[:12],
+                "canonical": shipped.name if shipped else None}
 
 
 class SakanaWorld(WorldSpec):

@@ -20,7 +20,7 @@ PACKAGE_NAME = _PACKAGE.name
 # modules a build imports that do not change what it writes (error messages, the cache directory's
 # mechanics, timing measurements): left out of the worlds' CODE_MODULES
 UNHASHED_MODULES = ("evojax_merge.errors", "evojax_merge.fileio", "evojax_merge.perf", "evojax_merge.bench",
-                    "evojax_merge.zoo.common")
+                    "evojax_merge.zoo.common", "evojax_merge.zoo.realization")
 
 
 def default_cache_dir() -> Path:

@@ -1,13 +1,17 @@
 """The pilot gate of the compositional IE world: can a merge matter in it at all?
 
-Fixed before any merging method runs on the world, and printed at build time. For each gate
-target ``T_D`` (a task whose noisy siblings are in the pool, :func:`evojax_merge.zoo.ie_world.sibling_sets`):
+Fixed before any merging method runs on the world, and printed at build time. It reads **validation
+records only**: the test split, on which the methods are scored, selects nothing (issue 23). The
+first ``examples`` validation records of each gate target are split by position into a *pick* half
+(even positions) and a *report* half (odd positions); every choice is made on the pick half and every
+figure the gate compares is measured on the report half, so no choice is scored on its own records.
+For each gate target ``T_D`` (a task whose noisy siblings are in the pool,
+:func:`evojax_merge.zoo.ie_world.sibling_sets`):
 
-- **best single**: the highest test F1 of any one adapter of the pool, i.e. every adapter except
-  the target's own task adapter (siblings, same-type adapters of other domains, the target
-  domain's other task types, anti-adapters, distractors);
-- **oracle merge**: dense task arithmetic on hand-set recipes, the one with the best *validation*
-  F1 (its *test* F1 is what the gate compares):
+- **best single**: the adapter of the pool (every adapter except the target's own task adapter:
+  siblings, same-type adapters of other domains, the target domain's other task types,
+  anti-adapters, distractors) with the highest F1 on the pick half;
+- **oracle merge**: dense task arithmetic on hand-set recipes, the one with the best F1 on the pick half:
 
   - ``λ · mean(τ(sib_j))`` for λ in :data:`SIBLING_LAMBDAS` (the siblings' average denoises);
   - ``(1 − μ) · mean(τ(sib_j)) + μ · τ(T_D′)`` for each same-type adapter ``T_D′`` of another
@@ -18,8 +22,9 @@ target ``T_D`` (a task whose noisy siblings are in the pool, :func:`evojax_merge
     copy skill both adapters share and removes the permuted labels).
 
 The world passes when, on every gate target, the oracle beats the best single by at least
-``MARGIN`` (0.10 = 10 F1) and the best single scores within ``SINGLE_RANGE`` (0.20-0.60). If it
-fails, the world is wrong and no method result on it means anything (``docs/architecture.md``).
+``MARGIN`` (0.10 = 10 F1) and the best single scores within ``SINGLE_RANGE`` (0.20-0.60), both on
+the report half. If it fails, the world is wrong and no method result on it means anything
+(``docs/architecture.md``): the engine stops unless ``world.allow_failed_gate=true``.
 
 A dense sum ``Σ c_i s_i B_i A_i`` is exactly one LoRA of rank ``k·r`` with
 ``A = [c_1 s_1 A_1; …; c_k s_k A_k]``, ``B = [B_1 … B_k]`` and scale 1, so every candidate,
@@ -99,10 +104,16 @@ def recipe(combo: Mapping[str, float] | None) -> str:
     return " + ".join(f"{v:g}·{k}" for k, v in (combo or {}).items())
 
 
+def gate_halves(validation: Sequence[dict], examples: int) -> tuple[list[dict], list[dict]]:
+    """The pick half (even positions) and the report half (odd positions) of the first ``examples`` records."""
+    head = list(validation[:examples])
+    return head[0::2], head[1::2]
+
+
 def run_gate(model, tokenizer, stack: LoraStack, names: Sequence[str], adapters: Mapping[str, Mapping[str, str]],
              records: Mapping[str, Mapping[str, list]], targets: Sequence[str], examples: int = 50,
              max_len: int = 192, max_new_tokens: int = 40) -> dict:
-    """Gate figures per target and ``passed``; F1 on the first ``examples`` records of each split."""
+    """Gate figures per target and ``passed``, from validation records only (see the module docstring)."""
     from evojax_merge.eval.evaluate import generate_for_population
     from evojax_merge.eval.metrics import ie_scores
 
@@ -110,31 +121,34 @@ def run_gate(model, tokenizer, stack: LoraStack, names: Sequence[str], adapters:
         outs = generate_for_population(model, tokenizer, cands, recs, max_len=max_len, max_new_tokens=max_new_tokens)
         return [ie_scores(o, [r["output"] for r in recs], task_type)["f1"] for o in outs]
 
-    result: dict = {"targets": {}, "margin": MARGIN, "single_range": list(SINGLE_RANGE)}
+    result: dict = {"targets": {}, "margin": MARGIN, "single_range": list(SINGLE_RANGE), "split": "validation"}
     for target in targets:
         task_type = target.split("_", 1)[0]
-        test, val = records[target]["test"][:examples], records[target]["validation"][:examples]
+        pick_recs, report_recs = gate_halves(records[target]["validation"], examples)
         singles = single_candidates(target, adapters)
         combos = oracle_combos(target, adapters)
         own = [n for n, a in adapters.items() if a["kind"] == "task" and a["task"] == target]
-        test_f1 = f1s(combine(stack, names, [{n: 1.0} for n in [*singles, *own]] + combos), test, task_type)
-        single_f1 = dict(zip(singles, test_f1[: len(singles)], strict=True))
-        own_f1 = test_f1[len(singles)] if own else None
-        combo_test = test_f1[len(singles) + len(own):]
-        val_f1 = f1s(combine(stack, names, combos), val, task_type) if combos else []
-        pick = int(np.argmax(val_f1)) if combos else None
-        best_single = max(single_f1, key=single_f1.get)
-        oracle_test = combo_test[pick] if pick is not None else 0.0
+        cands = combine(stack, names, [{n: 1.0} for n in [*singles, *own]] + combos)
+        pick_f1, report_f1 = f1s(cands, pick_recs, task_type), f1s(cands, report_recs, task_type)
+        n_single, n_own = len(singles), len(own)
+        single_pick = dict(zip(singles, pick_f1[:n_single], strict=True))
+        single_report = dict(zip(singles, report_f1[:n_single], strict=True))
+        combo_pick, combo_report = pick_f1[n_single + n_own:], report_f1[n_single + n_own:]
+        best_single = max(singles, key=lambda n: (single_pick[n], -singles.index(n)))
+        pick = int(np.argmax(combo_pick)) if combos else None
+        oracle_f1 = combo_report[pick] if pick is not None else 0.0
         cell = {
-            "best_single": best_single, "best_single_f1": single_f1[best_single], "single_f1": single_f1,
-            "own_adapter_f1": own_f1,  # the target's own adapter: a reference, never in the pool
+            "best_single": best_single, "best_single_f1": single_report[best_single],
+            "single_f1": single_report, "single_pick_f1": single_pick,
+            "own_adapter_f1": report_f1[n_single] if own else None,  # a reference, never in the pool
             "oracle": combos[pick] if pick is not None else None,
-            "oracle_val_f1": val_f1[pick] if pick is not None else None, "oracle_test_f1": oracle_test,
-            "candidates": [{"recipe": recipe(c), "val_f1": v, "test_f1": t}
-                           for c, v, t in zip(combos, val_f1, combo_test, strict=True)],
-            "gap": oracle_test - single_f1[best_single],
+            "oracle_pick_f1": combo_pick[pick] if pick is not None else None, "oracle_f1": oracle_f1,
+            "candidates": [{"recipe": recipe(c), "pick_f1": p, "report_f1": r}
+                           for c, p, r in zip(combos, combo_pick, combo_report, strict=True)],
+            "gap": oracle_f1 - single_report[best_single],
+            "records": {"pick": len(pick_recs), "report": len(report_recs)},
         }
-        cell["passed"] = gate_verdict(single_f1[best_single], oracle_test)
+        cell["passed"] = gate_verdict(single_report[best_single], oracle_f1)
         result["targets"][target] = cell
     result["passed"] = bool(targets) and all(c["passed"] for c in result["targets"].values())
     return result
@@ -147,7 +161,7 @@ def format_gate(gate: Mapping) -> str:
     for t, c in gate["targets"].items():
         own = "" if c.get("own_adapter_f1") is None else f"  (own adapter {100 * c['own_adapter_f1']:.1f})"
         lines.append(f"  {t:<16} best single {100 * c['best_single_f1']:5.1f} ({c['best_single']})  "
-                     f"oracle {100 * c['oracle_test_f1']:5.1f} ({recipe(c['oracle'])})  gap {100 * c['gap']:+5.1f}  "
+                     f"oracle {100 * c['oracle_f1']:5.1f} ({recipe(c['oracle'])})  gap {100 * c['gap']:+5.1f}  "
                      f"{'PASS' if c['passed'] else 'FAIL'}{own}")
     lines.append(f"  gate: {'PASSED' if gate['passed'] else 'FAILED'}")
     return "\n".join(lines)

@@ -53,6 +53,7 @@ from evojax_merge.zoo.ie_world import (
     pretraining_corpus,
     vocabulary_texts,
 )
+from evojax_merge.zoo.realization import canonical_dir, platform_fingerprint, verify_weights, weights_checksum
 from evojax_merge.zoo.tokenizer import build_tokenizer, save_tokenizer
 from evojax_merge.zoo.trainer import check_compiler_options, init_lora_stack, pretrain, train_adapters
 
@@ -167,8 +168,10 @@ class ZooBuildConfig:
         check_compiler_options(self.compiler_options, "zoo.compiler_options")
 
     def digest(self) -> str:
-        """Hash of the zoo's code and this config: the cache key."""
-        blob = json.dumps({"code": code_digest(), **dataclasses.asdict(self)}, sort_keys=True, default=list)
+        """The cache key: a hash of the zoo's code, this config and the platform that builds it
+        (:func:`evojax_merge.zoo.realization.platform_fingerprint`: another CPU builds other bits)."""
+        blob = json.dumps({"code": code_digest(), "platform": platform_fingerprint(), **dataclasses.asdict(self)},
+                          sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -289,11 +292,18 @@ def _adapter_quality(model, tokenizer, stack, names: list[str], adapters: dict, 
 
 
 def build_ie_zoo(cfg: ZooBuildConfig = ZooBuildConfig(), cache_dir: str | Path | None = None,
-                 progress: bool = True) -> Zoo:
-    """Return the cached IE zoo for ``cfg``, building it first if needed."""
+                 progress: bool = True, canonical: bool = True) -> Zoo:
+    """The IE zoo for ``cfg``: the shipped realization of this recipe (``canonical``, the same bits on every
+    machine), else the cached build of this machine, built first if needed. Weights are checked against the
+    manifest's checksum either way."""
+    if canonical and (shipped := canonical_dir(KIND, dataclasses.asdict(cfg))) is not None:
+        _say(progress, f"IE zoo: the shipped realization {shipped.name} (world.canonical=false builds it here)")
+        return Zoo(shipped, json.loads((shipped / "manifest.json").read_text()))
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root = cache / f"iezoo-{cfg.digest()}"
-    return Zoo(root, cached_build(root, lambda tmp: _build_into(tmp, cfg, progress)))
+    manifest = cached_build(root, lambda tmp: _build_into(tmp, cfg, progress))
+    verify_weights(root, manifest)
+    return Zoo(root, manifest)
 
 
 def _say(progress: bool, text: str) -> None:
@@ -395,6 +405,8 @@ def _build_into(out: Path, cfg: ZooBuildConfig, progress: bool) -> dict:
     return {
         "config": dataclasses.asdict(cfg),
         "code_digest": code_digest(),
+        "platform": platform_fingerprint(),
+        "weights_sha256": weights_checksum(out),
         "tasks": tasks,
         "adapters": adapters,
         "timings": timings,

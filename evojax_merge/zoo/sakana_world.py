@@ -48,6 +48,7 @@ from evojax_merge.models.io import load_model, save_model
 from evojax_merge.models.llama import LlamaForCausalLM
 from evojax_merge.models.loss import IGNORE_INDEX, answer_targets
 from evojax_merge.zoo.common import default_cache_dir, source_digest
+from evojax_merge.zoo.realization import platform_fingerprint, verify_weights, weights_checksum
 from evojax_merge.zoo.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
 from evojax_merge.zoo.trainer import _schedule, batch_loss, pretrain
 
@@ -101,8 +102,10 @@ class SakanaWorldConfig:
     seed: int = 0
 
     def digest(self) -> str:
-        """Hash of the world's code and this config: the cache key."""
-        blob = json.dumps({"code": code_digest(), **dataclasses.asdict(self)}, sort_keys=True)
+        """Hash of the world's code, this config and the platform that builds it: the cache key
+        (:func:`evojax_merge.zoo.realization.platform_fingerprint`: another CPU builds other bits)."""
+        blob = json.dumps({"code": code_digest(), "platform": platform_fingerprint(), **dataclasses.asdict(self)},
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -291,7 +294,9 @@ def build_sakana_world(cfg: SakanaWorldConfig = SakanaWorldConfig(), cache_dir: 
     """Return the cached world for ``cfg``, building it first (a few minutes on 2 cores) if needed."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root = cache / f"sakana-{cfg.digest()}"
-    return SakanaWorld(root, cached_build(root, lambda tmp: _build_into(tmp, cfg, progress)))
+    manifest = cached_build(root, lambda tmp: _build_into(tmp, cfg, progress))
+    verify_weights(root, manifest)
+    return SakanaWorld(root, manifest)
 
 
 def _lm_rows(texts: list[str], tokenizer, length: int) -> dict[str, np.ndarray]:
@@ -389,5 +394,6 @@ def _build_into(out: Path, cfg: SakanaWorldConfig, progress: bool) -> dict:
         save_tokenizer(tokenizer, out / name)
         finals[name] = float(np.mean(loss[-20:]))
         timings[f"{name}_s"] = time.perf_counter() - t0
-    return {"code_digest": code_digest(), "config": dataclasses.asdict(cfg), "tasks": list(TASKS),
+    return {"code_digest": code_digest(), "platform": platform_fingerprint(), "weights_sha256": weights_checksum(out),
+            "config": dataclasses.asdict(cfg), "tasks": list(TASKS),
             "target": TARGET, "timings": timings, "final_loss": finals}
