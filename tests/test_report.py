@@ -7,11 +7,14 @@ Seeds 0, 1, 2; F1 x100 per seed (results.json holds fractions):
     best_single  20 21 25   mean 22, std sqrt((4 + 1 + 9) / 2) = sqrt 7 = 2.6458
     ties         21 23 22   mean 22, std 1
 
-Paired gaps (d_s = a_s - b_s; SE = std(d) / sqrt 3):
-    evo - best_single      d = 10 13 7   mean 10, std 3,       SE 1.7321  -> |10| > 3.4641  marked
-    lorahub - best_single  d = 11  9 4   mean  8, std sqrt 13, SE 2.0817  -> |8| > 4.1633   marked
-    ties - best_single     d =  1  2 -3  mean  0                          -> not marked
-    top two: evo - lorahub d = -1  4 3   mean  2, std sqrt 7,  SE 1.5275  -> |2| < 3.0551   not marked
+One world (no world recorded), so the unit is the search seed. Paired gaps (d_s = a_s - b_s;
+SE = std(d) / sqrt 3; 95% interval mean ± t_{0.975, 2} SE with t_{0.975, 2} = 4.302653; these runs keep
+no predictions, so there is no bootstrap term):
+    evo - best_single      d = 10 13 7   mean 10, std 3,       SE 1.7321, half 7.4524 -> [+2.55, +17.45]  marked
+    lorahub - best_single  d = 11  9 4   mean  8, std sqrt 13, SE 2.0817, half 8.9567 -> [-0.96, +16.96]  not
+    ties - best_single     d =  1  2 -3  mean  0, std sqrt 7,  SE 1.5275, half 6.5724 -> [-6.57, +6.57]   not
+    top two: evo - lorahub d = -1  4 3   mean  2, std sqrt 7,  SE 1.5275, half 6.5724 -> [-4.57, +8.57]   not
+(Under the old rule of two SE, lorahub's 8 > 4.16 was marked; the t-interval with 2 degrees of freedom is not.)
 """
 
 from __future__ import annotations
@@ -85,8 +88,11 @@ def test_mean_std_and_paired_gaps_by_hand(tmp_path):
     assert evo.f1.se == pytest.approx(2 / math.sqrt(3))
     assert (evo.vs_best_single.mean, evo.vs_best_single.se) == pytest.approx((10, math.sqrt(3)))
     assert evo.vs_best_single.marked
+    assert evo.vs_best_single.half == pytest.approx(4.302652729749462 * math.sqrt(3))
+    assert (evo.vs_best_single.lo, evo.vs_best_single.hi) == pytest.approx((10 - 7.452413, 10 + 7.452413))
     assert (hub.vs_best_single.mean, hub.vs_best_single.se) == pytest.approx((8, math.sqrt(13 / 3)))
-    assert hub.vs_best_single.marked
+    assert hub.vs_best_single.half == pytest.approx(8.956686)
+    assert not hub.vs_best_single.marked  # the interval [-0.96, +16.96] includes 0
     assert ties.vs_best_single.mean == pytest.approx(0) and not ties.vs_best_single.marked
     assert best.vs_best_single is None
     # per target: evo on ner_a is 32, 36, 34 -> mean 34, std 2
@@ -113,21 +119,30 @@ def test_small_cases_by_hand():
 def test_report_markdown_tables(tmp_path):
     path = build_report(three_seeds(tmp_path), tmp_path / "out", wandb=False, argv=["x"])
     text = path.read_text()
-    assert "Seeds 0, 1, 2 (n = 3)" in text
-    assert "A gap with SE 0.00 is between rows that are the same on every seed" in text
-    assert "| `evo_merging` | 3 | 32.00 ± 2.00 | +10.00 ± 1.73 \\* | 32.00 ± 2.00 | 32.00 ± 2.00 |" in text
-    assert "| `lorahub` | 3 | 30.00 ± 1.00 | +8.00 ± 2.08 \\* |" in text
-    assert "| `ties` | 3 | 22.00 ± 1.00 | +0.00 ± 1.53 |" in text  # d = 1 2 -3: std sqrt 7, not marked
+    assert text.startswith("# ood (ood setting): test F1 over 3 seeds\n\n1 world × 3 search seeds (seeds 0, 1, 2). ")
+    assert "A gap with no spread (the same on every replicate and test resample" in text
+    assert "two SE" not in text and "standard errors" not in text
+    assert "| `evo_merging` | 3 | 32.00 ± 2.00 | +10.00 [+2.55, +17.45] \\* | 32.00 ± 2.00 | 32.00 ± 2.00 |" in text
+    assert "| `lorahub` | 3 | 30.00 ± 1.00 | +8.00 [-0.96, +16.96] |" in text  # includes 0: no mark
+    assert "| `ties` | 3 | 22.00 ± 1.00 | +0.00 [-6.57, +6.57] |" in text  # d = 1 2 -3: std sqrt 7, not marked
     assert "| `best_single` | 3 | 22.00 ± 2.65 |  |" in text
-    assert "`evo_merging` − `lorahub` = +2.00 ± 1.53 (n = 3); the gap is within two standard errors" in text
+    assert "`evo_merging` − `lorahub` = +2.00 [-4.57, +8.57] (n = 3 seeds); its 95% interval includes 0." in text
+    # no predictions/ in these runs: the bootstrap is skipped for each, and the report says so
+    assert "- `run0`: no predictions/ directory, so no test-set bootstrap for its methods" in text
+    assert "## Paired differences per world" not in text  # one world and no bootstrap: nothing per world
     assert "| `evo_merging` | 34.00 ± 2.00 | 30.00 ± 2.00 |" not in text  # targets are sorted: et_a first
     assert "| `evo_merging` | 30.00 ± 2.00 | 34.00 ± 2.00 |" in text
     assert "| `ties` | 21.00 | 23.00 | 22.00 |" in text  # per seed
     assert "All runs come from commit `0123456789ab`." in text
     assert "`python -m evojax_merge.train +experiment=ood seed=1`" in text
     assert "Only" not in text
-    assert ("- Evo-Merging > LoraHub > TA/TIES: **held** (`evo_merging` 32.00, `lorahub` 30.00, `ties` 22.00)."
-            in text)
+    # evo - lorahub [-4.57, +8.57] undetermined; lorahub - ties: d = 10 7 7, mean 8, std sqrt 3, half 4.3027
+    # -> [+3.70, +12.30] held; together undetermined
+    assert ("- Evo-Merging > LoraHub > TA/TIES: **undetermined** (`evo_merging` − `lorahub` = +2.00 [-4.57, +8.57] "
+            "over 3 seeds, predicted > 0: undetermined; `lorahub` − `ties` = +8.00 [+3.70, +12.30] over 3 seeds, "
+            "predicted > 0: held)." in text)
+    assert ("- Evo-Merging at least 10 F1 above the best single adapter: **undetermined** (`evo_merging` − "
+            "`best_single` = +10.00 [+2.55, +17.45] over 3 seeds, predicted >= 10: undetermined)." in text)
 
 
 def _check_png(path: Path) -> None:
@@ -143,7 +158,8 @@ def test_pngs_are_valid_images(tmp_path):
     out = tmp_path / "out"
     text = build_report(three_seeds(tmp_path), out, wandb=False).read_text()
     names = sorted(p.name for p in (out / "figures").iterdir())
-    assert names == ["f1_bars.png", "fitness_evo_merging.png", "fitness_lorahub.png", "genome_evo_merging.png",
+    assert names == ["f1_bars.png", "fitness_evo_merging.png", "fitness_lorahub.png",
+                     "forest_evo_vs_best_single.png", "forest_ranking.png", "genome_evo_merging.png",
                      "genome_lorahub.png"]
     for name in names:
         _check_png(out / "figures" / name)
@@ -185,8 +201,11 @@ def test_pool_and_val_size_curves(tmp_path):
     dirs = [write_run(tmp_path / f"run{s}", s, {k: v + 0.01 * s for k, v in labels.items()}) for s in range(3)]
     out = tmp_path / "out"
     text = build_report(dirs, out, wandb=False).read_text()
-    # best_single@N=5: 10 11 12; evo@N=5: 20 21 22 -> gap 10, SE 0: the same on every seed, so not marked
-    assert "| `evo_merging@N=5` | 3 | 21.00 ± 1.00 | +10.00 ± 0.00 |" in text
+    # best_single@N=5: 10 11 12; evo@N=5: 20 21 22 -> gap 10, SD 0 and no bootstrap: an interval of width 0,
+    # the same on every seed, so not marked, and the claim on it is undetermined
+    assert "| `evo_merging@N=5` | 3 | 21.00 ± 1.00 | +10.00 [+10.00, +10.00] |" in text
+    assert ("best single adapter (@N=5): **undetermined** (`evo_merging@N=5` − `best_single@N=5` = +10.00 "
+            "[+10.00, +10.00] over 3 seeds: no spread, predicted >= 10: undetermined)") in text
     assert "| method | N=5 | N=10 |" in text  # numeric order, not 10 before 5
     rows = [line.split("`")[1] for line in text.split("## Methods")[1].split("##")[0].splitlines()
             if line.startswith("| `")]
@@ -217,7 +236,7 @@ def test_hydra_multirun_directory(tmp_path):
         "2_seed=2", "0_seed=0", "1_seed=1"]  # a results.json names its run; the given order is kept, once each
     text = build_report([sweep], wandb=False).read_text()  # default out: <sweep>/report
     assert (sweep / "report" / "REPORT.md").is_file()
-    assert "| `evo_merging` | 3 | 32.00 ± 2.00 | +10.00 ± 1.73 \\* |" in text
+    assert "| `evo_merging` | 3 | 32.00 ± 2.00 | +10.00 [+2.55, +17.45] \\* |" in text
     assert "`python -m evojax_merge.train +experiment=ood seed=2` | .hydra/hydra.yaml | unknown |" in text
     assert "All runs come from commit unknown." in text
     # a job directory that never finished is an error, not a silently smaller n
@@ -304,7 +323,7 @@ def test_cli_module_entry_point(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "o" / "REPORT.md").is_file()
-    assert "| `ties` | 3 | 22.00 ± 1.00 | +0.00 ± 1.53 |" in proc.stdout  # the methods table, printed
+    assert "| `ties` | 3 | 22.00 ± 1.00 | +0.00 [-6.57, +6.57] |" in proc.stdout  # the methods table, printed
     bad = subprocess.run([sys.executable, "-m", "evojax_merge.report", str(tmp_path)], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)  # run0..2 plus the report dir o/: fine; add a corrupt run
     assert bad.returncode == 0, bad.stderr
@@ -339,58 +358,104 @@ def test_wandb_offline_gets_the_tables_and_images(tmp_path):
     assert "report_md" in summary and "32.00 ± 2.00" in json.loads(summary["report_md"])
 
 
-def test_paper_predictions_held_or_not_by_hand():
+def _stats_of(f1: dict[str, tuple[float, ...]]):
+    return label_stats({s: {k: {"f1": v[s] / 100, "precision": 0.0, "recall": 0.0, "per_task": {}}
+                            for k, v in f1.items() if s < len(v)} for s in range(3)})
+
+
+# Three seeds of one world, no bootstrap: half = t_{0.975, 2} · sd / sqrt 3 = 4.302653 / 1.732051 · sd = 2.484138 · sd
+
+
+def test_paper_predictions_held_by_hand():
     from evojax_merge.report.predictions import check_predictions
 
-    def stats_of(f1: dict[str, tuple[float, ...]]):
-        return label_stats({s: {k: {"f1": v[s] / 100, "precision": 0.0, "recall": 0.0, "per_task": {}}
-                                for k, v in f1.items()} for s in range(3)})
-
-    checked = check_predictions(stats_of({
-        "evo_merging": (40, 42, 44), "best_single": (31, 30, 35), "lorahub": (35, 35, 35), "ties": (36, 30, 30),
-        "task_arithmetic": (20, 20, 20), "evo_no_scale": (10, 10, 10),
-        "evo_no_denoise": (20, 20, 20), "evo_no_sign_flip": (15, 16, 11)}))
-    # evo - best = 9 12 9: mean 10 (>= 10), std sqrt 3, SE 1; evo 42 > lorahub 35 > max(ties 32, TA 20); 10 < 14, 20
-    assert [(p.held, p.evidence) for p in checked] == [
-        (True, "gap +10.00 ± 1.00 SE (beyond 2 SE), seeds 0, 1, 2"),
-        (True, "`evo_merging` 42.00, `lorahub` 35.00, `task_arithmetic` 20.00, `ties` 32.00"),
-        (True, "`evo_no_scale` 10.00, `evo_no_denoise` 20.00, `evo_no_sign_flip` 14.00")]
-    checked = check_predictions(stats_of({
-        "evo_merging": (40, 41, 42), "best_single": (31, 32, 33), "lorahub": (30, 30, 30), "ties": (31, 31, 31),
-        "evo_no_scale": (15, 15, 15), "evo_no_denoise": (20, 20, 20),
-        "evo_no_sign_flip": (15, 15, 15)}))
-    # gap 9 < 10; lorahub 30 < ties 31; no_scale ties no_sign_flip: not strictly the worst
-    assert [p.held for p in checked] == [False, False, False]
-    assert check_predictions(stats_of({"uniform": (1, 2, 3), "base": (0, 0, 0)})) == []
+    checked = check_predictions(_stats_of({
+        "evo_merging": (40, 42, 44), "best_single": (20, 21, 22), "lorahub": (30, 31, 35), "ties": (20, 20, 26),
+        "task_arithmetic": (20, 20, 20), "evo_no_scale": (10, 10, 10), "evo_no_denoise": (20, 21, 22),
+        "evo_no_sign_flip": (15, 16, 17)}))
+    # evo - best = 20 21 22: mean 21, sd 1 -> [18.52, 23.48], wholly >= 10
+    # evo - lorahub = 10 11 9 (sd 1) -> [7.52, 12.48]; lorahub - TA = 10 11 15: mean 12, sd sqrt 7, half 6.5724
+    # -> [5.43, 18.57]; lorahub - ties = 10 11 9 -> [7.52, 12.48]: all > 0
+    # no_scale - no_denoise = -10 -11 -12 -> [-13.48, -8.52]; no_scale - no_sign_flip = -5 -6 -7 -> [-8.48, -3.52]
+    assert [p.verdict for p in checked] == ["held", "held", "held"]
+    assert checked[0].evidence == ("`evo_merging` − `best_single` = +21.00 [+18.52, +23.48] over 3 seeds, "
+                                   "predicted >= 10: held")
+    assert checked[1].evidence == (
+        "`evo_merging` − `lorahub` = +10.00 [+7.52, +12.48] over 3 seeds, predicted > 0: held; "
+        "`lorahub` − `task_arithmetic` = +12.00 [+5.43, +18.57] over 3 seeds, predicted > 0: held; "
+        "`lorahub` − `ties` = +10.00 [+7.52, +12.48] over 3 seeds, predicted > 0: held")
+    assert checked[2].evidence == (
+        "`evo_no_scale` − `evo_no_denoise` = -11.00 [-13.48, -8.52] over 3 seeds, predicted < 0: held; "
+        "`evo_no_scale` − `evo_no_sign_flip` = -6.00 [-8.48, -3.52] over 3 seeds, predicted < 0: held")
+    assert all(p.held for p in checked)
+    assert check_predictions(_stats_of({"uniform": (1, 2, 3), "base": (0, 0, 0)})) == []
     # the labels method=ablation really writes: conf/method/ has one file per ablation label
     from evojax_merge.report.predictions import ABLATIONS
 
     assert all((ROOT / "conf" / "method" / f"{label}.yaml").is_file() for label in ABLATIONS)
 
 
-def _stats_of(f1: dict[str, tuple[float, ...]]):
-    return label_stats({s: {k: {"f1": v[s] / 100, "precision": 0.0, "recall": 0.0, "per_task": {}}
-                            for k, v in f1.items() if s < len(v)} for s in range(3)})
+def test_paper_predictions_not_held_by_hand():
+    from evojax_merge.report.predictions import check_predictions
+
+    checked = check_predictions(_stats_of({
+        "evo_merging": (41, 42, 43), "best_single": (40, 40, 40), "lorahub": (50, 52, 51), "ties": (31, 31, 31),
+        "evo_no_scale": (20, 21, 22), "evo_no_denoise": (10, 10, 10), "evo_no_sign_flip": (30, 30, 30)}))
+    # evo - best = 1 2 3: mean 2, sd 1, t_{0.975,2} = 4.302653, half 4.302653 / sqrt 3 = 2.4841 -> [-0.48, +4.48]:
+    #   wholly below 10
+    # evo - lorahub = -9 -10 -8 -> [-11.48, -6.52] wholly <= 0 (lorahub - ties = 19 21 20 held): not held
+    # no_scale - no_denoise = 10 11 12 -> [+7.52, ...] wholly >= 0 (no_scale - no_sign_flip -10 -9 -8 held): not held
+    assert [p.verdict for p in checked] == ["not held", "not held", "not held"]
+    [gap] = [part.gap for part in checked[0].parts]
+    assert (gap.mean, gap.sd, gap.n) == pytest.approx((2, 1, 3))
+    assert gap.half == pytest.approx(4.302652729749462 / math.sqrt(3)) == pytest.approx(2.4841377)
+    assert [part.verdict for part in checked[1].parts] == ["not held", "held"]
+    assert [part.verdict for part in checked[2].parts] == ["not held", "held"]
+    assert not any(p.held for p in checked)
+
+
+def test_paper_predictions_undetermined_by_hand():
+    from evojax_merge.report.predictions import check_predictions
+
+    # evo - best = 9 12 9: mean 10, sd sqrt 3, half 4.302653 -> [5.70, 14.30] straddles 10 (the old mean-only rule
+    # called it held); lorahub - ties = 5 5 5 has no spread: undetermined, so the ranking is too
+    [gain, ranking] = check_predictions(_stats_of({
+        "evo_merging": (40, 42, 44), "best_single": (31, 30, 35), "lorahub": (35, 36, 37), "ties": (30, 31, 32)}))
+    assert gain.verdict == ranking.verdict == "undetermined"
+    assert gain.evidence == ("`evo_merging` − `best_single` = +10.00 [+5.70, +14.30] over 3 seeds, "
+                             "predicted >= 10: undetermined")
+    assert ranking.evidence.endswith("`lorahub` − `ties` = +5.00 [+5.00, +5.00] over 3 seeds: no spread, "
+                                     "predicted > 0: undetermined")
+    # one replicate: no interval at all
+    one = label_stats({0: {k: {"f1": v, "precision": 0.0, "recall": 0.0, "per_task": {}}
+                           for k, v in (("evo_merging", 0.9), ("best_single", 0.1))}})
+    [p] = check_predictions(one)
+    assert p.verdict == "undetermined" and p.evidence == (
+        "`evo_merging` − `best_single` = +80.00 over 1 seed: no interval, predicted >= 10: undetermined")
 
 
 def test_distractor_cost_held_or_not_by_hand():
     from evojax_merge.report.predictions import check_distractor_cost
 
     id_ = _stats_of({"evo_merging": (60, 62, 64), "task_arithmetic": (40, 40, 40), "ties": (44, 42, 40)})
-    # changes: evo -2 -4 -3 -> -3 (SE 0.58, the bound itself: held); TA -10 -11 -9 -> -10; TIES -30 -30 -30
-    dist = _stats_of({"evo_merging": (58, 58, 61), "task_arithmetic": (30, 29, 31), "ties": (14, 12, 10)})
+    # changes (distractors - id), half = 2.4841 · sd: evo 0 -1 +1 -> [-2.48, +2.48] wholly >= -3;
+    # TA -20 -21 -22 -> [-23.48, -18.52] and TIES -30 -31 -29 -> [-32.48, -27.52] wholly <= -10: held
+    dist = _stats_of({"evo_merging": (60, 61, 65), "task_arithmetic": (20, 19, 18), "ties": (14, 11, 11)})
     [p] = check_distractor_cost(id_, dist)
-    assert p.held and p.evidence == (
-        "`evo_merging` 62.00 -> 59.00 (change -3.00 ± 0.58 SE); `task_arithmetic` 40.00 -> 30.00 "
-        "(change -10.00 ± 0.58 SE); `ties` 42.00 -> 12.00 (change -30.00 ± 0.00 SE); seeds 0, 1, 2")
-    # Evo loses 3.33 > 3: not held, though TA and TIES drop far
-    [p] = check_distractor_cost(id_, _stats_of({**{k: (58, 58, 60) for k in ["evo_merging"]},
-                                                "task_arithmetic": (0, 0, 0), "ties": (0, 0, 0)}))
-    assert not p.held
-    # TA loses only 9: not held
-    [p] = check_distractor_cost(id_, _stats_of({"evo_merging": (60, 62, 64), "task_arithmetic": (31, 31, 31),
-                                                "ties": (0, 0, 0)}))
-    assert not p.held
+    assert p.verdict == "held" and p.evidence == (
+        "`evo_merging` 62.00 -> 62.00; `task_arithmetic` 40.00 -> 19.00; `ties` 42.00 -> 12.00; "
+        "`evo_merging (distractors)` − `evo_merging (id)` = +0.00 [-2.48, +2.48] over 3 seeds, predicted >= -3: held; "
+        "`task_arithmetic (distractors)` − `task_arithmetic (id)` = -21.00 [-23.48, -18.52] over 3 seeds, "
+        "predicted <= -10: held; `ties (distractors)` − `ties (id)` = -30.00 [-32.48, -27.52] over 3 seeds, "
+        "predicted <= -10: held")
+    # TA loses only 1 2 3 -> [-4.48, +0.48], wholly above -10: not held
+    [p] = check_distractor_cost(id_, _stats_of({"evo_merging": (60, 61, 65), "task_arithmetic": (39, 38, 37),
+                                                "ties": (14, 11, 11)}))
+    assert p.verdict == "not held"
+    # Evo loses 3 4 5 -> [-6.48, -1.52] straddles -3: undetermined
+    [p] = check_distractor_cost(id_, _stats_of({"evo_merging": (57, 58, 59), "task_arithmetic": (20, 19, 18),
+                                                "ties": (14, 11, 11)}))
+    assert p.verdict == "undetermined"
     assert check_distractor_cost(id_, _stats_of({"evo_merging": (1, 1, 1), "ties": (0, 0, 0)})) == []  # no TA
     assert check_distractor_cost(id_, {}) == []
 
@@ -398,18 +463,24 @@ def test_distractor_cost_held_or_not_by_hand():
 def test_summary_lists_each_table_and_the_cross_table_prediction():
     from evojax_merge.report.summary import summary_markdown
 
+    # evo - lorahub = 10 11 12: mean 11, sd 1 -> [+8.52, +13.48]; lorahub - TA = 10 11 12 likewise;
+    # lorahub - ties = 6 9 12: mean 9, sd 3, half 7.4524 -> [+1.55, +16.45]: all wholly > 0, held
     id_ = _stats_of({"evo_merging": (60, 62, 64), "task_arithmetic": (40, 40, 40), "ties": (44, 42, 40),
-                     "lorahub": (50, 50, 50)})
-    dist = _stats_of({"evo_merging": (58, 58, 61), "task_arithmetic": (30, 29, 31), "ties": (14, 12, 10)})
+                     "lorahub": (50, 51, 52)})
+    dist = _stats_of({"evo_merging": (60, 61, 65), "task_arithmetic": (20, 19, 18), "ties": (14, 11, 11)})
     text = summary_markdown({"id": id_, "distractors": dist}, {"id": "id/report/REPORT.md",
                                                                "distractors": "distractors/report/REPORT.md"},
                             [0, 1, 2], 600.0, "python -m evojax_merge.train +experiment=paper",
-                            {"id": 90.0, "distractors": 1110.0})
+                            {"id": 90.0, "distractors": 1110.0}, designs={"id": "1 world × 3 search seeds"})
     assert text.startswith("# The paper's tables: 2 tables x 3 seeds (0, 1, 2)")
     assert "10 min in this invocation (runs finished earlier were skipped); the runs themselves took 20 min" in text
-    assert "[REPORT.md](id/report/REPORT.md) — runs: 1.5 min over its seeds" in text
-    assert "- Evo-Merging > LoraHub > TA/TIES: **held** (`evo_merging` 62.00, `lorahub` 50.00" in text
-    assert "## Across tables: id against distractors\n\n- Distractors cost Evo-Merging at most 3 F1" in text
+    assert "1 world × 3 search seeds. [REPORT.md](id/report/REPORT.md) — runs: 1.5 min over its replicates" in text
+    assert ("- Evo-Merging > LoraHub > TA/TIES: **held** (`evo_merging` − `lorahub` = +11.00 [+8.52, +13.48] over 3 "
+            "seeds, predicted > 0: held; `lorahub` − `task_arithmetic` = +11.00 [+8.52, +13.48] over 3 seeds, "
+            "predicted > 0: held; `lorahub` − `ties` = +9.00 [+1.55, +16.45] over 3 seeds, predicted > 0: held)."
+            in text)
+    assert ("## Across tables: id against distractors\n\n- Distractors cost Evo-Merging at most 3 F1, while TA and "
+            "TIES drop 10 or more: **held**") in text
     assert text.index("## id") < text.index("## distractors") < text.index("## Across tables")
     assert "Across tables" not in summary_markdown({"id": id_}, {"id": "x"}, [0], 1.0, "c")
 

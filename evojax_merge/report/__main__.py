@@ -20,14 +20,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None,
                         help="log the report to W&B (offline unless WANDB_MODE says otherwise); "
                              "default: when the runs' config has a W&B logger")
+    parser.add_argument("--bootstrap", type=int, default=None, metavar="B",
+                        help="resamples of the paired test-set bootstrap (default 1000; 0: none)")
+    parser.add_argument("--bootstrap-seed", type=int, default=None, metavar="SEED",
+                        help="seed of the bootstrap's generator (default 0)")
     args = parser.parse_args(argv)
+    if args.bootstrap is not None and args.bootstrap != 0 and args.bootstrap < 2:
+        parser.error("--bootstrap: 0 (none) or at least 2 resamples")
     import matplotlib
 
     matplotlib.use("Agg")
+    from evojax_merge.report.bootstrap import BOOT_SEED, N_BOOT
     from evojax_merge.report.build import build_report
 
+    n_boot = N_BOOT if args.bootstrap is None else args.bootstrap
+    seed = BOOT_SEED if args.bootstrap_seed is None else args.bootstrap_seed
     try:
-        path = build_report(args.run_dirs, args.out, args.wandb, argv)
+        path = build_report(args.run_dirs, args.out, args.wandb, argv, n_boot=n_boot, boot_seed=seed)
     except EvoMergeInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,7 @@
-"""Build a seeded report from run directories: REPORT.md plus figures/, and optionally W&B.
+"""Build a report from run directories: REPORT.md plus figures/, and optionally W&B.
+
+The runs are replicates (world, search seed) of one experiment; report/analysis.py turns them into
+stats, paired gaps with 95% intervals (report/stats.py) and the test-set bootstrap (report/bootstrap.py).
 
 Everything is read and checked before anything is written; the files are made in a staging
 directory next to the output and moved in at the end, so a failure leaves no half-written report.
@@ -16,9 +19,12 @@ from pathlib import Path
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.provenance import provenance
 from evojax_merge.report import method_plots, plots
+from evojax_merge.report.analysis import Analysis, analyses
+from evojax_merge.report.bootstrap import BOOT_SEED, N_BOOT
 from evojax_merge.report.markdown import provenance_section, report_markdown
-from evojax_merge.report.runs import RunRecord, check_same_experiment, find_run_dirs, group_by_seed, load_run
-from evojax_merge.report.stats import LabelStats, Summary, cost_stats, label_stats, size_series, top_two_gaps
+from evojax_merge.report.predictions import check_predictions
+from evojax_merge.report.runs import RunRecord, check_same_experiment, find_run_dirs, load_run
+from evojax_merge.report.stats import LabelStats, Summary, size_series
 
 FIGURES = "figures"
 
@@ -34,9 +40,11 @@ def default_out(paths: Sequence[str | Path]) -> Path:
     return Path(os.path.commonpath([str(p) for p in folders])) / "report"
 
 
-def _figures(runs: Sequence[RunRecord], stats: dict[str, LabelStats], costs: dict[str, dict[str, Summary]],
-             title: str, where: Path) -> list[tuple[str, str]]:
+def _figures(runs: Sequence[RunRecord], analysis: Analysis, title: str, where: Path) -> list[tuple[str, str]]:
     """Draw every figure into ``where``; returns ``(caption, path relative to the report)``."""
+    from evojax_merge.report import forest
+
+    stats, costs = analysis.stats, analysis.costs
     where.mkdir(parents=True, exist_ok=True)
     made: list[tuple[str, str]] = []
 
@@ -45,8 +53,11 @@ def _figures(runs: Sequence[RunRecord], stats: dict[str, LabelStats], costs: dic
         return where / name
 
     metric = runs[0].metric
-    plots.f1_bars(title, list(stats.values()), add(f"test {metric} per method, mean ± std over seeds", "f1_bars.png"),
-                  metric)
+    plots.f1_bars(title, list(stats.values()), add(f"test {metric} per method, mean ± std over {analysis.unit}s",
+                                                   "f1_bars.png"), metric, analysis.unit)
+    for claim in forest.claims_to_draw(check_predictions(stats, analysis.gap)):
+        forest.forest_figure(claim, add(f"{claim.claim}: per world and pooled", f"forest_{_slug(claim.key)}.png"),
+                             analysis.gates, metric)
     for param, xlabel in (("N", "pool size N (adapters)"), ("V", "validation examples V")):
         series = size_series(stats, param)
         if series:
@@ -100,32 +111,39 @@ def _install(staging: Path, out: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
+def _finite(x: float) -> float | None:
+    return x if x == x else None  # NaN -> None
+
+
 def wandb_tables(stats: dict[str, LabelStats]) -> dict[str, tuple[list[str], list[list]]]:
-    summary = [[s.label, s.f1.n, s.f1.mean, s.f1.std, s.precision.mean, s.recall.mean,
-                None if s.vs_best_single is None else s.vs_best_single.mean,
-                None if s.vs_best_single is None else s.vs_best_single.se,
-                bool(s.vs_best_single and s.vs_best_single.marked)] for s in stats.values()]
-    per_seed = [[s.label, seed, f1] for s in stats.values() for seed, f1 in s.per_seed.items()]
+    def gap_row(g):
+        if g is None:
+            return [None, None, None, False]
+        return [g.mean, _finite(g.lo), _finite(g.hi), g.marked]
+
+    summary = [[s.label, s.f1.n, s.f1.mean, s.f1.std, s.precision.mean, s.recall.mean, *gap_row(s.vs_best_single)]
+               for s in stats.values()]
+    per_seed = [[s.label, w, seed, f1] for s in stats.values() for (w, seed), f1 in s.per_replicate.items()]
     per_target = [[s.label, t, v.mean, v.std, v.n] for s in stats.values() for t, v in s.per_target.items()]
     return {
         "report/methods": (["method", "n", "f1_mean", "f1_std", "precision_mean", "recall_mean",
-                            "gap_vs_best_single", "gap_se", "gap_over_2se"], summary),
-        "report/per_seed": (["method", "seed", "f1"], per_seed),
+                            "gap_vs_best_single", "gap_lo95", "gap_hi95", "gap_marked"], summary),
+        "report/per_seed": (["method", "world", "seed", "f1"], per_seed),
         "report/per_target": (["method", "target", "f1_mean", "f1_std", "n"], per_target),
     }
 
 
 def build_report(paths: Sequence[str | Path], out: str | Path | None = None, wandb: bool | None = None,
-                 argv: Sequence[str] | None = None) -> Path:
+                 argv: Sequence[str] | None = None, n_boot: int = N_BOOT, boot_seed: int = BOOT_SEED) -> Path:
     """Read the runs under ``paths``, write ``out/REPORT.md`` and ``out/figures/*.png``; returns REPORT.md.
 
     ``wandb``: ``None`` logs when the runs' own config has a W&B logger, ``True``/``False`` force it.
+    ``n_boot``: resamples of the test-set bootstrap (0: none); ``boot_seed``: its generator's seed.
     """
     runs = [load_run(d) for d in find_run_dirs(paths)]
     check_same_experiment(runs)
-    by_seed = group_by_seed(runs)
-    stats, costs = label_stats(by_seed), cost_stats(by_seed)
-    gaps = top_two_gaps(stats)
+    analysis, gated = analyses(runs, n_boot, boot_seed)
+    stats = analysis.stats
     out = Path(out) if out is not None else default_out(paths)
     if out.exists() and not out.is_dir():
         raise EvoMergeInputError(f"{out}: --out exists and is not a directory")
@@ -139,10 +157,10 @@ def build_report(paths: Sequence[str | Path], out: str | Path | None = None, wan
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
-        figures = _figures(runs, stats, costs, title, staging / FIGURES)
-        text = report_markdown(first.experiment, first.setting, stats, gaps, figures,
+        figures = _figures(runs, analysis, title, staging / FIGURES)
+        text = report_markdown(first.experiment, first.setting, analysis, figures,
                                provenance_section(runs, common, report_prov["command"], report_prov["git_commit"],
-                                                  report_prov["git_dirty"]), metric=first.metric, costs=costs)
+                                                  report_prov["git_dirty"]), metric=first.metric, gated=gated)
         (staging / "REPORT.md").write_text(text, encoding="utf-8")
         _install(staging, out)
     finally:
@@ -161,6 +179,7 @@ def _log_wandb(runs: Sequence[RunRecord], stats: dict[str, LabelStats], out: Pat
     if wandb is False or logger.get("name", "none") == "none":
         return
     config = {"experiment": runs[0].experiment, "seeds": sorted({r.seed for r in runs}),
+              "worlds": sorted({r.world for r in runs if r.world is not None}),
               "runs": [str(r.path) for r in runs]}
     tracker = make_tracker(logger, config, out, f"report-{runs[0].experiment}")
     try:

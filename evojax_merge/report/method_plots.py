@@ -35,7 +35,7 @@ def labels_with(runs: Sequence[RunRecord], key: str) -> list[str]:
 
 def collect_cells(runs: Sequence[RunRecord], label: str, key: str) -> list[tuple[int, str, dict]]:
     """``(seed, target, cell)`` for every cell of ``label`` carrying ``key``, by seed."""
-    return [(r.seed, t, c) for r in sorted(runs, key=lambda r: r.seed)
+    return [(r.seed, t, c) for r in sorted(runs, key=lambda r: (r.world is not None, r.world or 0, r.seed))
             for t, c in r.methods.get(label, {}).get("per_task", {}).items() if key in c]
 
 

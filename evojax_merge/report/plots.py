@@ -1,8 +1,8 @@
 """The report's figures as PNG files: matplotlib's object API on the Agg canvas (no pyplot state).
 
 - ``fitness_figure``: best-so-far and population-mean fitness per generation, a panel per target and stage;
-- ``genome_figure``: alpha and beta heatmaps, adapters x targets, averaged over seeds;
-- ``f1_bars``: test F1 per method, mean with a std error bar and a dot per seed;
+- ``genome_figure``: alpha and beta heatmaps, adapters x targets, averaged over replicates;
+- ``f1_bars``: test F1 per method, mean with a std error bar and a dot per world (or seed, with one world);
 - ``size_curves``: F1 against the pool size N or the validation size V.
 
 The ``collect_*`` functions turn run records into the arrays drawn; the ``*_figure`` functions draw.
@@ -39,9 +39,9 @@ def searched_labels(runs: Sequence[RunRecord]) -> list[str]:
 
 
 def collect_fitness(runs: Sequence[RunRecord], label: str) -> dict[str, dict[str, dict[str, np.ndarray]]]:
-    """``{target: {stage: {"best": [seeds, G], "mean": [seeds, G]}}}``, NaN-padded to the longest stage."""
+    """``{target: {stage: {"best": [replicates, G], "mean": [replicates, G]}}}``, NaN-padded to the longest stage."""
     rows: dict[str, dict[str, dict[str, list[list[float]]]]] = {}
-    for run in sorted(runs, key=lambda r: r.seed):
+    for run in sorted(runs, key=lambda r: (r.world is not None, r.world or 0, r.seed)):
         for target, cell in run.methods.get(label, {}).get("per_task", {}).items():
             for stage, rec in (cell.get("stages") or {}).items():
                 history = rec.get("history") or []
@@ -63,8 +63,9 @@ def _float(v) -> float:
 
 
 def collect_genomes(runs: Sequence[RunRecord], label: str) -> tuple[list[str], list[str], np.ndarray, np.ndarray, int]:
-    """``(adapters, targets, alpha [A, T], beta [A, T], seeds)``: the mean over seeds, NaN where an adapter
-    was not in a target's pool. Adapters whose names are unknown are rows ``#i`` (pool position)."""
+    """``(adapters, targets, alpha [A, T], beta [A, T], replicates)``: the mean over replicates (world, seed),
+    NaN where an adapter was not in a target's pool. Adapters whose names are unknown are rows ``#i`` (pool
+    position)."""
     values: dict[tuple[str, str], dict[str, list[float]]] = {}
     seeds = set()
     for run in runs:
@@ -72,7 +73,7 @@ def collect_genomes(runs: Sequence[RunRecord], label: str) -> tuple[list[str], l
             alpha, beta = cell.get("alpha"), cell.get("beta")
             if not isinstance(alpha, list) or not isinstance(beta, list) or len(alpha) != len(beta):
                 continue
-            seeds.add(run.seed)
+            seeds.add(run.replicate)
             names = adapter_names(run, label, target, cell) or [f"#{i}" for i in range(len(alpha))]
             for name, a, b in zip(names, alpha, beta, strict=True):
                 slot = values.setdefault((name, target), {"alpha": [], "beta": []})
@@ -108,10 +109,10 @@ def fitness_figure(label: str, curves: Mapping[str, Mapping[str, Mapping[str, np
             best, mean = series["best"], series["mean"]
             x = np.arange(1, best.shape[1] + 1)
             with np.errstate(all="ignore"):
-                ax.plot(x, np.nanmean(best, 0), color="C0", label="best so far (mean over seeds)")
+                ax.plot(x, np.nanmean(best, 0), color="C0", label="best so far (mean over runs)")
                 if best.shape[0] > 1:
                     ax.fill_between(x, np.nanmin(best, 0), np.nanmax(best, 0), color="C0", alpha=0.2,
-                                    label="best: range over seeds")
+                                    label="best: range over runs")
                 ax.plot(x, np.nanmean(mean, 0), color="C1", linestyle="--", label="population mean")
             ax.set_xlabel("generation", fontsize=8)
             ax.set_ylabel("fitness (lower is better)", fontsize=8)
@@ -119,7 +120,7 @@ def fitness_figure(label: str, curves: Mapping[str, Mapping[str, Mapping[str, np
             ax.xaxis.get_major_locator().set_params(integer=True)
     axes[0, 0].legend(fontsize=7)
     n = max((s["best"].shape[0] for t in curves.values() for s in t.values()), default=0)
-    fig.suptitle(f"{label}: fitness per generation ({n} seed{'s' * (n != 1)})", fontsize=11)
+    fig.suptitle(f"{label}: fitness per generation ({n} run{'s' * (n != 1)})", fontsize=11)
     return _save(fig, path)
 
 
@@ -152,22 +153,22 @@ def genome_figure(label: str, adapters: Sequence[str], targets: Sequence[str], a
                         ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=6,
                                 color="white" if dark else "black")
     ax_a.set_ylabel("adapter", fontsize=9)
-    fig.suptitle(f"{label}: searched genome, mean over {seeds} seed{'s' * (seeds != 1)} (grey: not in the pool)",
+    fig.suptitle(f"{label}: searched genome, mean over {seeds} run{'s' * (seeds != 1)} (grey: not in the pool)",
                  fontsize=10)
     return _save(fig, path)
 
 
-def f1_bars(title: str, stats: Sequence[LabelStats], path: Path, metric: str = "F1") -> Path:
+def f1_bars(title: str, stats: Sequence[LabelStats], path: Path, metric: str = "F1", unit: str = "seed") -> Path:
     ordered = sorted(stats, key=lambda s: (-s.f1.mean, s.label))
     fig = Figure(figsize=(max(5.0, 0.7 * len(ordered) + 2), 4.2), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(ordered))
     means = [s.f1.mean for s in ordered]
     errors = [s.f1.std if math.isfinite(s.f1.std) else 0.0 for s in ordered]
-    ax.bar(x, means, yerr=errors, capsize=4, color="C0", alpha=0.75, label="mean ± std over seeds")
+    ax.bar(x, means, yerr=errors, capsize=4, color="C0", alpha=0.75, label=f"mean ± std over {unit}s")
     for i, s in enumerate(ordered):
-        ys = list(s.per_seed.values())
-        ax.scatter([i] * len(ys), ys, color="black", s=10, zorder=3, label="each seed" if i == 0 else None)
+        ys = list(s.per_unit.values())
+        ax.scatter([i] * len(ys), ys, color="black", s=10, zorder=3, label=f"each {unit}" if i == 0 else None)
         if s.vs_best_single is not None and s.vs_best_single.marked:
             ax.annotate("*", (i, means[i] + errors[i]), xytext=(0, 3), textcoords="offset points", ha="center",
                         va="bottom", fontsize=14)
@@ -175,7 +176,7 @@ def f1_bars(title: str, stats: Sequence[LabelStats], path: Path, metric: str = "
     ax.set_ylabel(f"test {metric} ×100")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
-    ax.set_title(title + "\n* gap to best_single > 2 SE (paired over seeds)", fontsize=10)
+    ax.set_title(title + "\n* the 95% interval of the paired gap to best_single excludes 0", fontsize=10)
     return _save(fig, path)
 
 
@@ -192,7 +193,7 @@ def size_curves(title: str, xlabel: str, series: Mapping[str, Sequence[tuple[flo
     ax.set_xticks(xs_all, [f"{x:g}" for x in xs_all])
     ax.minorticks_off()
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("test F1 ×100 (mean ± std over seeds)")
+    ax.set_ylabel("test F1 ×100 (mean ± std over replicates)")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
     return _save(fig, path)

@@ -1,7 +1,11 @@
 """Reading run directories for the report: ``results.json`` files, Hydra multirun sweeps, provenance.
 
 A run directory holds the ``results.json`` written by ``python -m evojax_merge.train``. A Hydra
-multirun directory (or any folder above run directories) is searched for the job directories in it.
+multirun directory (or any folder above run directories) is searched for the job directories in it; a
+run of several replicates (its results.json lists ``replicates``) stands for its replicate directories
+(``worlds/world_<w>/seeds/seed_<s>/`` or ``seeds/seed_<s>/``). A run is one replicate ``(world, seed)``:
+the world seed is results.json's ``world.seed`` (``None`` when it is not recorded), the search seed
+``config.seed``.
 Every problem is a one-line :class:`EvoMergeInputError` naming the file.
 """
 
@@ -25,7 +29,7 @@ _SKIP_DIRS = {"checkpoints", "merged_adapters", "wandb", "figures", ".submitit"}
 # config keys that may differ between runs of one experiment: the seed, the method set of a sweep,
 # and settings that do not change the numbers (logging, checkpoints, caches, how the forward is chunked)
 PER_RUN_KEYS = {"seed", "method", "resume", "progress", "logger", "checkpoint", "cache_dir", "service",
-                "population_chunk", "distributed", "provenance"}
+                "population_chunk", "distributed", "provenance", "world_realization"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +46,13 @@ class RunRecord:
     dirty: bool | None
     metric: str = "F1"  # what ``f1`` holds: F1, or exact-match accuracy for the Sakana world
     timings: dict = dataclasses.field(default_factory=dict)  # results.json's ``timings`` (seconds)
+    world: int | None = None  # results.json's ``world.seed``: the world realization
+    gate: bool | None = None  # results.json's ``zoo.gate.passed`` (the IE worlds' gate), None when absent
+
+    @property
+    def replicate(self) -> tuple[int | None, int]:
+        """``(world, seed)``: the unit the report pairs methods inside."""
+        return (self.world, self.seed)
 
     @property
     def run_seconds(self) -> float:
@@ -73,6 +84,11 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
             if RESULTS in filenames or (here / ".hydra").is_dir():
                 if RESULTS not in filenames:
                     raise EvoMergeInputError(f"{here / RESULTS}: not found (a failed or unfinished run?)")
+                replicates = _replicates(here)
+                if replicates is not None:  # the mean over replicates: read the replicates themselves
+                    runs.extend(replicates)
+                    dirnames.clear()
+                    continue
                 runs.append(here)
                 dirnames.clear()  # nothing to find inside a run
                 continue
@@ -81,6 +97,37 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
             raise EvoMergeInputError(f"{root / RESULTS}: not found, and no run directory below {root}")
         found.extend(runs)
     return list(dict.fromkeys(p.resolve() for p in found))  # the order given; sorted within a folder
+
+
+def _replicates(run_dir: Path) -> list[Path] | None:
+    """The replicate directories a run of several replicates lists in its results.json, else ``None``."""
+    try:
+        data = json.loads((run_dir / RESULTS).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None  # load_run names the problem
+    listed = data.get("replicates") if isinstance(data, dict) else None
+    if not isinstance(listed, list) or not listed or not all(isinstance(p, str) for p in listed):
+        return None
+    dirs = [run_dir / p for p in listed]
+    for d in dirs:
+        if not (d / RESULTS).is_file():
+            raise EvoMergeInputError(f"{d / RESULTS}: not found (listed as a replicate in {run_dir / RESULTS})")
+    return dirs
+
+
+def _world_seed(data: dict) -> int | None:
+    world = data.get("world")
+    if isinstance(world, dict) and "seed" not in world and isinstance(world.get("catalog"), dict):
+        world = world["catalog"]  # a remote world: the catalog world it serves
+    seed = world.get("seed") if isinstance(world, dict) else None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
+def _gate(data: dict) -> bool | None:
+    zoo = data.get("zoo")
+    gate = zoo.get("gate") if isinstance(zoo, dict) else None
+    passed = gate.get("passed") if isinstance(gate, dict) else None
+    return passed if isinstance(passed, bool) else None
 
 
 def _number(value: Any, where: str) -> float:
@@ -183,7 +230,8 @@ def load_run(run_dir: str | Path) -> RunRecord:
     setting = config.get("setting")  # the engine's setting group (its name), or an older run's experiment.setting
     setting = setting.get("name") if isinstance(setting, dict) else setting
     return RunRecord(run_dir, experiment["name"], str(setting or experiment.get("setting", "?")), seed, methods, config,
-                     command, source, commit, dirty, metric, timings if isinstance(timings, dict) else {})
+                     command, source, commit, dirty, metric, timings if isinstance(timings, dict) else {},
+                     _world_seed(data), _gate(data))
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
@@ -217,18 +265,25 @@ def check_same_experiment(runs: list[RunRecord]) -> None:
                                      "runs of different experiment settings cannot be mixed")
 
 
-def group_by_seed(runs: list[RunRecord]) -> dict[int, dict[str, dict]]:
-    """``{seed: {label: method result}}``; a method found twice for one seed is an error."""
-    by_seed: dict[int, dict[str, dict]] = {}
-    origin: dict[tuple[int, str], Path] = {}
+def replicate_name(rep: tuple[int | None, int]) -> str:
+    """``world 2, seed 0``; ``seed 0`` when the world is not recorded."""
+    world, seed = rep
+    return f"seed {seed}" if world is None else f"world {world}, seed {seed}"
+
+
+def group_by_replicate(runs: list[RunRecord]) -> dict[tuple[int | None, int], dict[str, dict]]:
+    """``{(world, seed): {label: method result}}``, sorted; a method found twice for one replicate is an error."""
+    by_rep: dict[tuple[int | None, int], dict[str, dict]] = {}
+    origin: dict[tuple, Path] = {}
     for run in runs:
         for label, res in run.methods.items():
-            if (run.seed, label) in origin:
-                raise EvoMergeInputError(f"{run.results_path}: method {label!r} for seed {run.seed} is also in "
-                                         f"{origin[run.seed, label] / RESULTS}")
-            origin[run.seed, label] = run.path
-            by_seed.setdefault(run.seed, {})[label] = res
-    return dict(sorted(by_seed.items()))
+            if (run.replicate, label) in origin:
+                raise EvoMergeInputError(f"{run.results_path}: method {label!r} for {replicate_name(run.replicate)} "
+                                         f"is also in {origin[run.replicate, label] / RESULTS}")
+            origin[run.replicate, label] = run.path
+            by_rep.setdefault(run.replicate, {})[label] = res
+    key = {rep: (rep[0] is not None, rep[0] or 0, rep[1]) for rep in by_rep}
+    return dict(sorted(by_rep.items(), key=lambda kv: key[kv[0]]))
 
 
 def adapter_names(run: RunRecord, label: str, target: str, cell: Mapping) -> list[str] | None:
