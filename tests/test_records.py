@@ -79,10 +79,24 @@ def test_empty_list(tmp_path):
 
 def test_malformed_json(tmp_path):
     msg = _error(_write(tmp_path / "d.json", '[{"instruction": "a",\n "output": }]'))
-    assert "malformed JSON at line 2" in msg
+    assert msg == f"{tmp_path / 'd.json'}: line 2, column 12: expected a value (invalid JSON)"
     text = json.dumps(GOOD[0]) + "\n{not json\n"
     msg = _error(_write(tmp_path / "d.jsonl", text))
-    assert "record 1 (line 2)" in msg and "malformed JSON" in msg
+    assert msg == f"{tmp_path / 'd.jsonl'}: line 2, column 2 (record 1): expected a key in double quotes (invalid JSON)"
+
+
+def test_unterminated_string_is_one_complete_line(tmp_path):
+    # json's own message ends mid-phrase ("Unterminated string starting at"); ours says what is wrong
+    text = '[\n {"instruction": "Name the city.",\n  "output": "paris}]'
+    msg = _error(_write(tmp_path / "data.json", text))
+    assert msg == f"{tmp_path / 'data.json'}: line 3, column 13: unterminated string: no closing quote (invalid JSON)"
+    msg = _error(_write(tmp_path / "data.json", text + "\n"))  # the string runs into the line break
+    assert msg == (f"{tmp_path / 'data.json'}: line 3, column 21: line break inside a string, perhaps a missing "
+                   "closing quote (invalid JSON)")
+    lines = json.dumps(GOOD[0]) + "\n" + '{"instruction": "a", "output": "b\tc"}\n'
+    msg = _error(_write(tmp_path / "data.jsonl", lines))
+    assert msg.startswith(f"{tmp_path / 'data.jsonl'}: line 2, column 34 (record 1): invalid control character")
+    assert msg.endswith("(invalid JSON)")
 
 
 def test_wrong_top_level_and_record_types(tmp_path):

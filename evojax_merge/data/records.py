@@ -87,11 +87,38 @@ def load_records(path: str | os.PathLike[str]) -> list[dict]:
     return _parse_jsonl(text, p) if p.suffix == ".jsonl" else _parse_json(text, p)
 
 
+# json's messages that end in a dangling "at" (the position goes in the prefix) or say little
+_JSON_WHAT = {
+    "unterminated string starting at": "unterminated string: no closing quote",
+    "invalid control character at": "invalid control character: a raw tab or line break inside a string",
+    "extra data": "extra data after the JSON value",
+    "expecting value": "expected a value",
+    "expecting property name enclosed in double quotes": "expected a key in double quotes",
+}
+
+
+def _json_error(where: str, err: json.JSONDecodeError) -> EvoMergeInputError:
+    """One complete line: ``where: line L, column C: what is wrong (invalid JSON)``."""
+    msg = _one_line(err.msg).rstrip(": ")
+    what = _JSON_WHAT.get(msg.lower())
+    if msg.lower() == "invalid control character at" and err.doc[err.pos: err.pos + 1] in ("\n", "\r"):
+        what = "line break inside a string, perhaps a missing closing quote"
+    if what is None:
+        for tail in (" starting at", " at"):
+            if msg.endswith(tail):
+                msg = msg[: -len(tail)]
+                break
+        what = msg[:1].lower() + msg[1:]
+        if what.startswith("expecting "):
+            what = "expected " + what[len("expecting "):]
+    return _fail(where, f"{what} (invalid JSON)")
+
+
 def _parse_json(text: str, p: Path) -> list[dict]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise _fail(str(p), f"malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+        raise _json_error(f"{p}: line {err.lineno}, column {err.colno}", err) from None
     if not isinstance(data, list):
         raise _fail(str(p), f"expected a JSON list of records, got {type(data).__name__}")
     return validate_records(data, str(p))
@@ -106,7 +133,7 @@ def _parse_jsonl(text: str, p: Path) -> list[dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise _fail(where, f"malformed JSON at column {err.colno}: {err.msg}") from None
+            raise _json_error(f"{p}: line {lineno}, column {err.colno} (record {len(out)})", err) from None
         out.append(validate_record(record, where))
     return out
 
