@@ -128,7 +128,7 @@ def test_report_markdown_tables(tmp_path):
     assert "| `best_single` | 3 | 22.00 ± 2.65 |  |" in text
     assert "`evo_merging` − `lorahub` = +2.00 [-4.57, +8.57] (n = 3 seeds); its 95% interval includes 0." in text
     # no predictions/ in these runs: the bootstrap is skipped for each, and the report says so
-    assert "- `run0`: no predictions/ directory, so no test-set bootstrap for its methods" in text
+    assert "- seed 0 (`run0`): no predictions/ directory, so no test-set bootstrap for its methods" in text
     assert "## Paired differences per world" not in text  # one world and no bootstrap: nothing per world
     assert "| `evo_merging` | 34.00 ± 2.00 | 30.00 ± 2.00 |" not in text  # targets are sorted: et_a first
     assert "| `evo_merging` | 30.00 ± 2.00 | 34.00 ± 2.00 |" in text

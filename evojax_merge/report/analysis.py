@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from evojax_merge.report.bootstrap import BOOT_SEED, N_BOOT, WorldBootstrap
 from evojax_merge.report.records import run_counts
-from evojax_merge.report.runs import RunRecord, group_by_replicate
+from evojax_merge.report.runs import RunRecord, group_by_replicate, replicate_name
 from evojax_merge.report.stats import (
     Gap,
     GapFn,
@@ -103,7 +103,7 @@ def load_counts(runs: Sequence[RunRecord]) -> tuple[dict, tuple[str, ...]]:
     """``({(world, seed): {label: {task: counts}}}, notes)`` from each run's predictions/."""
     counts, notes = {}, []
     for r in runs:
-        got, why = run_counts(r.path, r.methods)
+        got, why = run_counts(r.path, r.methods, f"{replicate_name(r.replicate)} (`{r.path.name}`)")
         counts[r.replicate] = got
         notes += why
     return counts, tuple(notes)

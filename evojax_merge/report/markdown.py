@@ -89,7 +89,7 @@ def top_two_lines(gaps: Mapping[str, Gap]) -> str:
     lines = []
     for key, g in gaps.items():
         where = f" (among `{key}`)" if key else ""
-        verdict = ("has no interval (one replicate)" if not g.has_interval else "does not vary (no spread)"
+        verdict = ("is undefined (one replicate)" if not g.has_interval else "has no spread"
                    if not g.varies else "excludes 0" if g.marked else "includes 0")
         lines.append(f"- Top two{where}: `{g.a}` − `{g.b}` = {fmt_gap(g)} (n = {g.n} {g.unit}{'s' * (g.n != 1)}); "
                      f"its 95% interval {verdict}.")

@@ -54,11 +54,15 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def run_counts(run_dir: Path, methods: Mapping[str, Mapping]) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
-    """``({label: {task: counts [R, 3]}}, notes)`` for one run directory's methods (results.json's table)."""
-    root = Path(run_dir) / PREDICTIONS
+def run_counts(run_dir: Path, methods: Mapping[str, Mapping], name: str | None = None
+               ) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
+    """``({label: {task: counts [R, 3]}}, notes)`` for one run directory's methods (results.json's table);
+    ``name`` says which run in the notes (default: the directory's name)."""
+    run_dir = Path(run_dir)
+    root = run_dir / PREDICTIONS
+    who = name or f"`{run_dir.name}`"
     if not root.is_dir():
-        return {}, [f"`{run_dir.name}`: no {PREDICTIONS}/ directory, so no test-set bootstrap for its methods"]
+        return {}, [f"{who}: no {PREDICTIONS}/ directory, so no test-set bootstrap for its methods"]
     out: dict[str, dict[str, np.ndarray]] = {}
     notes: list[str] = []
     for label, res in methods.items():
@@ -69,17 +73,17 @@ def run_counts(run_dir: Path, methods: Mapping[str, Mapping]) -> tuple[dict[str,
                 counts = record_counts(_rows(path), task_type_of(target))
             except (OSError, ValueError, TypeError, AttributeError) as e:
                 reason = "missing" if isinstance(e, FileNotFoundError) else f"unreadable ({type(e).__name__})"
-                notes.append(f"`{run_dir.name}`: `{path.relative_to(run_dir)}` {reason}; `{label}` is left out "
+                notes.append(f"{who}: `{path.relative_to(run_dir)}` {reason}; `{label}` is left out "
                              "of the bootstrap")
                 break
             except Exception as e:  # a gold answer the metric rejects (EvoMergeInputError) and the like
-                notes.append(f"`{run_dir.name}`: `{path.relative_to(run_dir)}`: {e}; `{label}` is left out "
+                notes.append(f"{who}: `{path.relative_to(run_dir)}`: {e}; `{label}` is left out "
                              "of the bootstrap")
                 break
             recorded = float(cell.get("f1", math.nan))
             got = float(micro_f1(counts.sum(0))) if len(counts) else math.nan
             if not (math.isfinite(got) and abs(got - recorded) <= F1_TOLERANCE):
-                notes.append(f"`{run_dir.name}`: `{path.relative_to(run_dir)}` gives F1 {100 * got:.2f}, not the "
+                notes.append(f"{who}: `{path.relative_to(run_dir)}` gives F1 {100 * got:.2f}, not the "
                              f"recorded {100 * recorded:.2f}; `{label}` is left out of the bootstrap")
                 break
             tasks[target] = counts

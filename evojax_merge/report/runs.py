@@ -31,6 +31,8 @@ _SKIP_DIRS = {"checkpoints", "merged_adapters", "wandb", "figures", ".submitit"}
 PER_RUN_KEYS = {"seed", "method", "resume", "progress", "logger", "checkpoint", "cache_dir", "service",
                 "population_chunk", "distributed", "provenance", "world_realization"}
 
+REPLICATE_LISTS = {"seeds", "world_seeds"}  # experiment.<key>: which replicates one job ran
+
 
 @dataclasses.dataclass(frozen=True)
 class RunRecord:
@@ -247,6 +249,15 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
     return None if a == b else prefix.rstrip(".")
 
 
+def _shared_config(config: dict) -> dict:
+    """The config without the keys that may differ between replicates of one experiment (the replicate lists
+    ``experiment.seeds`` and ``experiment.world_seeds`` too: more worlds may be run later and reported together)."""
+    out = {k: v for k, v in config.items() if k not in PER_RUN_KEYS}
+    if isinstance(out.get("experiment"), dict):
+        out["experiment"] = {k: v for k, v in out["experiment"].items() if k not in REPLICATE_LISTS}
+    return out
+
+
 def check_same_experiment(runs: list[RunRecord]) -> None:
     """Runs of different experiments, or of one experiment with different settings, are not mixed."""
     first = runs[0]
@@ -257,8 +268,7 @@ def check_same_experiment(runs: list[RunRecord]) -> None:
         if run.experiment != first.experiment:
             raise EvoMergeInputError(f"{run.results_path}: experiment {run.experiment!r} mixed with "
                                      f"{first.experiment!r} ({first.results_path}); report one experiment at a time")
-        a = {k: v for k, v in first.config.items() if k not in PER_RUN_KEYS}
-        b = {k: v for k, v in run.config.items() if k not in PER_RUN_KEYS}
+        a, b = _shared_config(first.config), _shared_config(run.config)
         key = _first_difference(a, b)
         if key is not None:
             raise EvoMergeInputError(f"{run.results_path}: config.{key} differs from {first.results_path}; "
