@@ -198,3 +198,21 @@ def test_no_world_passed_the_gate(tmp_path):
     text = build_report(dirs, tmp_path / "report", wandb=False).read_text()
     assert "gate passed on 0 of 3" in text
     assert "No world passed the gate" in text
+
+
+def test_the_bootstrap_knob(tmp_path, capsys):
+    from evojax_merge.report.__main__ import main
+
+    out = tmp_path / "OUT"
+    three_worlds(out)
+    assert main([str(out), "--out", str(tmp_path / "r0"), "--no-wandb", "--bootstrap", "0"]) == 0
+    text = (tmp_path / "r0" / "REPORT.md").read_text()
+    assert "The test-set bootstrap is off (`--bootstrap 0`)." in text
+    # the worlds' differences without intervals; the pooled t-interval over worlds is the same
+    assert "| `evo_merging` − `best_single` | +75.00 | +50.00 | +100.00 | +75.00 [+12.90, +137.10] \\* |" in text
+    assert main([str(out), "--out", str(tmp_path / "r50"), "--no-wandb", "--bootstrap", "50",
+                 "--bootstrap-seed", "3"]) == 0
+    assert "B = 50 resamples (seed 3)" in (tmp_path / "r50" / "REPORT.md").read_text()
+    with pytest.raises(SystemExit):
+        main([str(out), "--bootstrap", "1"])
+    assert "--bootstrap: 0 (none) or at least 2 resamples" in capsys.readouterr().err
