@@ -1,8 +1,16 @@
-"""Records in, generated answers and scores out: the glue between generation and metrics."""
+"""Records in, generated answers and scores out: the glue between generation and metrics.
+
+Prompts that do not fit ``max_len`` lose whole few-shot turns, oldest first
+(:mod:`evojax_merge.data.batching`). That is never silent here: :func:`generate_for_population`
+fills its ``fit`` argument with :func:`prompt_fit`'s counts and logs one warning line when any
+prompt lost a turn, or when a prompt plus ``max_new_tokens`` passes the model's
+``max_position_embeddings``; :func:`fit_prompts` gives the same counts without generating.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Mapping, MutableMapping, Sequence
 from functools import partial
 
 import jax
@@ -10,11 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from evojax_merge.data.batching import DEFAULT_CAP, encode_prompts, special_ids, stop_id
+from evojax_merge.data.batching import DEFAULT_CAP, Encoding, encode_generation, special_ids, stop_id
 from evojax_merge.eval.generate import greedy_generate
 from evojax_merge.eval.metrics import task_scores
 from evojax_merge.lora.adapter import LoraAdapter, LoraStack
 from evojax_merge.models.llama import LlamaForCausalLM
+
+log = logging.getLogger(__name__)
+_WARNED: set[tuple] = set()  # fit warnings already logged (one line per source and outcome, not per call)
 
 
 @partial(nnx.jit, static_argnames=("max_new_tokens", "eos_id", "pad_id"))
@@ -51,6 +62,56 @@ def _stack_take(stack: LoraStack | LoraAdapter, idx: np.ndarray) -> LoraAdapter:
                        scale=jnp.asarray(stack.scale)[idx])
 
 
+def prompt_fit(encodings: Sequence[tuple[Encoding, Sequence[Mapping]]]) -> dict:
+    """What fitting did to prompts: one dict over ``(encoding, records)`` pairs.
+
+    ``records``: prompts encoded; ``records_with_dropped_turns`` of them lost ``dropped_turns`` of
+    their ``history_turns`` few-shot turns (``most_dropped`` at most in one record) to fit
+    ``max_len``; ``longest_prompt`` is the longest prompt in tokens after fitting."""
+    dropped = [int(d) for enc, _ in encodings for d in enc.dropped_turns]
+    longest = [int(np.max(enc.arrays["lengths"])) for enc, recs in encodings if len(recs)]
+    first = encodings[0][0] if encodings else None
+    return {
+        "style": first.style if first else None,
+        "max_len": first.max_len if first else None,
+        "records": len(dropped),
+        "records_with_dropped_turns": sum(1 for d in dropped if d),
+        "dropped_turns": sum(dropped),
+        "history_turns": sum(len(r.get("history") or []) for _, recs in encodings for r in recs),
+        "most_dropped": max(dropped, default=0),
+        "longest_prompt": max(longest, default=0),
+    }
+
+
+def fit_prompts(records: Sequence[Mapping], tokenizer, max_len: int | None = 128, *, style: str = "auto",
+                cap: int = DEFAULT_CAP, source: str = "<records>", overflow: str = "drop_turns") -> dict:
+    """:func:`prompt_fit` of ``records``' generation prompts, without generating (and without logging)."""
+    enc = encode_generation(list(records), tokenizer, max_len, style=style, cap=cap, source=source,
+                            overflow=overflow)
+    return prompt_fit([(enc, records)])
+
+
+def _note_fit(stats: dict, source: str, context: int | None) -> None:
+    """One warning line when a prompt lost a few-shot turn or the prompt plus its answer passes ``context``."""
+    over = context is not None and stats["longest_prompt"] + stats["max_new_tokens"] > context
+    if not stats["dropped_turns"] and not over:
+        return
+    key = (source, stats["style"], stats["max_len"], stats["records"], stats["records_with_dropped_turns"],
+           stats["dropped_turns"], over)
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    parts = []
+    if stats["dropped_turns"]:
+        parts.append(f"{stats['records_with_dropped_turns']} of {stats['records']} prompts lost "
+                     f"{stats['dropped_turns']} of their {stats['history_turns']} few-shot turns (up to "
+                     f"{stats['most_dropped']} in one) to fit max_len {stats['max_len']}")
+    if over:
+        parts.append(f"the longest prompt ({stats['longest_prompt']} tokens) plus max_new_tokens "
+                     f"{stats['max_new_tokens']} passes the model's max_position_embeddings {context}")
+    log.warning("%s: %s", source, "; ".join(parts))
+
+
 def generate_for_population(
     model: LlamaForCausalLM,
     tokenizer,
@@ -64,6 +125,7 @@ def generate_for_population(
     cap: int = DEFAULT_CAP,
     source: str = "<records>",
     overflow: str = "drop_turns",
+    fit: MutableMapping | None = None,
 ) -> list[list[str]]:
     """Greedy answers of every candidate: ``out[p][i]`` answers ``records[p][i]``.
 
@@ -72,15 +134,29 @@ def generate_for_population(
     generates once with the model alone (``out[0]``). Candidates run ``chunk`` at a time, in one
     vmapped call each. Prompts follow ``style`` (:mod:`evojax_merge.data.prompt`); an answer
     stops at the chat template's end-of-turn token (or eos in the plain template).
+
+    ``fit``, when given, is cleared and filled with :func:`prompt_fit`'s counts over each distinct
+    record list (a list shared by every candidate counts once), plus ``max_new_tokens``. A prompt
+    that lost a few-shot turn is logged (one warning line per source and outcome).
     """
     pad, _, _ = special_ids(tokenizer)
     eos = stop_id(tokenizer, style)
     eos = -1 if eos is None else eos
     enc_kw = {"style": style, "cap": cap, "source": source, "overflow": overflow}
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+    def noted(encodings: list[tuple[Encoding, Sequence[Mapping]]]) -> None:
+        stats = {**prompt_fit(encodings), "max_new_tokens": int(max_new_tokens)}
+        _note_fit(stats, source, context)
+        if fit is not None:
+            fit.clear()
+            fit.update(stats)
+
     if adapters is None:
         flat = list(records)
-        enc = encode_prompts(flat, tokenizer, max_len=max_len, **enc_kw)
-        toks = _generate_plain(model, jnp.asarray(enc["input_ids"]), jnp.asarray(enc["lengths"]),
+        enc = encode_generation(flat, tokenizer, max_len, **enc_kw)
+        noted([(enc, flat)])
+        toks = _generate_plain(model, jnp.asarray(enc.arrays["input_ids"]), jnp.asarray(enc.arrays["lengths"]),
                                max_new_tokens=max_new_tokens, eos_id=eos, pad_id=pad)
         return [decode_answers(tokenizer, np.asarray(toks), eos)]
     num = int(jnp.asarray(adapters.scale).shape[0])
@@ -90,14 +166,19 @@ def generate_for_population(
     width = max(len(r) for r in per_candidate)
     # one prompt length for all candidates, so every chunk has the same shape (one compile)
     flat = [r for recs in per_candidate for r in recs]
-    length = encode_prompts(flat, tokenizer, max_len=max_len, **enc_kw)["input_ids"].shape[1]
+    length = encode_generation(flat, tokenizer, max_len, **enc_kw).arrays["input_ids"].shape[1]
     prompt_ids = np.full((num, width, length), pad, np.int32)
     lengths = np.ones((num, width), np.int32)
+    encodings: dict[int, tuple[Encoding, Sequence[Mapping]]] = {}
     for p, recs in enumerate(per_candidate):
         if recs:
-            enc = encode_prompts(list(recs), tokenizer, max_len=max_len, pad_to=length, **enc_kw)
-            prompt_ids[p, : len(recs)] = enc["input_ids"]
-            lengths[p, : len(recs)] = enc["lengths"]
+            if id(recs) not in encodings:  # a list shared by every candidate is encoded once
+                encodings[id(recs)] = (encode_generation(list(recs), tokenizer, max_len, pad_to=length, **enc_kw),
+                                       recs)
+            enc = encodings[id(recs)][0]
+            prompt_ids[p, : len(recs)] = enc.arrays["input_ids"]
+            lengths[p, : len(recs)] = enc.arrays["lengths"]
+    noted(list(encodings.values()))
     outputs: list[list[str]] = []
     chunk = max(1, min(chunk, num))
     for start in range(0, num, chunk):
