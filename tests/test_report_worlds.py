@@ -64,8 +64,10 @@ def write_replicate(run_dir: Path, world: int, seed: int, right: dict[str, int],
         if predictions:
             write_predictions(run_dir / "predictions", TASK, label, records, texts, "ner")
     # experiment.seeds differs between the jobs of one experiment (a later job may add seeds or worlds): allowed
+    # and the world's own seeds differ between worlds (the paper run sets world.build.seed, world.build.tasks.seed)
     config = {"experiment": {"name": "ood", "world_seeds": [0, 1, 2], "seeds": [seed]}, "seed": seed,
               "setting": {"name": "ood"}, "logger": {"name": "none"},
+              "world": {"dtype": "float32", "build": {"seed": world, "tasks": {"seed": world, "n": 4}}},
               "world_realization": {"kind": "ie", "seed": world}}
     results = {"methods": methods, "world": {"kind": "ie", "seed": world, "digest": f"d{world}"},
                "setting": {"name": "ood"}, "metric": "F1", "config": config,
@@ -186,6 +188,17 @@ def test_summary_over_worlds(tmp_path):
     assert "- Evo-Merging at least 10 F1 above the best single adapter: **held** (" in text
     assert "On the 2 worlds that passed the gate:\n\n- Evo-Merging at least 10 F1 above the best single adapter: " \
            "**undetermined**" in text
+
+
+def test_worlds_of_another_design_are_not_mixed(tmp_path):
+    from evojax_merge.errors import EvoMergeInputError
+
+    dirs = three_worlds(tmp_path / "OUT")
+    data = json.loads((dirs[2] / "results.json").read_text())
+    data["config"]["world"]["build"]["tasks"]["n"] = 5  # not a seed: another world design
+    (dirs[2] / "results.json").write_text(json.dumps(data))
+    with pytest.raises(EvoMergeInputError, match=r"config.world.build.tasks.n differs"):
+        build_report(dirs, tmp_path / "report", wandb=False)
 
 
 def test_no_world_passed_the_gate(tmp_path):

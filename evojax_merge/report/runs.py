@@ -249,12 +249,22 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
     return None if a == b else prefix.rstrip(".")
 
 
+def _without_seeds(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _without_seeds(v) for k, v in tree.items() if k != "seed"}
+    return tree
+
+
 def _shared_config(config: dict) -> dict:
-    """The config without the keys that may differ between replicates of one experiment (the replicate lists
-    ``experiment.seeds`` and ``experiment.world_seeds`` too: more worlds may be run later and reported together)."""
+    """The config without the keys that may differ between replicates of one experiment: the replicate lists
+    ``experiment.seeds`` and ``experiment.world_seeds`` (more worlds may be run later and reported together),
+    and every ``seed`` inside ``world`` (a realization set by ``world.build.seed=w world.build.tasks.seed=w``, as
+    the paper run does; results.json's ``world.seed`` tells the replicates apart)."""
     out = {k: v for k, v in config.items() if k not in PER_RUN_KEYS}
     if isinstance(out.get("experiment"), dict):
         out["experiment"] = {k: v for k, v in out["experiment"].items() if k not in REPLICATE_LISTS}
+    if "world" in out:
+        out["world"] = _without_seeds(out["world"])
     return out
 
 
