@@ -40,7 +40,8 @@ def read_json(path: str | Path, missing: str | None = None) -> Any:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise EvoMergeInputError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+        what = e.msg.removesuffix(" starting at").removesuffix(" at").lower()
+        raise EvoMergeInputError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {what}") from None
 
 
 def _pid_alive(pid: int) -> bool:

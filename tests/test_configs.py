@@ -11,13 +11,15 @@ import yaml
 pytestmark = pytest.mark.slow  # subprocesses
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-EXPERIMENTS = ["ood", "id", "distractors", "pool_size", "val_size", "ablation", "smoke", "dam", "dam_lora", "sakana",
+EXPERIMENTS = ["ood", "id", "distractors", "distractors_adversarial",
+               "pool_size", "val_size", "ablation", "smoke", "dam", "dam_lora", "sakana",
                "paper"]
 IE, SAKANA = "evojax_merge.world.specs.IEWorld", "evojax_merge.world.specs.SakanaWorld"
 OOD, ID = "evojax_merge.setting.cells.OOD", "evojax_merge.setting.cells.InDomain"
 CROSS = "evojax_merge.setting.cells.CrossDomain"
 # experiment -> (its world, its setting)
-WORLDS = {"ood": (IE, OOD), "id": (IE, ID), "distractors": (IE, ID), "pool_size": (IE, OOD), "val_size": (IE, OOD),
+WORLDS = {"ood": (IE, OOD), "id": (IE, ID), "distractors": (IE, ID), "distractors_adversarial": (IE, ID),
+          "pool_size": (IE, OOD), "val_size": (IE, OOD),
           "ablation": (IE, OOD), "smoke": (IE, OOD), "dam_lora": (IE, OOD), "paper": (IE, OOD),
           "dam": (SAKANA, CROSS), "sakana": (SAKANA, CROSS)}
 SAKANA_TABLE = {"base", "source_lang", "source_skill", "best_single", "sakana_ta", "sakana_ties", "sakana_dare_ties",
@@ -57,7 +59,7 @@ def test_experiment_composes(experiment):
         assert cfg["method"]["evo_prune_B"]["prune"] == "B" and not cfg["method"]["evo_no_denoise"]["denoise"]
     if experiment == "distractors":
         assert cfg["setting"]["name"] == "distractors"
-        assert cfg["setting"]["distractor_kinds"] == ["distractor", "anti"]
+        assert cfg["setting"]["distractor_kinds"] == ["unrelated"] and cfg["setting"]["num_distractors"] == 5
         assert len(cfg["setting"]["experts"]) <= 10
     if experiment == "sakana":
         assert set(cfg["method"]) == SAKANA_TABLE and cfg["experiment"]["seeds"] == [0, 1, 2]
@@ -73,8 +75,13 @@ def test_experiment_composes(experiment):
         assert cfg["world"]["build"]["tasks"]["task_types"] == ["ner"] and cfg["world"]["build"]["gate"]["targets"] \
             == ["ner_medicine"]
     if experiment == "paper":
-        assert cfg["paper"] == {"tables": ["ood", "ablation", "id", "distractors", "pool_size", "val_size"],
-                                "seeds": [0, 1, 2]}
+        paper = cfg["paper"]
+        assert paper["tables"] == ["ood", "id", "distractors", "distractors_adversarial", "ablation", "pool_size",
+                                   "val_size"]
+        assert paper["world_seeds"] == list(range(10)) and paper["seeds"] == [0]
+        assert paper["max_worlds"] == {"ablation": 5, "pool_size": 5, "val_size": 5}
+        assert {"budget.stage2_generations=40", "world.allow_failed_gate=true"} <= set(paper["protocol"])
+        assert paper["table_overrides"]["ood"] == ["setting.leave_one_out=true"]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

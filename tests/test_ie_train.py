@@ -164,9 +164,9 @@ def test_distractor_kinds_add_those_adapters(world, backend):
     with pytest.raises(EvoMergeInputError, match=r"^setting.distractor_kinds: no adapter of kind anti"):
         pools(distractor_kinds=("anti",))
     assert len(pools(num_distractors=2)) == 4  # without kinds: random ones, as before
-    # the setting group's distractors config is this setting: the world's distractor and anti-adapters
-    setting = build_setting(_compose("setting=distractors", "setting.experts=[ner_news,ner_medicine]"))
-    assert isinstance(setting, InDomain) and setting.name == "distractors"
+    # the setting group's distractors_adversarial config is this setting: the world's distractor and anti-adapters
+    setting = build_setting(_compose("setting=distractors_adversarial", "setting.experts=[ner_news,ner_medicine]"))
+    assert isinstance(setting, InDomain) and setting.name == "distractors_adversarial"
     assert [names[i] for i in setting.cells(backend, 0)[0].pool_idx] == ["ner_news", "ner_medicine",
                                                                          "distractor_none"]
 
@@ -235,7 +235,8 @@ def test_null_pool_and_validation_sizes_mean_all(backend):
 
 def test_the_experiment_configs_run_on_the_ie_world():
     for name, key, value in [("id", "experts", 4),
-                             ("distractors", "distractor_kinds", ["distractor", "anti"]),
+                             ("distractors", "distractor_kinds", ["unrelated"]),
+                             ("distractors_adversarial", "distractor_kinds", ["distractor", "anti"]),
                              ("pool_size", "pool_sizes", [3, 6, None]),
                              ("val_size", "val_sizes", [25, 50, None])]:
         cfg = _compose(f"+experiment={name}")

@@ -23,30 +23,56 @@ def _train(tmp_path, cache, *overrides):
                            "progress=false", "logger=none"], capture_output=True, text=True, env=env, timeout=600)
 
 
+def test_the_plan_is_world_major_with_fewer_worlds_for_the_costly_tables():
+    from omegaconf import OmegaConf
+
+    from evojax_merge.errors import EvoMergeInputError
+    from evojax_merge.runner.paper import plan
+
+    paper = OmegaConf.create({"tables": ["ood", "ablation"], "world_seeds": [4, 7, 9], "max_worlds": {"ablation": 2},
+                              "seeds": [0, 1], "only_worlds": None})
+    assert plan(paper) == [(4, "ood", 0), (4, "ood", 1), (4, "ablation", 0), (4, "ablation", 1),
+                           (7, "ood", 0), (7, "ood", 1), (7, "ablation", 0), (7, "ablation", 1),
+                           (9, "ood", 0), (9, "ood", 1)]
+    paper.only_worlds = [9]  # one SLURM array task: the third world, past ablation's two
+    assert plan(paper) == [(9, "ood", 0), (9, "ood", 1)]
+    paper.only_worlds = [5]
+    with pytest.raises(EvoMergeInputError, match=r"^paper.only_worlds: 5 is not in paper.world_seeds"):
+        plan(paper)
+    paper.only_worlds, paper.max_worlds = None, {"nope": 1}
+    with pytest.raises(EvoMergeInputError, match=r"^paper.max_worlds.nope: not in paper.tables"):
+        plan(paper)
+
+
 @pytest.mark.slow
-def test_paper_runs_each_table_per_seed_reports_and_resumes(tmp_path, smoke_cache):
+def test_paper_runs_each_table_per_world_reports_and_resumes(tmp_path, smoke_cache):
     out = tmp_path / "paper"
-    proc = _train(tmp_path, smoke_cache, "paper.tables=[smoke]", "paper.seeds=[0,1]",
-                  "method=[uniform,task_arithmetic]", f"hydra.run.dir={out}")
+    args = ["paper.tables=[smoke]", "paper.world_seeds=[0,1]", "paper.seeds=[0]", "paper.protocol=[]",
+            "paper.table_overrides={}", "paper.max_worlds={}", "method=[uniform,task_arithmetic]"]
+    proc = _train(tmp_path, smoke_cache, *args, f"hydra.run.dir={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for seed in (0, 1):
-        res = json.loads((out / "smoke" / f"seed_{seed}" / "results.json").read_text())
-        assert res["config"]["seed"] == seed and set(res["methods"]) == {"uniform", "task_arithmetic"}
+    for world in (0, 1):
+        run = out / "smoke" / "worlds" / f"world_{world}" / "seeds" / "seed_0"
+        res = json.loads((run / "results.json").read_text())
+        assert res["world"]["seed"] == world and set(res["methods"]) == {"uniform", "task_arithmetic"}
+        assert res["config"]["world"]["build"]["seed"] == world == res["config"]["world"]["build"]["tasks"]["seed"]
     report = (out / "smoke" / "report" / "REPORT.md").read_text()
-    assert "n=2" in report or "± " in report
-    for d in (out, out / "smoke" / "seed_0"):  # the run contract, at the top and for every (table, seed)
+    assert "2 worlds" in report
+    for d in (out, out / "smoke" / "worlds" / "world_0" / "seeds" / "seed_0"):  # the run contract everywhere
         assert (d / "config_resolved.json").is_file() and (d / "result.json").is_file(), sorted(d.iterdir())
     summary = (out / "SUMMARY.md").read_text()
-    assert summary.startswith("# The paper's tables: 1 tables x 2 seeds (0, 1)")
-    assert "## smoke" in summary and "[REPORT.md](smoke/report/REPORT.md) — runs: " in summary
-    assert "`uniform`" in summary and "the runs themselves took" in summary
+    assert "## smoke" in summary and "smoke/report/REPORT.md" in summary and "`uniform`" in summary
     # a rerun in the same directory skips the finished runs and rebuilds the reports only
-    before = (out / "smoke" / "seed_0" / "results.json").stat().st_mtime_ns
-    again = _train(tmp_path, smoke_cache, "paper.tables=[smoke]", "paper.seeds=[0,1]",
-                   "method=[uniform,task_arithmetic]", f"hydra.run.dir={out}")
+    before = (out / "smoke" / "worlds" / "world_0" / "seeds" / "seed_0" / "results.json").stat().st_mtime_ns
+    again = _train(tmp_path, smoke_cache, *args, f"hydra.run.dir={out}")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert (out / "smoke" / "seed_0" / "results.json").stat().st_mtime_ns == before
-    assert "done before, skipped" in again.stderr + again.stdout or "report written" in again.stdout
+    assert (out / "smoke" / "worlds" / "world_0" / "seeds" / "seed_0" / "results.json").stat().st_mtime_ns == before
+    assert "done before, skipped" in again.stderr + again.stdout
+    # one array task: its own run contract in its directory, the runs under the shared root
+    task = _train(tmp_path, smoke_cache, *args, "paper.only_worlds=[1]", f"paper.root={out}",
+                  f"hydra.run.dir={tmp_path / 'task1'}")
+    assert task.returncode == 0, task.stderr[-3000:]
+    assert (tmp_path / "task1" / "result.json").is_file() and not (tmp_path / "task1" / "smoke").exists()
 
 
 @pytest.mark.slow

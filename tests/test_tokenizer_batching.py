@@ -91,8 +91,8 @@ def test_labels_mask_the_prompt_exactly(tok):
 
 
 def test_buckets_pick_the_smallest_fit(tok):
-    assert [bucket_length(n) for n in (1, 32, 33, 100, 129)] == [32, 32, 64, 128, 256]
-    assert bucket_length(150, max_len=200) == 200  # max_len is the last bucket
+    assert [bucket_length(n) for n in (1, 32, 33, 49, 70, 100, 129, 200)] == [32, 32, 48, 64, 80, 128, 160, 256]
+    assert bucket_length(170, max_len=180) == 180  # max_len is the last bucket
     with pytest.raises(EvoMergeInputError):
         bucket_length(300, buckets=(64, 128))
     short = [{"instruction": "Say.", "output": "ok"}]

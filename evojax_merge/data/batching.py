@@ -28,7 +28,8 @@ from evojax_merge.data.prompt import Segment, resolve_style, segments, stop_text
 from evojax_merge.errors import EvoMergeInputError
 
 IGNORE_INDEX = -100
-DEFAULT_BUCKETS: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048)
+# steps of at most 1.5x: a row of 70 tokens pads to 80, not 128 (the validation forward is the search's cost)
+DEFAULT_BUCKETS: tuple[int, ...] = (32, 48, 64, 80, 96, 128, 160, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 DEFAULT_CAP = 2048
 OVERFLOW = ("drop_turns", "truncate_left")  # truncate_left: only the zoo's own training rows (legacy)
 

@@ -2,7 +2,8 @@
 ``setting/`` config group creates them (``_target_``). The engine loops over a setting's cells.
 
     OOD           for each target: the whole pool minus the target's own adapter (``pool_sizes``: random
-                  pools of N; ``val_sizes``: V validation records)
+                  pools of N; ``val_sizes``: V validation records, nested; ``leave_one_out``: every task of
+                  the world is a target in turn, the paper's protocol)
     CrossDomain   OOD on a world whose target no source was trained on (Sakana's): every source is the pool
     InDomain      a few experts (<= 10) and, for ``distractors``, unrelated adapters: one multi-task merge
                   on the experts' pooled validation records, scored on each expert's test set
@@ -113,8 +114,11 @@ class OOD(Setting):
     name = "ood"
 
     def __init__(self, targets: Sequence[str] = (), num_targets: int = 6,
-                 pool_sizes: Sequence[int | None] = (), val_sizes: Sequence[int | None] = ()):
-        self.targets, self.num_targets = tuple(targets), int(num_targets)
+                 pool_sizes: Sequence[int | None] = (), val_sizes: Sequence[int | None] = (),
+                 leave_one_out: bool = False):
+        self.targets, self.num_targets, self.leave_one_out = tuple(targets), int(num_targets), bool(leave_one_out)
+        if self.leave_one_out and self.targets:
+            raise EvoMergeInputError("setting.leave_one_out: every task is a target in turn; drop setting.targets")
         self.pool_sizes, self.val_sizes = tuple(pool_sizes), tuple(val_sizes)
         for n in self.pool_sizes:
             if n is not None and n < 1:
@@ -122,7 +126,9 @@ class OOD(Setting):
 
     def cells(self, catalog, seed: int) -> list[CellPlan]:
         names, rng, cells = catalog.names, np.random.default_rng(seed), []
-        for target in pick_targets(catalog, self.targets, self.num_targets):
+        targets = sorted(catalog.records) if self.leave_one_out else pick_targets(catalog, self.targets,
+                                                                                   self.num_targets)
+        for target in targets:
             own = catalog.own_adapter(target)
             ood_idx = [i for i, n in enumerate(names) if n != own]
             sizes = [len(ood_idx) if n is None else n for n in self.pool_sizes] or [len(ood_idx)]

@@ -91,9 +91,10 @@ class IEWorldConfig:
     sibling_flip: float = 0.1  # per entity: a random wrong label of the domain
     sibling_split: str = "slice"  # "slice": disjoint slices of the train split; "shard": disjoint vocabularies
     distractors: tuple[str, ...] = ()  # "repeat" and/or "none"
+    unrelated: tuple[str, ...] = ()  # "<type>_<domain>" tasks outside the world: one adapter each, never a target
 
     def __post_init__(self) -> None:
-        for key in ("domains", "task_types", "split_fractions", "anti", "siblings", "distractors"):
+        for key in ("domains", "task_types", "split_fractions", "anti", "siblings", "distractors", "unrelated"):
             object.__setattr__(self, key, tuple(getattr(self, key)))
         for name in self.domains:
             if name not in IE_DOMAINS_BY_NAME:
@@ -110,6 +111,11 @@ class IEWorldConfig:
         bad = [d for d in self.distractors if d not in ("repeat", "none")]
         if bad:
             raise EvoMergeInputError(f"zoo.tasks.distractors: {bad[0]!r} is not repeat or none")
+        for u in self.unrelated:
+            task_type, _, domain = u.partition("_")
+            if task_type not in IE_TASK_TYPES or domain not in IE_DOMAINS_BY_NAME or u in names:
+                raise EvoMergeInputError(f"zoo.tasks.unrelated: {u!r} is not a <type>_<domain> task outside the "
+                                         f"world's own ({', '.join(sorted(names))})")
         fr = self.split_fractions
         if len(fr) != 3 or min(fr) <= 0 or abs(sum(fr) - 1) > 1e-6:
             raise EvoMergeInputError("zoo.tasks.split_fractions: three positive shares summing to 1")
@@ -150,8 +156,11 @@ class IEWorldConfig:
             raise EvoMergeInputError(f"zoo.tasks.lexicon_size: {self.lexicon_size} > the {max_forms(too_big[0])} "
                                      f"forms type {too_big[0]!r} can have")
         counts = {t: {s: len(f) for s, f in self.forms(t).items()} for t in (*CORE_TYPES, *PRIVATE_TYPES)}
-        for dom in self.domain_objs():
-            for split, size in self.sizes().items():
+        extra = {IE_DOMAINS_BY_NAME[u.split("_", 1)[1]] for u in self.unrelated} - set(self.domain_objs())
+        checks = [(d, self.sizes()) for d in self.domain_objs()]
+        checks += [(d, {"train": self.train_size}) for d in sorted(extra, key=lambda d: d.name)]
+        for dom, sizes in checks:
+            for split, size in sizes.items():
                 capacity = 0
                 for tpl in dom.templates:
                     slots = [ty for ty, _ in SLOT.findall(tpl)]
@@ -377,7 +386,10 @@ def adapter_datasets(cfg: IEWorldConfig, world: dict[str, dict[str, list[Record]
       cyclically (every label maps to another one; a negative weight should help);
     - ``sibling``: ``sib<j>_<task>`` for ``j < sibling_count`` (:func:`sibling_sets`);
     - ``distractor``: ``distractor_repeat`` answers every NER prompt with its text, and
-      ``distractor_none`` always answers ``None`` (NER prompts of every domain).
+      ``distractor_none`` always answers ``None`` (NER prompts of every domain): adversarial;
+    - ``unrelated``: ``unrel_<task>`` for each task of ``cfg.unrelated``, a domain or task type the world
+      does not have, on its own training records: the paper's distractors, IE adapters trained on other
+      datasets (its "ID + 5 unrelated adapters").
     """
     out: dict[str, dict] = {t: {"task": t, "kind": "task", "train": world[t]["train"]} for t in world}
     for t in cfg.anti:
@@ -394,7 +406,20 @@ def adapter_datasets(cfg: IEWorldConfig, world: dict[str, dict[str, list[Record]
     for d in cfg.distractors:
         recs = [{**r, "output": r["input"].split("\n")[0] if d == "repeat" else NONE_ANSWER} for r in mixed]
         out[f"distractor_{d}"] = {"task": "", "kind": "distractor", "train": recs}
+    for u in cfg.unrelated:
+        out[f"unrel_{u}"] = {"task": "", "kind": "unrelated", "train": unrelated_train(cfg, u)}
     return out
+
+
+def unrelated_train(cfg: IEWorldConfig, task: str) -> list[Record]:
+    """The training split of ``task``, a task outside the world, drawn as the world's own tasks are."""
+    task_type, domain = task.split("_", 1)
+    forms = {t: cfg.forms(t) for t in (*CORE_TYPES, *PRIVATE_TYPES)}
+    recs = _draw(cfg, task_type, IE_DOMAINS_BY_NAME[domain], "train", cfg.train_size,
+                 _rng(cfg.seed, "unrelated", task, "train"), forms, set())
+    if cfg.history_shots:
+        _with_history(recs, recs, cfg.history_shots, _rng(cfg.seed, "unrelated", task, "history"), own=True)
+    return recs
 
 
 # --- the base model's corpus --------------------------------------------------------------------
