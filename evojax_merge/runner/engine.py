@@ -96,7 +96,7 @@ def _cell_result(backend, plan: CellPlan, pool_names, task: str, label: str, out
     if predictions_dir is not None:
         write_predictions(predictions_dir, task, label, test, answers, backend.task_type(task))
     result = {**s, "val_ce": outcome.val_ce, "val_fitness": outcome.val_fitness, "pool_size": len(plan.pool_idx),
-              "prompt": backend.prompt_stats(plan.target), **outcome.details}
+              "prompt": backend.prompt_stats(plan.target, task), **outcome.details}
     if plan.tasks:
         result["merged_for"] = list(plan.tasks)  # one multi-task merge, scored on each of these
     result["wall_s"] = outcome.details.get("search_s")

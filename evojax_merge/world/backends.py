@@ -69,6 +69,7 @@ class LocalBackend(_Scored):
         self.max_new_tokens = max_new_tokens
         self.population_chunk = population_chunk
         self.progress = progress
+        self.test_fit: dict[str, dict] = {}  # task -> what fitting did to its test prompts (generate_for_population)
 
     def own_adapter(self, task: str) -> str | None:
         return self.world.own_adapter(task)
@@ -96,8 +97,12 @@ class LocalBackend(_Scored):
         """Every target's splits exist and fit, before anything runs."""
         self.world.check_splits(set(targets), max_len, test_examples)
 
-    def prompt_stats(self, target: str) -> dict:
-        return self.world.prompt_stats.get(target, {})
+    def prompt_stats(self, target: str, task: str | None = None) -> dict:
+        """What fitting did to ``target``'s validation rows and (once generated) ``task``'s test prompts."""
+        stats = dict(self.world.prompt_stats.get(target, {}))
+        if (task or target) in self.test_fit:
+            stats["test"] = self.test_fit[task or target]
+        return stats
 
     def answers(self, cell: Cell, outcomes: list[Outcome], records: list[dict], max_len: int,
                 task: str | None = None) -> list[list[str]]:
@@ -114,8 +119,10 @@ class LocalBackend(_Scored):
                 by_shape.setdefault(tuple((m, a.shape) for m, a in sorted(o.adapter.A.items())), []).append(i)
         for lora_idx in by_shape.values():
             stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[outcomes[i].adapter for i in lora_idx])
+            fit: dict = {}  # the test prompts' fitting, for results.json (the same for every outcome)
             outs = generate_for_population(world.model, world.tokenizer, stacked, records, max_len,
-                                           self.max_new_tokens, **gen_kw)
+                                           self.max_new_tokens, fit=fit, **gen_kw)
+            self.test_fit[task] = fit
             texts.update(zip(lora_idx, outs, strict=True))
             bar.update(len(lora_idx))
         split = None
@@ -186,7 +193,7 @@ class RemoteBackend(_Scored):
                     raise EvoMergeInputError(f"world.tasks.{task}.{split}: missing; target {task!r} needs "
                                              "validation and test records")
 
-    def prompt_stats(self, target: str) -> dict:
+    def prompt_stats(self, target: str, task: str | None = None) -> dict:
         return {}  # the service fits the prompts
 
     def open_cell(self, target: str, pool_idx: Sequence[int], val_records: list[dict],
@@ -258,7 +265,7 @@ class SourcesBackend:
             if t not in self.records or not self.records[t].get("validation") or not self.records[t].get("test"):
                 raise EvoMergeInputError(f"setting.targets: {t!r} has no validation and test records in this world")
 
-    def prompt_stats(self, target: str) -> dict:
+    def prompt_stats(self, target: str, task: str | None = None) -> dict:
         return {}
 
     def sources_cell(self) -> SourcesCell:

@@ -156,8 +156,9 @@ def run_gate(model, tokenizer, stack: LoraStack, names: Sequence[str], adapters:
 
 def format_gate(gate: Mapping) -> str:
     """A few lines for the build log."""
-    lines = [f"pilot gate (oracle - best single >= {100 * gate['margin']:.0f} F1, best single in "
-             f"{100 * gate['single_range'][0]:.0f}-{100 * gate['single_range'][1]:.0f} F1):"]
+    lines = [f"pilot gate on validation records, chosen on one half and scored on the other (oracle - best single "
+             f">= {100 * gate['margin']:.0f} F1, best single in {100 * gate['single_range'][0]:.0f}-"
+             f"{100 * gate['single_range'][1]:.0f} F1):"]
     for t, c in gate["targets"].items():
         own = "" if c.get("own_adapter_f1") is None else f"  (own adapter {100 * c['own_adapter_f1']:.1f})"
         lines.append(f"  {t:<16} best single {100 * c['best_single_f1']:5.1f} ({c['best_single']})  "

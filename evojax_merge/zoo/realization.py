@@ -106,3 +106,47 @@ def canonical_dir(kind: str, config: dict, root: Path = CANONICAL_ROOT) -> Path 
             verify_weights(d, manifest)
             return d
     return None
+
+
+def ship(zoo_dir: str | Path, name: str, root: Path = CANONICAL_ROOT) -> Path:
+    """Copy the built world ``zoo_dir`` into the package as ``root/<kind>-<name>`` (its manifest's weights
+    checksum verified first and again after the copy). Returns the shipped directory."""
+    import shutil
+
+    src = Path(zoo_dir)
+    manifest = json.loads((src / "manifest.json").read_text())
+    if "weights_sha256" not in manifest:
+        raise EvoMergeInputError(f"{src / 'manifest.json'}: no weights_sha256 (built before checksums were recorded)")
+    verify_weights(src, manifest)
+    kind = "ie" if src.name.startswith("iezoo-") else src.name.split("-", 1)[0]
+    dest = root / f"{kind}-{name}"
+    if dest.exists():
+        raise EvoMergeInputError(f"{dest}: already shipped (remove it first)")
+    tmp = root / f".{dest.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    verify_weights(tmp, manifest)
+    tmp.rename(dest)
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m evojax_merge.zoo.realization ship ZOO_DIR NAME`` | ``checksum DIR`` | ``platform``."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["ship"] and len(args) == 3:
+        print(ship(args[1], args[2]))
+    elif args[:1] == ["checksum"] and len(args) == 2:
+        print(weights_checksum(args[1]))
+    elif args == ["platform"]:
+        print(json.dumps(platform_fingerprint(), indent=2))
+    else:
+        print("usage: python -m evojax_merge.zoo.realization ship ZOO_DIR NAME | checksum DIR | platform",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
