@@ -39,9 +39,8 @@ def test_the_plan_is_world_major_with_fewer_worlds_for_the_costly_tables():
     paper.only_worlds = [5]
     with pytest.raises(EvoMergeInputError, match=r"^paper.only_worlds: 5 is not in paper.world_seeds"):
         plan(paper)
-    paper.only_worlds, paper.max_worlds = None, {"nope": 1}
-    with pytest.raises(EvoMergeInputError, match=r"^paper.max_worlds.nope: not in paper.tables"):
-        plan(paper)
+    paper.only_worlds, paper.tables = None, ["ood"]  # a subset of the tables: the others' max_worlds do not matter
+    assert plan(paper) == [(w, "ood", s) for w in (4, 7, 9) for s in (0, 1)]
 
 
 @pytest.mark.slow

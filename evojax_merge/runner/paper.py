@@ -54,10 +54,7 @@ def plan(paper: DictConfig) -> list[tuple[int, str, int]]:
     seeds = [int(s) for s in paper.seeds]
     if not tables or not world_seeds or not seeds:
         raise EvoMergeInputError("paper.tables, paper.world_seeds and paper.seeds: the paper run needs all three")
-    max_worlds = dict(paper.get("max_worlds") or {})
-    unknown = sorted(set(max_worlds) - set(tables))
-    if unknown:
-        raise EvoMergeInputError(f"paper.max_worlds.{unknown[0]}: not in paper.tables")
+    max_worlds = dict(paper.get("max_worlds") or {})  # entries of tables not run here are ignored
     only = paper.get("only_worlds")
     if only is not None:
         missing = [int(w) for w in only if int(w) not in world_seeds]
