@@ -361,7 +361,8 @@ def _history_rows(history: np.ndarray, steps: int, columns: Sequence[str]) -> li
 
 def train_dam(model: DamModel, cfg: DamConfig, source_data: Sequence[Mapping[str, np.ndarray] | None] | None = None,
               target_data: Mapping[str, np.ndarray] | None = None, init: Mapping[str, jax.Array] | None = None,
-              log_every: int = 0, runner=None, on_step: Callable[[dict], None] | None = None) -> DamResult:
+              log_every: int = 0, runner=None, on_step: Callable[[dict], None] | None = None,
+              loop_name: str = "dam") -> DamResult:
     """Train the coefficients for one epoch (``cfg.epochs``) and return them with the loss curve.
 
     ``source_data[k]``: examples (``input_ids``, ``attention_mask``, ``labels``) of source k, for
@@ -373,7 +374,8 @@ def train_dam(model: DamModel, cfg: DamConfig, source_data: Sequence[Mapping[str
     a save), and always at the last step and on a stop; a stop request saves and raises ``Preempted``,
     and a rerun resumes bit-identically. Without one, or with a stage
     runner that has no ``loop`` (``checkpoint.enabled=false``), nothing is saved.
-    ``on_step(row)``: after every step, with its history row.
+    ``on_step(row)``: after every step, with its history row. ``loop_name``: the loop's name in the
+    runner's checkpoints (a learning-rate / epochs grid runs one loop per grid point, one after another).
     """
     cfg.check()
     coeffs = {k: jnp.asarray(v, jnp.float32) for k, v in (init if init is not None else model.init()).items()}
@@ -434,7 +436,7 @@ def train_dam(model: DamModel, cfg: DamConfig, source_data: Sequence[Mapping[str
             state = step_fn(state, i)
             after_step(state, i + 1)
     else:
-        state = runner.loop("dam", state, step_fn, len(schedule), on_step=after_step, when_idle=True)
+        state = runner.loop(loop_name, state, step_fn, len(schedule), on_step=after_step, when_idle=True)
     steps = len(schedule)
     trained = sum(int(rows.size) for rows in schedule)
     return DamResult({k: np.asarray(v) for k, v in state["coeffs"].items()},
