@@ -1,10 +1,12 @@
-"""The F1 fitness (evojax_merge/search/fitness_f1.py) and its method row evo_merging_f1.
+"""The F1 fitness (evojax_merge/search/fitness_f1.py) and the objective rows evo_merging_f1, evo_merging_ce_all
+(evojax_merge/methods/evo_merging_objective.py).
 
 - by hand: a random tiny Llama over the IE world's tokenizer, a random pool, ie_tiny's records and a fake
   generator with known answers; the stage fitness must be ``-F1 + λ · mean|x|`` worked out from the
   InstructUIE counting convention (micro TP / predicted / gold items), on exactly the CE evaluator's records;
-- end to end: ``python -m evojax_merge.train +experiment=smoke method=evo_merging_f1`` on the tiny IE world
-  (world=ie_tiny) runs and records its fitness by that convention.
+- end to end: ``python -m evojax_merge.train +experiment=smoke method=[evo_merging_f1,evo_merging_ce_all]`` on
+  the tiny IE world (world=ie_tiny) runs; the F1 row records its fitness by that convention, the CE row
+  searched on every validation record while the cell's batches hold half of them.
 """
 
 from __future__ import annotations
@@ -98,19 +100,55 @@ def test_the_f1_fitness_refuses_records_that_are_not_the_evaluators(tiny):
 
 
 @pytest.mark.slow
-def test_evo_merging_f1_runs_on_the_tiny_world_and_records_its_fitness(tmp_path, smoke_cache):
+def test_the_objective_rows_run_on_the_tiny_world_and_record_their_fitness(tmp_path, smoke_cache):
     out = tmp_path / "run"
     env = {**os.environ, "EVOJAX_MERGE_CACHE": str(smoke_cache), "WANDB_MODE": "offline"}
     proc = subprocess.run(
-        [sys.executable, "-m", "evojax_merge.train", "+experiment=smoke", "method=evo_merging_f1",
-         "budget.stage1_generations=1", "budget.stage2_generations=1", f"hydra.run.dir={out}", "progress=false"],
+        [sys.executable, "-m", "evojax_merge.train", "+experiment=smoke", "method=[evo_merging_f1,evo_merging_ce_all]",
+         "data.validation.num_batches=1", "budget.stage1_generations=1", "budget.stage2_generations=1",
+         f"hydra.run.dir={out}", "progress=false"],
         capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    cell = json.loads((out / "results.json").read_text())["methods"]["evo_merging_f1"]["per_task"]["ner_medicine"]
-    assert cell["fitness"] == "-f1" and set(cell["stages"]) == {"stage1_denoise", "stage2_scale"}
-    # what stage 2 minimised, by the convention: -F1 on the validation batches + 0.05 · mean|beta|
+    methods = json.loads((out / "results.json").read_text())["methods"]
+    cell = methods["evo_merging_f1"]["per_task"]["ner_medicine"]
+    assert cell["fitness"] == "f1" and set(cell["stages"]) == {"stage1_denoise", "stage2_scale"}
+    # what stage 2 minimised, by the convention: -F1 on the validation batch + 0.05 · mean|beta|
     want = -cell["val_f1"] + 0.05 * float(np.mean(np.abs(cell["beta"])))
     assert cell["val_fitness"] == pytest.approx(want, abs=1e-6)
-    # smoke: 2 batches of 4 records, population 4, 1 + 1 generations (+ x0 each) + the final F1
-    assert cell["generated_examples"] == 8 * (2 * (1 + 4 * 1) + 1)
+    # smoke: 1 batch of 4 records (data.validation.num_batches=1), population 4, 1 + 1 generations (+ x0 each),
+    # and the result's F1
+    assert cell["generated_examples"] == 4 * (2 * (1 + 4 * 1) + 1)
     assert np.isfinite(cell["val_ce"]) and 0.0 <= cell["f1"] <= 1.0
+    # CE on every validation record (ie_tiny: 8, in 2 batches of 4), while the cell's batches hold 4
+    ce_all = methods["evo_merging_ce_all"]["per_task"]["ner_medicine"]
+    assert ce_all["fitness"] == "ce" and ce_all["validation"]["records"] == 8
+    assert ce_all["validation"]["batch_size"] == 4 and ce_all["validation"]["num_batches"] == 2
+    assert ce_all["forward_examples"] == 2 * (1 + 4 * 1) * 8 + 4
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"fitness": "accuracy"}, "fitness: 'accuracy' is not one of ce, f1"),
+    ({"validation": {"records": 5}}, "validation.records: unknown key"),
+    ({"validation": {"num_batches": "most"}}, "validation.num_batches: 'most' is not a positive integer or 'all'"),
+])
+def test_the_objective_rows_refuse_bad_options(kw, message):
+    from evojax_merge.methods.evo_merging_objective import EvoMergingObjective
+
+    with pytest.raises(EvoMergeInputError, match=message):
+        EvoMergingObjective(**kw)
+
+
+def test_the_objective_rows_build_from_their_configs():
+    from hydra import compose, initialize_config_dir
+
+    from evojax_merge.methods.evo_merging_objective import EvoMergingObjective
+    from evojax_merge.runner.build import build_methods, config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("config", overrides=["+experiment=ood", "method=[evo_merging_f1,evo_merging_ce_all]"])
+    methods = build_methods(cfg)
+    assert all(isinstance(m, EvoMergingObjective) for m in methods.values())
+    assert (methods["evo_merging_f1"].fitness, methods["evo_merging_f1"].validation) == ("f1", {})
+    assert (methods["evo_merging_ce_all"].fitness, methods["evo_merging_ce_all"].validation) == (
+        "ce", {"num_batches": "all"})
+    assert methods["evo_merging_f1"].config == methods["evo_merging_ce_all"].config  # Evo's search, budget and all
