@@ -9,9 +9,12 @@ gradients open between the vectors: at lr 1e-3 for 16 steps the coefficients mov
 models, in memory, shows all three facts.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -23,7 +26,7 @@ from evojax_merge.models.io import model_from_weights, model_weights
 from evojax_merge.models.llama import LlamaForCausalLM
 from evojax_merge.models.loss import answer_targets
 from evojax_merge.models.sources import stack_models
-from evojax_merge.search.dam import DamConfig, FullDamModel, train_dam
+from evojax_merge.search.dam import DamConfig, FullDamModel, dam_step, prepare_source_data, train_dam
 from evojax_merge.search.sakana import validation_batch
 
 CFG = ModelConfig(vocab_size=24, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -113,8 +116,24 @@ def test_dam_method_trains_the_grid_and_keeps_the_best_on_validation(world):
     assert out.val_ce == pytest.approx(grid[best]["val_ce"])
     assert all(0.0 <= r["val_accuracy"] <= 1.0 for r in grid)
     assert grid[3]["max_coef_move"] > grid[0]["max_coef_move"]  # a larger lr for longer moves further
-    # the cost counts the whole grid: per point the source logits (2 x 16), the training, the validation batch
+    # the cost counts the whole grid: the sources' logits once (2 x 16), then per point the training and the
+    # validation batch
     assert out.details["backward_examples"] == 2 * 4 * (4 + 8 + 4 + 8)
-    assert out.details["forward_examples"] == 4 * (2 * 16 + 8) + 2 * 4 * (4 + 8 + 4 + 8)
+    assert out.details["forward_examples"] == 2 * 16 + 4 * 8 + 2 * 4 * (4 + 8 + 4 + 8)
     with pytest.raises(Exception, match="dam.select"):
         DAM(select="f1")
+
+
+def test_traced_learning_rate_is_bit_identical_to_adam_at_that_rate(world):
+    """The grid shares one compile: Adam at rate 1 scaled by a traced lr equals optax.adam(lr) bit for bit."""
+    stack, _, data = world
+    model = _dam_model(stack)
+    cfg = DamConfig(lr=3e-2, batch_size=4, positions="all")
+    prepared = prepare_source_data(model, data, cfg)
+    batch = {k: jnp.asarray(prepared[k][:, :4]) for k in ("input_ids", "attention_mask", "pos", "mask", "teacher")}
+    c0 = model.init()
+    state = optax.adam(cfg.lr).init(c0)
+    ref = dam_step(model, cfg, model.args, c0, state, batch)[0]
+    got = dam_step(model, dataclasses.replace(cfg, lr=1.0), model.args, c0, state, batch, jnp.float32(cfg.lr))[0]
+    for k in ref:
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(ref[k]))

@@ -40,7 +40,14 @@ from evojax_merge.methods.base import (
     MergeTask,
     Outcome,
 )
-from evojax_merge.search.dam import DamConfig, DamResult, FullDamModel, LoraDamModel, train_dam
+from evojax_merge.search.dam import (
+    DamConfig,
+    DamResult,
+    FullDamModel,
+    LoraDamModel,
+    prepare_source_data,
+    train_dam,
+)
 
 
 def coefficient_summary(coeffs: Mapping[str, np.ndarray]) -> dict[str, list[float]]:
@@ -166,6 +173,7 @@ class DAM(MergeMethod):
         evaluator = task.evaluator_for("A")
         val_examples = int(getattr(evaluator, "num_batches", 0) * getattr(evaluator, "batch_size", 0))
         grid, points = self.grid(), []
+        data, shared = self._shared_data(model, self.config(task.seed), data)
         for lr, epochs in grid:
             cfg = dataclasses.replace(self.config(task.seed), lr=lr, epochs=epochs)
             res = train_dam(model, cfg, runner=task.runner, loop_name=self.loop_name(lr, epochs, grid), **data)
@@ -175,7 +183,7 @@ class DAM(MergeMethod):
                 for (lr, ep), (res, _, ce) in zip(grid, points, strict=True)]
         best = select_grid_point(rows, "val_ce")
         res, adapter, val_ce = points[best]
-        details = self._details(res, rows, best, points, val_examples)
+        details = self._details(res, rows, best, points, val_examples, shared)
         details["wall_s"] = time.perf_counter() - t0
         details["sources"] = list(task.pool_names)
         return Outcome(self.name, adapter=adapter, val_ce=val_ce, val_fitness=val_ce, details=details)
@@ -190,14 +198,24 @@ class DAM(MergeMethod):
         row["max_coef_move"] = coefficient_move(res.coefficients, num_sources)
         return row
 
-    def _details(self, res: DamResult, rows: list[dict], best: int, points: Sequence, val_examples: int) -> dict:
-        """The chosen point's details; with a grid also every point's row and the whole grid's cost."""
+    def _shared_data(self, model, cfg: DamConfig, data: dict) -> tuple[dict, int]:
+        """With a grid and the KL objective, the sources' data and logits once for every grid point:
+        ``(train_dam's data keywords, examples forwarded for them)``; otherwise ``(data, 0)`` unchanged."""
+        if len(self.grid()) == 1 or "source_data" not in data:
+            return data, 0
+        prepared = prepare_source_data(model, data["source_data"], cfg)
+        return {"prepared": prepared}, int(prepared["input_ids"].shape[0] * prepared["input_ids"].shape[1])
+
+    def _details(self, res: DamResult, rows: list[dict], best: int, points: Sequence, val_examples: int,
+                 shared: int = 0) -> dict:
+        """The chosen point's details; with a grid also every point's row and the whole grid's cost
+        (``shared``: the examples forwarded once for all points, the sources' logits)."""
         details = dam_details(res, val_examples)
         details["max_coef_move"] = rows[best]["max_coef_move"]
         if len(rows) > 1:
             details["grid"] = rows
             details["chosen"] = {"lr": rows[best]["lr"], "epochs": rows[best]["epochs"], "select": self.select}
-            details["forward_examples"] = sum(p[0].forward_examples + val_examples for p in points)
+            details["forward_examples"] = shared + sum(p[0].forward_examples + val_examples for p in points)
             details["backward_examples"] = sum(p[0].backward_examples for p in points)
             details["train_s"] = sum(p[0].train_s for p in points)
         return details
@@ -222,6 +240,7 @@ class DAM(MergeMethod):
             data = {"target_data": cell.val_data}
         val_examples = int(cell.batch["input_ids"].shape[0])
         grid, points, rows = self.grid(), [], []
+        data, shared = self._shared_data(model, self.config(seed, full=True), data)
         for lr, epochs in grid:
             cfg = dataclasses.replace(self.config(seed, full=True), lr=lr, epochs=epochs)
             res = train_dam(model, cfg, runner=runner, loop_name=self.loop_name(lr, epochs, grid), **data)
@@ -233,7 +252,7 @@ class DAM(MergeMethod):
             rows.append(self._grid_row(lr, epochs, res, val_ce, val_acc, model.num_sources))
         best = select_grid_point(rows, self.select)
         res, merged, val_ce = points[best]
-        details = self._details(res, rows, best, points, val_examples)
+        details = self._details(res, rows, best, points, val_examples, shared)
         details["wall_s"] = time.perf_counter() - t0
         details["sources"] = list(cell.labels)
         return Outcome(self.name, model=merged, val_ce=val_ce, val_fitness=val_ce, details=details)

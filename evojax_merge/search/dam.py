@@ -274,6 +274,18 @@ def precompute_source_logits(model: DamModel, data: Mapping[str, np.ndarray], cf
     return out
 
 
+def prepare_source_data(model: DamModel, source_data: Sequence[Mapping[str, np.ndarray] | None] | None,
+                        cfg: DamConfig) -> dict[str, np.ndarray]:
+    """The KL objective's data: every source's examples stacked (:func:`stack_source_data`) with its own
+    logits on them (:func:`precompute_source_logits`); the same for every learning rate and epoch count."""
+    if source_data is None or len(source_data) != model.num_sources:
+        got = 0 if source_data is None else len(source_data)
+        raise EvoMergeInputError(f"dam: {model.num_sources} sources but data for {got}")
+    data = stack_source_data(source_data, model.names, cfg)
+    data.update(precompute_source_logits(model, data, cfg))
+    return data
+
+
 # -- the objective ---------------------------------------------------------------------------------
 def kl_to_teacher(student: jax.Array, teacher: jax.Array, mask: jax.Array, temperature: float,
                   teacher_ids: jax.Array | None = None) -> jax.Array:
@@ -315,14 +327,18 @@ def _source_logits(model: DamModel, args, k, ids, mask, pos):
 
 
 @partial(jax.jit, static_argnums=(0, 1))
-def dam_step(model: DamModel, cfg: DamConfig, args, coeffs, opt_state, batch):
+def dam_step(model: DamModel, cfg: DamConfig, args, coeffs, opt_state, batch, lr=None):
     """One Adam step: ``-> (coeffs, opt_state, loss parts, all coefficients finite)``.
 
     Module-level and keyed on the model's structure and the config, so runs of one shape (seeds,
-    targets) share one compile.
+    targets) share one compile. ``lr``: the learning rate as an array (traced, so every point of a
+    learning-rate grid shares the compile); None: ``cfg.lr``. Adam at rate 1 scaled by ``lr`` is
+    bit-identical to Adam at ``lr`` (both multiply the same direction by ``-lr`` in float32).
     """
     (_, parts), grads = jax.value_and_grad(lambda c: dam_loss(model, cfg, args, c, batch), has_aux=True)(coeffs)
-    updates, opt_state = optax.adam(cfg.lr).update(grads, opt_state, coeffs)
+    updates, opt_state = optax.adam(cfg.lr if lr is None else 1.0).update(grads, opt_state, coeffs)
+    if lr is not None:
+        updates = jax.tree.map(lambda u: u * lr, updates)
     coeffs = optax.apply_updates(coeffs, updates)
     finite = jnp.all(jnp.stack([jnp.isfinite(c).all() for c in jax.tree.leaves(coeffs)]))
     return coeffs, opt_state, parts, finite
@@ -362,7 +378,7 @@ def _history_rows(history: np.ndarray, steps: int, columns: Sequence[str]) -> li
 def train_dam(model: DamModel, cfg: DamConfig, source_data: Sequence[Mapping[str, np.ndarray] | None] | None = None,
               target_data: Mapping[str, np.ndarray] | None = None, init: Mapping[str, jax.Array] | None = None,
               log_every: int = 0, runner=None, on_step: Callable[[dict], None] | None = None,
-              loop_name: str = "dam") -> DamResult:
+              loop_name: str = "dam", prepared: Mapping[str, np.ndarray] | None = None) -> DamResult:
     """Train the coefficients for one epoch (``cfg.epochs``) and return them with the loss curve.
 
     ``source_data[k]``: examples (``input_ids``, ``attention_mask``, ``labels``) of source k, for
@@ -376,6 +392,8 @@ def train_dam(model: DamModel, cfg: DamConfig, source_data: Sequence[Mapping[str
     runner that has no ``loop`` (``checkpoint.enabled=false``), nothing is saved.
     ``on_step(row)``: after every step, with its history row. ``loop_name``: the loop's name in the
     runner's checkpoints (a learning-rate / epochs grid runs one loop per grid point, one after another).
+    ``prepared``: :func:`prepare_source_data`'s output for the KL objective, computed once for a grid (its
+    forwards are then not counted here); ``source_data`` is not read.
     """
     cfg.check()
     coeffs = {k: jnp.asarray(v, jnp.float32) for k, v in (init if init is not None else model.init()).items()}
@@ -385,12 +403,11 @@ def train_dam(model: DamModel, cfg: DamConfig, source_data: Sequence[Mapping[str
     t0 = time.perf_counter()
     forward = 0
     if cfg.objective == "kl":
-        if source_data is None or len(source_data) != model.num_sources:
-            got = 0 if source_data is None else len(source_data)
-            raise EvoMergeInputError(f"dam: {model.num_sources} sources but data for {got}")
-        data = stack_source_data(source_data, model.names, cfg)
-        data.update(precompute_source_logits(model, data, cfg))
-        forward += int(data["input_ids"].shape[0] * data["input_ids"].shape[1])
+        if prepared is not None:  # stacked and with the sources' logits already (a grid shares them)
+            data = dict(prepared)
+        else:
+            data = prepare_source_data(model, source_data, cfg)
+            forward += int(data["input_ids"].shape[0] * data["input_ids"].shape[1])
         keys = ["input_ids", "attention_mask", "pos", "mask", "teacher"] + (["teacher_ids"] if cfg.top_k else [])
         num_examples, num_sources = data["input_ids"].shape[1], model.num_sources
     else:
@@ -402,7 +419,10 @@ def train_dam(model: DamModel, cfg: DamConfig, source_data: Sequence[Mapping[str
     device_data = {k: jnp.asarray(data[k]) for k in keys}
     precompute_s = time.perf_counter() - t0
 
-    static_cfg = dataclasses.replace(cfg, seed=0)  # the seed only orders batches on the host
+    # the seed only orders batches on the host, epochs only lengthen the schedule, the rate is traced: one
+    # compile serves every seed and every point of a learning-rate / epochs grid
+    static_cfg = dataclasses.replace(cfg, seed=0, lr=1.0, epochs=1)
+    lr = jnp.asarray(cfg.lr, jnp.float32)
     # every step's rows, drawn up front: step i is a function of (state, i) alone, so a resume continues exactly
     schedule = list(_batches(num_examples, cfg, np.random.default_rng(cfg.seed), num_sources))
     columns = history_columns(cfg)
@@ -412,7 +432,7 @@ def train_dam(model: DamModel, cfg: DamConfig, source_data: Sequence[Mapping[str
     def step_fn(state: dict, i: int) -> dict:
         batch = _gather_batch(device_data, jnp.asarray(schedule[i]))
         new, new_state, parts, finite = dam_step(model, static_cfg, model.args, state["coeffs"], state["opt_state"],
-                                                 batch)
+                                                 batch, lr)
         values = [float(parts[c]) for c in columns]
         if not bool(finite):
             where = first_non_finite({k: np.asarray(v) for k, v in new.items()}, model.names)
