@@ -2,7 +2,7 @@
 
 import pytest
 
-from evojax_merge.report.mcnemar import discordant, mcnemar_exact, pairwise
+from evojax_merge.report.mcnemar import discordant, holm, mcnemar_exact, pairwise
 
 
 @pytest.mark.parametrize("b, c, p", [
@@ -34,3 +34,10 @@ def test_discordant_counts_and_pairwise_table():
     assert rows[1]["b"] == rows[1]["c"] == 0 and rows[1]["p"] == 1.0
     with pytest.raises(ValueError, match="different length"):
         discordant(x, y[:3])
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.03, 0.04 -> 3 * 0.01, 2 * 0.03, max(0.06, 1 * 0.04): step-down keeps it monotone
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert holm([]) == []

@@ -42,6 +42,17 @@ def discordant(first: Sequence[bool], second: Sequence[bool]) -> tuple[int, int]
     return b, c
 
 
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (same order as given; each capped at 1)."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    out, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(pvalues[i])))
+        out[i] = running
+    return out
+
+
 def pairwise(correct: Mapping[str, Sequence[bool]]) -> list[dict]:
     """Every pair of rows (in the mapping's order): accuracies, ``b``, ``c`` and the exact p-value.
 
