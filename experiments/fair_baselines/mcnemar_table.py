@@ -10,7 +10,8 @@ and Holm's adjustment over all pairs of that replicate and task. A record is rig
 answer equals the gold one after stripping whitespace (the Sakana world's exact-match accuracy).
 
 Writes ``MCNEMAR.md`` (accuracy with its 95% Clopper-Pearson interval per row and replicate, then the pair
-table) and ``mcnemar.json`` (the same numbers) into ``--out``.
+table) and ``mcnemar.json`` (the same numbers, and per row a string of 0/1 over the test records, so every
+count can be recomputed without the run's predictions) into ``--out``.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from evojax_merge.report.mcnemar import holm, pairwise
 
 
 def replicates(run: Path) -> dict[str, Path]:
-    """``{name: run dir}``: the replicate directories (seeds/seed_<s>), or the run itself."""
-    seeds = sorted((run / "seeds").glob("seed_*"), key=lambda p: int(p.name.split("_")[1])) \
-        if (run / "seeds").is_dir() else []
-    return {p.name: p for p in seeds} or {run.name: run}
+    """``{name: run dir}``: the finished replicate directories (seeds/seed_<s> with a result.json; one still
+    running is left out), or the run itself."""
+    if not (run / "seeds").is_dir():
+        return {run.name: run}
+    seeds = sorted((run / "seeds").glob("seed_*"), key=lambda p: int(p.name.split("_")[1]))
+    return {p.name: p for p in seeds if (p / "result.json").is_file()}
 
 
 def correctness(pred_dir: Path) -> dict[str, list[bool]]:
@@ -44,6 +47,11 @@ def correctness(pred_dir: Path) -> dict[str, list[bool]]:
     return out
 
 
+def _row_order(rep: Path) -> list[str]:
+    f = rep / "results.json"
+    return list(json.loads(f.read_text())["methods"]) if f.is_file() else []
+
+
 def interval(k: int, n: int) -> tuple[float, float]:
     ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
     return ci.low, ci.high
@@ -54,15 +62,18 @@ def analyse(run: Path, methods: list[str] | None) -> dict:
     for name, rep in replicates(run).items():
         for pred_dir in sorted((rep / "predictions").iterdir()):
             correct = correctness(pred_dir)
+            order = methods or _row_order(rep)  # the run's own row order (results.json), then any others
+            correct = {m: correct[m] for m in [*order, *sorted(correct)] if m in correct}
             if methods:
-                correct = {m: correct[m] for m in methods if m in correct}
+                correct = {m: v for m, v in correct.items() if m in methods}
             n = len(next(iter(correct.values())))
             acc = {m: {"right": sum(v), "n": n, "accuracy": sum(v) / n, "ci95": interval(sum(v), n)}
                    for m, v in correct.items()}
             pairs = pairwise(correct)
             for row, adj in zip(pairs, holm([r["p"] for r in pairs]), strict=True):
                 row["p_holm"] = adj
-            result["replicates"].setdefault(name, {})[pred_dir.name] = {"rows": acc, "pairs": pairs}
+            bits = {m: "".join("1" if x else "0" for x in v) for m, v in correct.items()}  # re-testable by hand
+            result["replicates"].setdefault(name, {})[pred_dir.name] = {"rows": acc, "pairs": pairs, "correct": bits}
     return result
 
 
