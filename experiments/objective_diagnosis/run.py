@@ -10,13 +10,19 @@ Pieces, each written to its output and skipped on a rerun:
 - runs (``--work``, default ``outputs/objective_diagnosis/<run>``): the real entry point,
   ``python -m evojax_merge.train +experiment=ood logger=none progress=false hydra.run.dir=... <overrides>``
   (the main job: target ner_medicine, 60 of its 200 validation records = 4 batches of 15, 10 + 20
-  generations, the shipped world ie-seed0). ``main`` is the main job itself (every method);
-  ``valseed_<s>`` Evo-Merging on validation subset ``data.validation.seed=s``; ``resample`` Evo-Merging and
-  LoraHub with ``data.validation.resample=true``; ``budget_paper`` Evo-Merging at the paper's 20 + 40
-  generations on the same 60 records; ``val195`` Evo-Merging on 195 of the 200 records (13 batches); ``f1``
-  and ``f1_valseed_<s>`` the ``evo_merging_f1`` row (search on the generated answers' F1); ``ce_all`` the
-  ``evo_merging_ce_all`` row (CE on all 200 records; the other rows' data.validation unchanged). A run is
-  done when its ``result.json`` exists; an unfinished one resumes from its checkpoints.
+  generations, the shipped world ie-seed0).
+
+  - ``main``: the main job itself (every method);
+  - ``valseed_<s>``: Evo-Merging on validation subset ``data.validation.seed=s`` (s = 0..9);
+  - ``resample``: Evo-Merging and LoraHub with ``data.validation.resample=true``; ``resample_seed_<s>``:
+    Evo-Merging on other batch draws;
+  - ``budget_paper``: Evo-Merging at the paper's 20 + 40 generations on the same 60 records;
+  - ``val195``: Evo-Merging on 195 of the 200 records (``data.validation.num_batches=13``, every row);
+  - ``f1``, ``f1_valseed_<s>``: the ``evo_merging_f1`` row (search on the generated answers' F1);
+  - ``ce_all``, ``ce_all_seed_<s>``: the ``evo_merging_ce_all`` row (CE on all 200 records, the other rows'
+    data.validation unchanged; search seed s).
+
+  A run is done when its ``result.json`` exists; an unfinished one resumes from its checkpoints.
 - ``score``: for each run, every row's merge rebuilt from the run directory (genomes and grid points in
   results.json; the gate's oracle recipe from the world manifest) and scored by CE and by generated F1 on
   (a) the search's own validation records (``MergeEvaluator.batch_index(0)``: the seeded subset),
@@ -53,9 +59,12 @@ RUNS: dict[str, list[str]] = {
     "resample": ["method=[evo_merging,lorahub]", "data.validation.resample=true"],
     "budget_paper": ["method=evo_merging", "budget.stage1_generations=20", "budget.stage2_generations=40"],
     "val195": ["method=evo_merging", "data.validation.num_batches=13"],
+    **{f"resample_seed_{s}": ["method=evo_merging", "data.validation.resample=true", f"data.validation.seed={s}"]
+       for s in (1, 2)},
     "f1": ["method=evo_merging_f1"],
     "ce_all": ["method=evo_merging_ce_all"],
-    **{f"f1_valseed_{s}": ["method=evo_merging_f1", f"data.validation.seed={s}"] for s in SEEDS if s},
+    **{f"ce_all_seed_{s}": ["method=evo_merging_ce_all", f"seed={s}"] for s in (1, 2)},
+    **{f"f1_valseed_{s}": ["method=evo_merging_f1", f"data.validation.seed={s}"] for s in (1, 2)},
 }
 
 
