@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 from scipy.stats import binomtest
@@ -80,8 +81,9 @@ def analyse(run: Path, methods: list[str] | None) -> dict:
 def markdown(result: dict) -> str:
     reps = result["replicates"]
     lines = ["# Exact McNemar tests between rows on the same test problems", "",
-             f"Run: `{Path(result['run']).name}`. Accuracy ×100 with its 95% Clopper-Pearson interval over the "
-             "test problems of one replicate; for each pair, b = problems only the first row got right, c = only "
+             f"Run: `{Path(result['run']).name}`. Accuracy ×100: the mean ± sample sd over the replicates, then per "
+             "replicate with its 95% Clopper-Pearson interval over the test problems; for each pair, b = problems "
+             "only the first row got right, c = only "
              "the second, p = exact two-sided McNemar p-value, p_Holm = Holm-adjusted over all pairs of that "
              "replicate. Built by `experiments/fair_baselines/mcnemar_table.py`.", ""]
     tasks = sorted({t for r in reps.values() for t in r})
@@ -89,9 +91,11 @@ def markdown(result: dict) -> str:
         names = [n for n in reps if task in reps[n]]
         methods = list(reps[names[0]][task]["rows"])
         lines += [f"## {task}: accuracy per replicate", "",
-                  "| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+                  "| method | mean ± sd | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
         for m in methods:
-            cells = []
+            accs = [100 * reps[n][task]["rows"][m]["accuracy"] for n in names if m in reps[n][task]["rows"]]
+            sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            cells = [f"{statistics.fmean(accs):.1f} ± {sd:.1f}"]
             for n in names:
                 r = reps[n][task]["rows"].get(m)
                 cells.append("" if r is None else
