@@ -71,7 +71,10 @@ def test_ood_on_the_ie_world_through_train(zoo, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["zoo"]["zoo_root"] == str(zoo.root)  # the fixture's build, reused (same config, same hash)
     assert results["zoo"]["gate"] == zoo.manifest["gate"] and "ner_medicine" in results["zoo"]["gate"]["targets"]
-    assert results["world"] == {"kind": "ie", "seed": 0, "digest": zoo.root.name.rsplit("-", 1)[1]}
+    world = results["world"]
+    assert {k: world[k] for k in ("kind", "seed", "digest", "canonical")} == {
+        "kind": "ie", "seed": 0, "digest": zoo.root.name.rsplit("-", 1)[1], "canonical": None}  # built, not shipped
+    assert len(world["recipe_sha256"]) == 12
     assert set(results["methods"]) == {"uniform", "lorahub"}
     for res in results["methods"].values():  # setting.targets empty: the world's gate targets, not 6 picked
         assert set(res["per_task"]) == {"ner_medicine"}
