@@ -27,10 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from evojax_merge.bench.plan import H100_PEAK_BF16, Workload, analytic_flops, resolve_model
 from evojax_merge.bench.population import random_examples
 from evojax_merge.lora.adapter import LoraStack, module_path
 from evojax_merge.models.llama import LlamaForCausalLM
-from evojax_merge.bench.plan import H100_PEAK_BF16, Workload, analytic_flops, resolve_model
 from evojax_merge.search.fitness import MergeEvaluator, ValidationConfig
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from evojax_merge.perf import matmul_peak
 from evojax_merge.models.llama import LlamaForCausalLM
+from evojax_merge.perf import matmul_peak
 from evojax_merge.zoo.flops import FlopMeter
 from evojax_merge.zoo.ie_build import _pretrain_batches, base_model_config, load_zoo_config, world_tokenizer
 from evojax_merge.zoo.trainer import pretrain

@@ -342,7 +342,8 @@ def test_gate_runs_on_a_small_built_world(tmp_path):
     assert cell["best_single"] != "ner_medicine"
     # chosen on the pick half, reported on the report half: both halves of the validation split
     assert cell["single_pick_f1"][cell["best_single"]] == max(cell["single_pick_f1"].values())
-    assert cell["best_single_f1"] == cell["single_f1"][cell["best_single"]] and cell["records"] == {"pick": 4, "report": 4}  # gate.examples 8
+    assert cell["best_single_f1"] == cell["single_f1"][cell["best_single"]]
+    assert cell["records"] == {"pick": 4, "report": 4}  # gate.examples 8
     assert cell["oracle"] in [dict(c) for c in oracle_combos("ner_medicine", zoo.adapters)]
     assert cell["passed"] == gate_verdict(cell["best_single_f1"], cell["oracle_f1"])
     assert "ner_medicine" in format_gate(gate)
