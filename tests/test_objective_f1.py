@@ -4,9 +4,10 @@
 - by hand: a random tiny Llama over the IE world's tokenizer, a random pool, ie_tiny's records and a fake
   generator with known answers; the stage fitness must be ``-F1 + λ · mean|x|`` worked out from the
   InstructUIE counting convention (micro TP / predicted / gold items), on exactly the CE evaluator's records;
-- end to end: ``python -m evojax_merge.train +experiment=smoke method=[evo_merging_f1,evo_merging_ce_all]`` on
-  the tiny IE world (world=ie_tiny) runs; the F1 row records its fitness by that convention, the CE row
-  searched on every validation record while the cell's batches hold half of them.
+- end to end: ``python -m evojax_merge.train +experiment=smoke method=[evo_merging_f1,evo_merging_ce_all,
+  evo_merging_resample_candidate]`` on the tiny IE world (world=ie_tiny) runs; the F1 row records its fitness
+  by that convention, the CE row searched on every validation record while the cell's batches hold half of
+  them, the reference-protocol row on draws of the cell's size.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def test_the_objective_rows_run_on_the_tiny_world_and_record_their_fitness(tmp_p
     out = tmp_path / "run"
     env = {**os.environ, "EVOJAX_MERGE_CACHE": str(smoke_cache), "WANDB_MODE": "offline"}
     proc = subprocess.run(
-        [sys.executable, "-m", "evojax_merge.train", "+experiment=smoke", "method=[evo_merging_f1,evo_merging_ce_all]",
+        [sys.executable, "-m", "evojax_merge.train", "+experiment=smoke",
+         "method=[evo_merging_f1,evo_merging_ce_all,evo_merging_resample_candidate]",
          "data.validation.num_batches=1", "budget.stage1_generations=1", "budget.stage2_generations=1",
          f"hydra.run.dir={out}", "progress=false"],
         capture_output=True, text=True, env=env, timeout=600)
@@ -124,12 +126,18 @@ def test_the_objective_rows_run_on_the_tiny_world_and_record_their_fitness(tmp_p
     assert ce_all["fitness"] == "ce" and ce_all["validation"]["records"] == 8
     assert ce_all["validation"]["batch_size"] == 4 and ce_all["validation"]["num_batches"] == 2
     assert ce_all["forward_examples"] == 2 * (1 + 4 * 1) * 8 + 4
+    # the reference protocol: the cell's batch size and count (1 x 4), a fresh draw for every candidate
+    ref = methods["evo_merging_resample_candidate"]["per_task"]["ner_medicine"]
+    assert ref["validation"] == {"batch_size": 4, "num_batches": 1, "resample": "candidate", "seed": 0, "records": 4}
+    assert ref["forward_examples"] == 2 * (1 + 4 * 1) * 4 + 4
 
 
 @pytest.mark.parametrize("kw, message", [
     ({"fitness": "accuracy"}, "fitness: 'accuracy' is not one of ce, f1"),
     ({"validation": {"records": 5}}, "validation.records: unknown key"),
     ({"validation": {"num_batches": "most"}}, "validation.num_batches: 'most' is not a positive integer or 'all'"),
+    ({"validation": {"resample": "often"}}, "validation.resample: 'often' is not true, false or candidate"),
+    ({"fitness": "f1", "validation": {"resample": "candidate"}}, "candidate draws are for the CE fitness"),
 ])
 def test_the_objective_rows_refuse_bad_options(kw, message):
     from evojax_merge.methods.evo_merging_objective import EvoMergingObjective
@@ -145,10 +153,37 @@ def test_the_objective_rows_build_from_their_configs():
     from evojax_merge.runner.build import build_methods, config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("config", overrides=["+experiment=ood", "method=[evo_merging_f1,evo_merging_ce_all]"])
+        cfg = compose("config", overrides=["+experiment=ood", "method=[evo_merging_f1,evo_merging_ce_all,"
+                                                                 "evo_merging_resample_candidate]"])
     methods = build_methods(cfg)
     assert all(isinstance(m, EvoMergingObjective) for m in methods.values())
     assert (methods["evo_merging_f1"].fitness, methods["evo_merging_f1"].validation) == ("f1", {})
     assert (methods["evo_merging_ce_all"].fitness, methods["evo_merging_ce_all"].validation) == (
         "ce", {"num_batches": "all"})
-    assert methods["evo_merging_f1"].config == methods["evo_merging_ce_all"].config  # Evo's search, budget and all
+    assert methods["evo_merging_resample_candidate"].validation == {"resample": "candidate"}
+    configs = [m.config for m in methods.values()]
+    assert configs[0] == configs[1] == configs[2]  # Evo's search, budget and all
+
+
+def test_candidate_batches_draw_fresh_batches_per_candidate_and_score_them(tiny):
+    from evojax_merge.methods.evo_merging_objective import CandidateBatches
+
+    model, tokenizer, records, _ = tiny
+    stack = _random_pool(2, model.config)
+    examples = encode_records(records, tokenizer, 96).arrays
+    inner = MergeEvaluator(model, stack, examples, ValidationConfig(batch_size=2, num_batches=2, seed=5))
+    cand = CandidateBatches(inner)
+    alpha = np.ones((3, 2), np.float32)
+    beta = np.array([[0.5, 0.5], [0.5, 0.5], [1.0, -0.2]], np.float32)
+    got = cand.evaluate(alpha, beta, generation=1)
+    np.testing.assert_array_equal(got, cand.evaluate(alpha, beta, generation=1))  # deterministic (resume)
+    draws = [cand.index(alpha[p], beta[p], 1, p) for p in range(3)]
+    assert not np.array_equal(draws[0], draws[1])  # equal genomes, their own batches
+    assert not np.array_equal(draws[0], cand.index(alpha[0], beta[0], 2, 0))  # and new ones each generation
+    for p in range(3):  # the mean over the candidate's two batches of each batch's CE, scored apart
+        per_batch = []
+        for rows in draws[p]:
+            sub = {k: np.asarray(v)[rows] for k, v in examples.items()}
+            one = MergeEvaluator(model, stack, sub, ValidationConfig(batch_size=2, num_batches=1))
+            per_batch.append(one.evaluate(alpha[p:p + 1], beta[p:p + 1])[0])
+        assert got[p] == pytest.approx(float(np.mean(per_batch)), rel=1e-5)

@@ -12,7 +12,9 @@ The two stages, bounds, budgets and strategy are Evo-Merging's (:mod:`evojax_mer
 - ``validation``: null (the cell's own batches: ``data.validation``), or overrides of it for this row's
   search: ``batch_size``, ``num_batches`` (a number, or ``all``: every validation record of the cell, in
   batches of the largest size <= batch_size that divides their number, as ``setting.nested_subset`` does),
-  ``resample``, ``seed``.
+  ``resample`` (true: fresh batches per generation, shared by the population, as ``data.validation.resample``;
+  ``candidate``: fresh batches for every candidate evaluation, the reference code's protocol:
+  :class:`CandidateBatches`), ``seed``.
 
 ``val_ce`` is always the result's CE on the cell's own batches (so the table's CE column compares across
 rows); ``val_fitness`` is what this search minimised; with ``fitness: f1``, ``val_f1`` is the result's F1 on
@@ -23,17 +25,53 @@ model (no merge service), and ``f1`` a cell of one task (its metric scores the a
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from collections.abc import Mapping
+
+import jax.numpy as jnp
+import numpy as np
 
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.methods.base import LORA_POOL, POOL_WEIGHTS, MergeTask, Outcome
 from evojax_merge.methods.evo_merging import EvoMerging, search_record
 from evojax_merge.search.evo_merging import evo_merging_search
-from evojax_merge.search.fitness import MergeEvaluator, ValidationConfig
+from evojax_merge.search.fitness import MergeEvaluator, ValidationConfig, population_ce
 from evojax_merge.search.fitness_f1 import F1Evaluator
 
 FITNESSES = ("ce", "f1")
 VALIDATION_KEYS = ("batch_size", "num_batches", "resample", "seed")
+
+
+class CandidateBatches:
+    """Every candidate evaluation on batches of its own (the reference code's ``core/evaluator.py``: shuffled
+    batches drawn from the whole validation set for each evaluation), over an in-process ``MergeEvaluator``.
+
+    Candidate ``p`` of generation ``g`` draws ``inner._draw_index`` from ``default_rng((seed, g, p, crc32 of its
+    genome))``: a fresh draw for every evaluation (also across stages, whose genomes differ), yet a
+    deterministic function of the search state, so a resumed search draws the same batches. One compiled
+    call per candidate (the population's shape is 1), each with its own ``[num_batches, batch_size]`` index.
+    """
+
+    def __init__(self, inner: MergeEvaluator):
+        self.inner = inner
+        self.num_adapters = inner.num_adapters
+        self.num_batches, self.batch_size, self.num_examples = inner.num_batches, inner.batch_size, inner.num_examples
+        self.validation = inner.validation
+        self.evaluations = 0
+
+    def index(self, alpha: np.ndarray, beta: np.ndarray, generation: int, p: int) -> np.ndarray:
+        crc = zlib.crc32(np.asarray(alpha, np.float32).tobytes() + np.asarray(beta, np.float32).tobytes())
+        return self.inner._draw_index(np.random.default_rng((self.validation.seed, int(generation), int(p), crc)))
+
+    def evaluate(self, alpha, beta, generation: int = 0) -> np.ndarray:
+        alpha, beta = np.asarray(alpha, np.float32), np.asarray(beta, np.float32)
+        out = np.empty(alpha.shape[0], np.float32)
+        for p in range(alpha.shape[0]):
+            index = self.index(alpha[p], beta[p], generation, p)
+            out[p] = np.asarray(population_ce(self.inner.ce_fn, self.inner.ce_args, jnp.asarray(alpha[p:p + 1]),
+                                              jnp.asarray(beta[p:p + 1]), jnp.asarray(index)))[0]
+        self.evaluations += alpha.shape[0]
+        return out
 
 
 class EvoMergingObjective(EvoMerging):
@@ -56,6 +94,11 @@ class EvoMergingObjective(EvoMerging):
             raise EvoMergeInputError(f"validation.num_batches: {nb!r} is not a positive integer or 'all'")
         if int(validation.get("batch_size", 1)) < 1:
             raise EvoMergeInputError("validation.batch_size must be >= 1")
+        if validation.get("resample", False) not in (True, False, "candidate"):
+            raise EvoMergeInputError(f"validation.resample: {validation['resample']!r} is not true, false or candidate")
+        if fitness == "f1" and validation.get("resample") == "candidate":
+            raise EvoMergeInputError("validation.resample: candidate draws are for the CE fitness (the F1 fitness "
+                                     "scores a generation's candidates on shared batches)")
         self.fitness, self.validation = fitness, validation
         self.max_len = None if max_len is None else int(max_len)
         self.max_new_tokens, self.generation_chunk = int(max_new_tokens), int(generation_chunk)
@@ -81,7 +124,10 @@ class EvoMergingObjective(EvoMerging):
 
         world = self._world(task)
         base = getattr(cell, "validation", ValidationConfig())
+        per_candidate = self.validation.get("resample") == "candidate"
         val = dataclasses.replace(base, **{k: v for k, v in self.validation.items() if k != "num_batches"})
+        if per_candidate:
+            val = dataclasses.replace(val, resample=False)
         records = list(task.val_records)
         if self.validation.get("num_batches") == "all":
             records, val = nested_subset(records, len(records), val)
@@ -90,7 +136,7 @@ class EvoMergingObjective(EvoMerging):
         enc = encode_records(records, world.tokenizer, self.max_len, **world.encoding(task.target, "validation"))
         evaluator = MergeEvaluator(world.model, task.stack, enc.arrays, val, prune=self.prune,
                                    population_chunk=getattr(cell, "population_chunk", "auto"))
-        return evaluator, records
+        return (CandidateBatches(evaluator) if per_candidate else evaluator), records
 
     def run(self, task: MergeTask) -> Outcome:
         search_ce, records = self.search_evaluator(task)
@@ -110,8 +156,9 @@ class EvoMergingObjective(EvoMerging):
         details = {**search_record(result), "fitness": self.fitness}
         per_candidate = int(search_ce.num_batches * search_ce.batch_size)
         if search_ce is not cell:  # the engine counts only the cell's evaluator: count this row's search here
+            resample = "candidate" if isinstance(search_ce, CandidateBatches) else search_ce.validation.resample
             details["validation"] = {"batch_size": search_ce.batch_size, "num_batches": search_ce.num_batches,
-                                     "resample": search_ce.validation.resample, "seed": search_ce.validation.seed,
+                                     "resample": resample, "seed": search_ce.validation.seed,
                                      "records": per_candidate}
         evaluations = sum(1 + self.config.population_size * len(s.history) for s in result.stages)
         if self.fitness == "f1":
