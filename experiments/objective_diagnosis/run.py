@@ -20,7 +20,9 @@ Pieces, each written to its output and skipped on a rerun:
   - ``val195``: Evo-Merging on 195 of the 200 records (``data.validation.num_batches=13``, every row);
   - ``f1``, ``f1_valseed_<s>``: the ``evo_merging_f1`` row (search on the generated answers' F1);
   - ``ce_all``, ``ce_all_seed_<s>``: the ``evo_merging_ce_all`` row (CE on all 200 records, the other rows'
-    data.validation unchanged; search seed s).
+    data.validation unchanged; search seed s);
+  - ``refbatch``, ``refbatch_seed_<s>``: the ``evo_merging_resample_candidate`` row (the reference code's
+    protocol: fresh batches of 4 x 15 for every candidate evaluation; draws seeded by s).
 
   A run is done when its ``result.json`` exists; an unfinished one resumes from its checkpoints.
 - ``score``: for each run, every row's merge rebuilt from the run directory (genomes and grid points in
@@ -65,6 +67,8 @@ RUNS: dict[str, list[str]] = {
     "ce_all": ["method=evo_merging_ce_all"],
     **{f"ce_all_seed_{s}": ["method=evo_merging_ce_all", f"seed={s}"] for s in (1, 2)},
     **{f"f1_valseed_{s}": ["method=evo_merging_f1", f"data.validation.seed={s}"] for s in (1, 2)},
+    "refbatch": ["method=evo_merging_resample_candidate"],
+    **{f"refbatch_seed_{s}": ["method=evo_merging_resample_candidate", f"data.validation.seed={s}"] for s in (1, 2)},
 }
 
 
