@@ -83,8 +83,14 @@ def subsets(scores: dict[str, dict]) -> dict:
         ctrl = [s["control_gap"].get(r) for s in out]
         if len(gaps) > 1 and None not in ctrl:
             tests[f"gap-{r}"] = ttest_rel(gaps, ctrl)
-    return {"per_seed": out, "t_tests": {k: {"t": float(v.statistic), "p": float(v.pvalue), "n": len(gaps)}
-                                         for k, v in tests.items()} if len(gaps) > 1 else {}}
+    within = {}
+    if len(out) > 2:  # CE against F1 among the 10 Evo merges themselves (one method, other subsets)
+        within = {"ce_held~f1_held": rho([s["ce_held"] for s in out], [s["f1_held"] for s in out]),
+                  "ce_test~f1_test": rho([s["ce_test"] for s in out], [s["f1_test"] for s in out]),
+                  "f1_held~f1_test": rho([s["f1_held"] for s in out], [s["f1_test"] for s in out])}
+    return {"per_seed": out, "within_evo": within,
+            "t_tests": {k: {"t": float(v.statistic), "p": float(v.pvalue), "n": len(gaps)}
+                        for k, v in tests.items()} if len(gaps) > 1 else {}}
 
 
 GROUPS = {  # search protocols, each over its runs: (runs, row, whether the search read only the 60 of (a))
@@ -230,6 +236,10 @@ def markdown(summary: dict, scores: dict) -> str:
                  f"{ms(s['control_gap'].get('task_arithmetic') for s in per)} | "
                  + " / ".join(ms((s['f1_search_row'] or {}).get(k) for s in per) for k in ("search", "held", "test"))
                  + " |")
+        wi = summary["subsets"].get("within_evo", {})
+        if wi:
+            L += ["", "Spearman among the 10 Evo-Merging merges: " + "; ".join(
+                f"{k}: {v['rho']:+.2f} (p {v['p']:.3f})" for k, v in wi.items()) + "."]
         tt = summary["subsets"].get("t_tests", {})
         if tt:
             L += ["", "t-tests over the subsets (scipy): " + "; ".join(
