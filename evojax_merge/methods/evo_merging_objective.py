@@ -120,7 +120,6 @@ class EvoMergingObjective(EvoMerging):
         if not self.validation:
             return cell, task.val_records
         from evojax_merge.data.batching import encode_records
-        from evojax_merge.setting.cells import nested_subset
 
         world = self._world(task)
         base = getattr(cell, "validation", ValidationConfig())
@@ -129,8 +128,11 @@ class EvoMergingObjective(EvoMerging):
         if per_candidate:
             val = dataclasses.replace(val, resample=False)
         records = list(task.val_records)
-        if self.validation.get("num_batches") == "all":
-            records, val = nested_subset(records, len(records), val)
+        if self.validation.get("num_batches") == "all":  # setting.nested_subset at the whole set (no import:
+            n = len(records)                                # setting is this layer's sibling)
+            records = [records[i] for i in np.random.default_rng(val.seed).permutation(n)]
+            size = max(d for d in range(1, min(val.batch_size, n) + 1) if n % d == 0)
+            val = dataclasses.replace(val, batch_size=size, num_batches=n // size)
         elif self.validation.get("num_batches") is not None:
             val = dataclasses.replace(val, num_batches=int(self.validation["num_batches"]))
         enc = encode_records(records, world.tokenizer, self.max_len, **world.encoding(task.target, "validation"))
