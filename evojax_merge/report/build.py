@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -97,6 +98,11 @@ def _method_figures(runs: Sequence[RunRecord], stats: dict[str, LabelStats], cos
                                          "quality_vs_cost.png"))
 
 
+def _from_report(path: str | Path, out: Path) -> str:
+    """``path`` relative to the report directory ``out`` (where its command is run from)."""
+    return os.path.relpath(Path(path).resolve(), out.resolve())
+
+
 def _install(staging: Path, out: Path) -> None:
     """Move the staged REPORT.md and figures/ into ``out`` (replacing a previous report's)."""
     if not out.exists():
@@ -152,7 +158,10 @@ def build_report(paths: Sequence[str | Path], out: str | Path | None = None, wan
     common = os.path.commonpath([str(r.path) for r in runs])
     if len(runs) == 1:
         common = str(runs[0].path.parent)
-    report_prov = provenance("evojax_merge.report", list(argv) if argv is not None else None)
+    # paths relative to the report's own directory: a committed report names no directory of one machine
+    common = _from_report(common, out)
+    args = [_from_report(a, out) if Path(a).exists() else a for a in (argv if argv is not None else sys.argv[1:])]
+    report_prov = provenance("evojax_merge.report", args)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))

@@ -172,8 +172,8 @@ def provenance_section(runs: Sequence, common: str, report_command: str, report_
     made = "unknown"
     if report_commit:
         made = f"`{report_commit[:12]}`" + (" with uncommitted changes" if report_dirty else "")
-    return (f"{summary}\n\nRun directories under `{common}`:\n\n{table}\n\n"
-            f"This report: `{report_command}` (commit {made}).")
+    return (f"{summary}\n\nRun directories under `{common}` (relative to this report's directory):\n\n{table}\n\n"
+            f"This report, run from its own directory: `{report_command}` (commit {made}).")
 
 
 def _commit(run) -> str:
