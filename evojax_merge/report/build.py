@@ -159,7 +159,7 @@ def build_report(paths: Sequence[str | Path], out: str | Path | None = None, wan
     if len(runs) == 1:
         common = str(runs[0].path.parent)
     # paths relative to the report's own directory: a committed report names no directory of one machine
-    common = _from_report(common, out)
+    shown = _from_report(common, out)
     args = [_from_report(a, out) if Path(a).exists() else a for a in (argv if argv is not None else sys.argv[1:])]
     report_prov = provenance("evojax_merge.report", args)
 
@@ -167,9 +167,10 @@ def build_report(paths: Sequence[str | Path], out: str | Path | None = None, wan
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
         figures = _figures(runs, analysis, title, staging / FIGURES)
-        text = report_markdown(first.experiment, first.setting, analysis, figures,
-                               provenance_section(runs, common, report_prov["command"], report_prov["git_commit"],
-                                                  report_prov["git_dirty"]), metric=first.metric, gated=gated)
+        provenance_text = provenance_section(runs, common, report_prov["command"], report_prov["git_commit"],
+                                             report_prov["git_dirty"], shown=shown)
+        text = report_markdown(first.experiment, first.setting, analysis, figures, provenance_text,
+                               metric=first.metric, gated=gated)
         (staging / "REPORT.md").write_text(text, encoding="utf-8")
         _install(staging, out)
     finally:

@@ -158,8 +158,12 @@ def size_table(stats: Mapping[str, LabelStats], param: str) -> str | None:
 
 
 def provenance_section(runs: Sequence, common: str, report_command: str, report_commit: str | None,
-                       report_dirty: bool | None = None) -> str:
-    """Which commands and commits produced the runs (``unknown`` where a run did not record it)."""
+                       report_dirty: bool | None = None, shown: str | None = None) -> str:
+    """Which commands and commits produced the runs (``unknown`` where a run did not record it).
+
+    ``common`` is the runs' common directory; ``shown`` is how the report names it (relative to the
+    report's directory, so a committed report names no directory of one machine).
+    """
     commits = {_commit(r) for r in runs}
     if len(commits) == 1:
         summary = f"All runs come from commit {next(iter(commits))}."
@@ -172,7 +176,8 @@ def provenance_section(runs: Sequence, common: str, report_command: str, report_
     made = "unknown"
     if report_commit:
         made = f"`{report_commit[:12]}`" + (" with uncommitted changes" if report_dirty else "")
-    return (f"{summary}\n\nRun directories under `{common}` (relative to this report's directory):\n\n{table}\n\n"
+    shown = common if shown is None else shown
+    return (f"{summary}\n\nRun directories under `{shown}` (relative to this report's directory):\n\n{table}\n\n"
             f"This report, run from its own directory: `{report_command}` (commit {made}).")
 
 
