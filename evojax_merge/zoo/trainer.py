@@ -1,7 +1,8 @@
 """Training for the built-in zoo: the base LM from scratch, then all LoRA adapters at once.
 
 The adapters are trained together: one optax step updates a ``LoraStack`` of N adapters, each on
-its own task's batch, through a ``vmap`` over the adapter axis with the base shared.
+its own task's batch, through a ``vmap`` over the adapter axis with the base shared. The loss, its
+gradients and the LoRA initialisation are :mod:`evojax_merge.pool.step`'s, shared with the pool trainer.
 """
 
 from __future__ import annotations
@@ -16,20 +17,11 @@ import optax
 from flax import nnx
 
 from evojax_merge.errors import EvoMergeInputError
-from evojax_merge.lora.adapter import LoraAdapter, LoraStack, module_path
+from evojax_merge.lora.adapter import LoraStack
 from evojax_merge.models.llama import LlamaForCausalLM
-from evojax_merge.models.loss import answer_loss, causal_lm_loss
+from evojax_merge.pool.step import Batch, batch_loss, init_lora_stack, losses_and_grads
 
-Batch = dict[str, np.ndarray]  # input_ids, attention_mask, labels: [B, T] (+ answer_pos/tgt/mask: [B, K])
-
-
-def batch_loss(model: LlamaForCausalLM, batch: Batch, lora: LoraAdapter | None = None) -> jax.Array:
-    """Answer-only CE; with precomputed answer positions the prompt's vocabulary projection is skipped."""
-    if "answer_pos" in batch:
-        logits, _ = model(batch["input_ids"], batch["attention_mask"], lora=lora, logits_at=batch["answer_pos"])
-        return answer_loss(logits, batch["answer_tgt"], batch["answer_mask"])
-    logits, _ = model(batch["input_ids"], batch["attention_mask"], lora=lora)
-    return causal_lm_loss(logits, batch["labels"])
+__all__ = ["Batch", "batch_loss", "check_compiler_options", "init_lora_stack", "pretrain", "train_adapters"]
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -109,34 +101,6 @@ def pretrain(
     return nnx.merge(graphdef, params), losses
 
 
-def init_lora_stack(
-    model: LlamaForCausalLM, num_adapters: int, rank: int, lora_alpha: float, key: jax.Array,
-    projections: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    init: str = "independent",
-) -> LoraStack:
-    """PEFT's initialisation: A ~ kaiming-uniform(a=√5), i.e. U(±1/√d_in); B = 0 (so ΔW starts at 0).
-
-    ``init="shared"`` draws one A per module and gives it to every adapter, like a real pool
-    trained with one fixed seed (the PEFT / LLaMA-Factory default); ``"independent"`` draws each
-    adapter's own.
-    """
-    if init not in ("shared", "independent"):
-        raise EvoMergeInputError(f"zoo.adapters.lora_init: {init!r} is not shared or independent")
-    cfg = model.config
-    A, B = {}, {}
-    for layer in range(cfg.num_hidden_layers):
-        for proj in projections:
-            d_out, d_in = cfg.module_shapes()[proj]
-            key, sub = jax.random.split(key)
-            bound = 1.0 / np.sqrt(d_in)
-            m = module_path(layer, proj)
-            draws = 1 if init == "shared" else num_adapters
-            a = jax.random.uniform(sub, (draws, rank, d_in), minval=-bound, maxval=bound)
-            A[m] = jnp.broadcast_to(a, (num_adapters, rank, d_in))
-            B[m] = jnp.zeros((num_adapters, d_out, rank))
-    return LoraStack(A=A, B=B, scale=jnp.full((num_adapters,), lora_alpha / rank, jnp.float32))
-
-
 def train_adapters(
     model: LlamaForCausalLM,
     stack: LoraStack,
@@ -159,16 +123,9 @@ def train_adapters(
     opt = optax.adam(_schedule(lr, steps))
     opt_state = opt.init(trainable)
 
-    def adapter_loss(a, b, scale, batch):
-        return batch_loss(nnx.merge(graphdef, params), batch, LoraAdapter(A=a, B=b, scale=scale))
-
     @jax.jit(compiler_options=compiler_options or None)
     def step(trainable, opt_state, batch):
-        def loss_fn(t):
-            losses = jax.vmap(adapter_loss)(t["A"], t["B"], stack.scale, batch)
-            return losses.sum(), losses
-
-        (_, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        losses, grads = losses_and_grads(graphdef, params, trainable, stack.scale, batch)
         updates, opt_state = opt.update(grads, opt_state, trainable)
         return optax.apply_updates(trainable, updates), opt_state, losses
 
