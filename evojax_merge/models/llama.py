@@ -213,6 +213,7 @@ class LlamaForCausalLM(nnx.Module):
         cache: list[KVCache] | None = None,
         key_valid: jax.Array | None = None,
         logits_at: jax.Array | None = None,
+        inputs_embeds: jax.Array | None = None,
     ) -> tuple[jax.Array, list[KVCache] | None]:
         """Logits ``[B, T, V]`` (and the updated cache); ``[B, K, V]`` at ``logits_at [B, K]`` if given.
 
@@ -222,6 +223,9 @@ class LlamaForCausalLM(nnx.Module):
         Without a cache the keys are the T inputs and ``attention_mask [B, T]`` marks the real
         ones. With a cache of S slots the T inputs are written at ``positions[:, 0]`` onwards and
         ``key_valid [B, S]`` marks the slots (after the write) that may be attended to.
+
+        ``inputs_embeds [B, T, H]``, when given, replaces the token embeddings of ``input_ids`` (which
+        still set B and T): a VLM splices image features in this way (``models/llava.py``).
         """
         cfg = self.config
         b, t = input_ids.shape
@@ -242,7 +246,7 @@ class LlamaForCausalLM(nnx.Module):
             cos, sin = rope_tables_static(cfg, t)
         else:
             cos, sin = rope_tables(cfg, positions)
-        x = self.model.embed_tokens(input_ids)
+        x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds.astype(dtype_of(cfg))
         new_cache = [] if cache is not None else None
         write_pos = positions[:, 0]
         for i, layer in enumerate(self.model.layers):
