@@ -45,7 +45,7 @@ class ValidationConfig:
 
     batch_size: int = 15
     num_batches: int = 20
-    resample: bool = False  # the reference code draws new batches every evaluation
+    resample: bool = False  # new batches each generation, shared by its candidates (reference: per candidate)
     seed: int = 0
 
 
