@@ -114,14 +114,16 @@ class Encoding:
 
 def _row(record: Mapping[str, object], tokenizer: object, style: str, loss_on_history: bool,
          with_answer: bool) -> tuple[list[int], list[int]]:
-    """``(input_ids, labels)`` of one record; adjacent segments of one label kind are tokenized together."""
+    """``(input_ids, labels)`` of one record; adjacent segments of one label kind are tokenized together
+    (in ``llamafactory`` style every segment on its own)."""
     segs: list[Segment] = segments(record, tokenizer, style)
     if not with_answer:
         segs = segs[:-1]
     groups: list[list] = []
+    separate = style == "llamafactory"  # LLaMA-Factory tokenizes each piece of each turn on its own
     for s in segs:
         scored = s.kind == "answer" or (loss_on_history and s.kind == "history")
-        if groups and groups[-1][1] == scored:
+        if groups and groups[-1][1] == scored and not separate:
             groups[-1][0] += s.text
         else:
             groups.append([s.text, scored])
