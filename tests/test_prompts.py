@@ -104,7 +104,13 @@ def test_a_record_that_cannot_fit_zero_shot_names_file_and_record(tok):
                        source="data/val.jsonl")
     msg = str(err.value)
     assert msg == (f"data/val.jsonl: record 1: the prompt and answer without any few-shot turn need {zero} tokens, "
-                   f"more than max_len {zero - 1}")
+                   f"more than experiment.max_len={zero - 1}")  # the key to raise
+    prompt_only = zero - len(_ids(tok, rec["output"].strip() + "<|im_end|>"))  # the zero-shot row less its answer
+    with pytest.raises(EvoMergeInputError) as err:  # experiment.max_len null: the cap it fell back to
+        encode_generation([rec], tok, max_len=None, cap=5, source="data/test.jsonl")
+    assert str(err.value) == (f"data/test.jsonl: record 0: the prompt without any few-shot turn need {prompt_only} "
+                              "tokens, more than 5 (experiment.max_len is null: data.max_len_cap or the model's "
+                              "max_position_embeddings)")
 
 
 def test_history_turn_holding_the_records_answer_is_found():

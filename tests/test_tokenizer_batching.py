@@ -109,7 +109,7 @@ def test_buckets_pick_the_smallest_fit(tok):
 def test_a_row_that_cannot_fit_is_an_error_never_cut(tok):
     rec = {"instruction": "word " * 80, "input": "anna", "output": "person: anna"}
     with pytest.raises(EvoMergeInputError, match=r"^val.json: record 1: the prompt and answer without any few-shot "
-                                                 r"turn need 9\d tokens, more than max_len 20$"):
+                                                 r"turn need 9\d tokens, more than experiment.max_len=20$"):
         encode_examples([{"instruction": "a", "output": "b"}, rec], tok, max_len=20, source="val.json")
     with pytest.raises(EvoMergeInputError, match="record 0: the prompt without"):
         encode_prompts([rec], tok, max_len=20)

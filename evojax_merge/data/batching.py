@@ -140,7 +140,8 @@ def _row(record: Mapping[str, object], tokenizer: object, style: str, loss_on_hi
     return ids, labels
 
 
-def _truncate_left(ids: list[int], labels: list[int], limit: int, head: int, where: str) -> tuple[list, list]:
+def _truncate_left(ids: list[int], labels: list[int], limit: int, head: int, where: str,
+                   limit_key: str) -> tuple[list, list]:
     """The zoo's own legacy fit: prompt tokens cut just after ``<s>``; the answer never."""
     if len(ids) <= limit:
         return ids, labels
@@ -148,15 +149,24 @@ def _truncate_left(ids: list[int], labels: list[int], limit: int, head: int, whe
     room = limit - head - (len(ids) - start)
     if room < 1:
         raise EvoMergeInputError(f"{where}: the answer needs {len(ids) - start} tokens, no room for a prompt in "
-                                 f"max_len {limit}")
+                                 f"{limit_key}")
     cut = start - head - room
     return ids[:head] + ids[head + cut:], labels[:head] + labels[head + cut:]
 
 
+def limit_name(max_len: int | None, limit: int) -> str:
+    """The config key behind a length limit, for errors: ``experiment.max_len=96``, or the cap when it is null."""
+    if max_len is not None:
+        return f"experiment.max_len={limit}"
+    return f"{limit} (experiment.max_len is null: data.max_len_cap or the model's max_position_embeddings)"
+
+
 def _fit_rows(records: Sequence[Mapping[str, object]], tokenizer: object, style: str, loss_on_history: bool,
               limit: int, source: str, with_answer: bool, overflow: str = "drop_turns",
-              ) -> tuple[list[list[int]], list[list[int]], list[int]]:
-    """Rows within ``limit`` tokens, dropping whole history turns oldest first."""
+              limit_key: str | None = None) -> tuple[list[list[int]], list[list[int]], list[int]]:
+    """Rows within ``limit`` tokens, dropping whole history turns oldest first; ``limit_key`` names the limit
+    in the error of a row that does not fit (:func:`limit_name`)."""
+    limit_key = limit_key or f"max_len {limit}"
     if overflow not in OVERFLOW:
         raise ValueError(f"overflow must be one of {OVERFLOW}, got {overflow!r}")
     rows, labels, dropped = [], [], []
@@ -164,7 +174,7 @@ def _fit_rows(records: Sequence[Mapping[str, object]], tokenizer: object, style:
         head = 1 if style == "plain" and special_ids(tokenizer)[1] is not None else 0
         for i, record in enumerate(records):
             ids, lab = _truncate_left(*_row(record, tokenizer, style, loss_on_history, with_answer), limit, head,
-                                      f"{source}: record {i}")
+                                      f"{source}: record {i}", limit_key)
             rows.append(ids)
             labels.append(lab)
             dropped.append(0)
@@ -179,7 +189,7 @@ def _fit_rows(records: Sequence[Mapping[str, object]], tokenizer: object, style:
         else:
             what = "prompt and answer" if with_answer else "prompt"
             raise EvoMergeInputError(f"{source}: record {i}: the {what} without any few-shot turn need {len(ids)} "
-                                     f"tokens, more than max_len {limit}")
+                                     f"tokens, more than {limit_key}")
         rows.append(ids)
         labels.append(lab)
         dropped.append(d)
@@ -207,7 +217,8 @@ def encode_records(
     style = resolve_style(tokenizer, style)
     limit = int(max_len if max_len is not None else cap)
     pad, _, _ = special_ids(tokenizer)
-    rows, labels, dropped = _fit_rows(records, tokenizer, style, loss_on_history, limit, source, True, overflow)
+    rows, labels, dropped = _fit_rows(records, tokenizer, style, loss_on_history, limit, source, True, overflow,
+                                      limit_name(max_len, limit))
     length = _target_length(rows, limit, buckets, pad_to)
     arrays = {
         "input_ids": _pad(rows, length, pad),
@@ -237,7 +248,8 @@ def encode_generation(
     style = resolve_style(tokenizer, style)
     limit = int(max_len if max_len is not None else cap)
     pad, _, _ = special_ids(tokenizer)
-    rows, _, dropped = _fit_rows(records, tokenizer, style, False, limit, source, False, overflow)
+    rows, _, dropped = _fit_rows(records, tokenizer, style, False, limit, source, False, overflow,
+                                 limit_name(max_len, limit))
     length = _target_length(rows, limit, buckets, pad_to)
     arrays = {
         "input_ids": _pad(rows, length, pad),
