@@ -138,3 +138,31 @@ def test_failed_replace_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_records(path, GOOD[:1])
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["d.json"]
+
+
+@pytest.mark.parametrize("name", ["d.json.gz", "d.jsonl.gz"])
+def test_gzip_compressed_files_read_like_plain_ones(tmp_path, name):
+    import gzip
+
+    text = json.dumps(GOOD) if name == "d.json.gz" else "".join(json.dumps(r) + "\n" for r in GOOD)
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text.encode("utf-8")))
+    assert load_records(path) == load_records(_write(tmp_path / name.removesuffix(".gz"), text))
+    assert len(load_records(path)) == len(GOOD)
+
+
+def test_corrupt_or_truncated_gzip_is_one_line_naming_the_file(tmp_path):
+    import gzip
+
+    fake = tmp_path / "fake.json.gz"
+    fake.write_text(json.dumps(GOOD))  # not compressed at all
+    msg = _error(fake)
+    assert msg.startswith(f"{fake}: corrupt gzip file: ") and "\n" not in msg
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(gzip.compress(("".join(json.dumps(r) + "\n" for r in GOOD) * 50).encode())[:-12])
+    msg = _error(cut)
+    assert msg.startswith(f"{cut}: corrupt gzip file: ") and "\n" not in msg
+    bad = tmp_path / "bad.json.gz"
+    bad.write_bytes(gzip.compress(b'[{"instruction": "a", "output": "b"}'))  # valid gzip, invalid JSON
+    assert _error(bad).startswith(f"{bad}: line 1, column ")
+    assert "unsupported file type '.csv.gz'" in _error(_write(tmp_path / "d.csv.gz", "a"))

@@ -2,7 +2,9 @@
 
 A record is ``{"instruction": str, "input": str (optional), "output": str, "history":
 [[user, assistant], ...] (optional)}``; other keys are kept as they are. Files are ``.json``
-(one list of records) or ``.jsonl`` (one record per line, blank lines skipped).
+(one list of records) or ``.jsonl`` (one record per line, blank lines skipped), read also
+gzip-compressed (``.json.gz``, ``.jsonl.gz``, as the authors' IE sets are distributed); a
+corrupt or truncated ``.gz`` is a one-line error naming the file.
 
 Every problem raises :class:`~evojax_merge.errors.EvoMergeInputError` with a single line that
 names the file, the record (index, and line for ``.jsonl``) and what is wrong.
@@ -10,8 +12,10 @@ names the file, the record (index, and line for ``.jsonl``) and what is wrong.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -20,7 +24,8 @@ from evojax_merge.fileio import write_text_atomic
 
 REQUIRED_FIELDS = ("instruction", "output")
 STRING_FIELDS = ("instruction", "input", "output")
-SUFFIXES = (".json", ".jsonl")
+SUFFIXES = (".json", ".jsonl")  # written by save_records
+READ_SUFFIXES = (*SUFFIXES, ".json.gz", ".jsonl.gz")  # read by load_records
 
 
 def _one_line(text: str) -> str:
@@ -71,20 +76,42 @@ def validate_records(records: Iterable[object], source: str = "<records>") -> li
     return out
 
 
-def load_records(path: str | os.PathLike[str]) -> list[dict]:
-    """Read and validate the records of a ``.json`` or ``.jsonl`` file."""
-    p = Path(path)
-    if p.suffix not in SUFFIXES:
-        raise _fail(str(p), f"unsupported file type {p.suffix!r}; use .json or .jsonl")
-    if not p.is_file():
-        raise _fail(str(p), "file not found")
+def record_format(path: str | os.PathLike[str]) -> tuple[str, bool]:
+    """``(".json" or ".jsonl", gzip-compressed)`` of a record file name; anything else is an error naming it."""
+    name = Path(path).name
+    gz = name.endswith(".gz")
+    suffix = Path(name[:-3] if gz else name).suffix
+    if suffix not in SUFFIXES:
+        raise _fail(str(path), f"unsupported file type {''.join(Path(name).suffixes[-2:]) or name!r}; use "
+                    f"{', '.join(READ_SUFFIXES)}")
+    return suffix, gz
+
+
+def _read_text(p: Path, gz: bool) -> str:
+    if not gz:
+        try:
+            return p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise _fail(str(p), f"cannot read file: {err}") from None
     try:
-        text = p.read_text(encoding="utf-8")
+        with gzip.open(p, "rt", encoding="utf-8") as f:
+            return f.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise _fail(str(p), f"corrupt gzip file: {err}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise _fail(str(p), f"cannot read file: {err}") from None
+
+
+def load_records(path: str | os.PathLike[str]) -> list[dict]:
+    """Read and validate the records of a ``.json`` or ``.jsonl`` file, plain or gzip-compressed (``.gz``)."""
+    p = Path(path)
+    suffix, gz = record_format(p)
+    if not p.is_file():
+        raise _fail(str(p), "file not found")
+    text = _read_text(p, gz)
     if not text.strip():
         raise _fail(str(p), "file is empty")
-    return _parse_jsonl(text, p) if p.suffix == ".jsonl" else _parse_json(text, p)
+    return _parse_jsonl(text, p) if suffix == ".jsonl" else _parse_json(text, p)
 
 
 # json's messages that end in a dangling "at" (the position goes in the prefix) or say little
