@@ -99,6 +99,10 @@ def test_grid_search_ce_equals_the_folded_stacked_delta(world):
             assert point["val_ce"] == pytest.approx(evaluator.evaluate_dense(old), rel=1e-5)
         assert res.val_ce == min(p["val_ce"] for p in res.details["grid"])
         assert evaluator.evaluate_dense(res.delta) == pytest.approx(res.val_ce, rel=1e-6)
+        # every chosen hyperparameter is recorded (results.json's per-task cell holds these details)
+        best = min(res.details["grid"], key=lambda p: p["val_ce"])
+        assert res.details["params"] == {k: best[k] for k in (("lambda", "density") if sp.uses_density
+                                                               else ("lambda",))}
 
 
 @pytest.mark.slow
