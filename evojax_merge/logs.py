@@ -13,12 +13,23 @@ available..." wherever torch is not installed: true, and irrelevant to a JAX pro
 
     from evojax_merge.logs import quiet_library_logs
     quiet_library_logs()      # once, after the logging handlers are set up (Hydra: inside main)
+
+Progress bars (:func:`progress_bar`, :func:`progress_iter`) are tqdm bars only where stderr is a
+terminal. Redirected to a file (SLURM, ``nohup``, ``2> log``), a bar would write carriage returns and
+cursor-up sequences into the log on every update; there each phase logs one line when it ends instead
+(``stage1_denoise: 20/20 in 41.3 s (best=0.8123, sigma=0.0312)``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+progress_log = logging.getLogger("evojax_merge.progress")
 
 TORCH_ADVICE = "PyTorch was not found."  # how transformers' advisory warning starts
 
@@ -58,3 +69,78 @@ def drop_torch_advice() -> None:
     if not any(isinstance(f, _DropTorchAdvice) for f in logger.filters):
         logger.addFilter(_DropTorchAdvice())
 
+
+
+class PhaseLine:
+    """A progress bar's stand-in off a terminal: silent while the phase runs, one INFO line when it ends.
+
+    The same calls as a tqdm bar (``update``, ``set_postfix``, ``close``); ``close`` is idempotent."""
+
+    def __init__(self, total: int | None, desc: str, initial: int = 0):
+        self.total, self.desc, self.n, self.initial = total, desc, int(initial), int(initial)
+        self.postfix: dict[str, object] = {}
+        self.t0 = time.perf_counter()
+        self.closed = False
+
+    def update(self, n: int = 1) -> None:
+        self.n += int(n)
+
+    def set_postfix(self, **values: object) -> None:
+        self.postfix = dict(values)
+
+    def line(self) -> str:
+        """``desc: n/total in s`` (plus ``, from k`` when resumed, and the postfix)."""
+        done = f"{self.n}/{self.total}" if self.total is not None else str(self.n)
+        resumed = f", from {self.initial}" if self.initial else ""
+        extra = f" ({', '.join(f'{k}={v}' for k, v in self.postfix.items())})" if self.postfix else ""
+        return f"{self.desc}: {done} in {time.perf_counter() - self.t0:.1f} s{resumed}{extra}"
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            progress_log.info("%s", self.line())
+
+
+class _NoBar:
+    """``progress=False``: nothing at all."""
+
+    def update(self, n: int = 1) -> None: ...
+
+    def set_postfix(self, **values: object) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def stderr_is_terminal() -> bool:
+    """Whether progress bars may draw: stderr (where tqdm writes) is a terminal."""
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
+
+
+def progress_bar(total: int | None, desc: str, enabled: bool = True, initial: int = 0, *,
+                 terminal: bool | None = None):
+    """A tqdm bar on a terminal, a :class:`PhaseLine` otherwise, nothing when not ``enabled``.
+
+    ``terminal`` overrides the check of stderr (tests)."""
+    if not enabled:
+        return _NoBar()
+    if terminal if terminal is not None else stderr_is_terminal():
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
+    return PhaseLine(total, desc, initial)
+
+
+def progress_iter(items: Iterable[T], desc: str, enabled: bool = True, *, terminal: bool | None = None
+                  ) -> Iterator[T]:
+    """Iterate ``items`` under a :func:`progress_bar` (closed when the loop ends, normally or not)."""
+    items = list(items)
+    bar = progress_bar(len(items), desc, enabled, terminal=terminal)
+    try:
+        for item in items:
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()

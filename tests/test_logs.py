@@ -44,3 +44,64 @@ def test_no_pytorch_advice_without_torch():
     assert ours.returncode == 0, ours.stderr[-2000:]
     assert TORCH_LINE not in ours.stdout + ours.stderr
     assert "another transformers warning" in ours.stderr  # only that one line is dropped
+
+
+# -- progress bars stay out of redirected logs ---------------------------------------------------------
+
+
+def test_off_a_terminal_a_phase_is_one_log_line(caplog):
+    from evojax_merge.logs import PhaseLine, progress_bar, progress_iter
+
+    caplog.set_level(logging.INFO, logger="evojax_merge.progress")
+    bar = progress_bar(5, "stage1_denoise", initial=2, terminal=False)
+    assert isinstance(bar, PhaseLine)
+    bar.update(2)
+    bar.set_postfix(best="0.5000", sigma="0.0100")
+    bar.update(1)
+    assert caplog.records == []  # silent while the phase runs
+    bar.close()
+    bar.close()  # idempotent
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("stage1_denoise: 5/5 in ") and line.endswith(" s, from 2 (best=0.5000, sigma=0.0100)")
+    caplog.clear()
+    assert list(progress_iter(["a", "b", "c"], "t: methods", terminal=False)) == ["a", "b", "c"]
+    assert [r.getMessage().split(" in ")[0] for r in caplog.records] == ["t: methods: 3/3"]
+    caplog.clear()
+    assert list(progress_iter(["a"], "quiet", enabled=False, terminal=False)) == ["a"]
+    progress_bar(3, "quiet", enabled=False).close()
+    assert caplog.records == []  # progress=false: nothing at all
+
+
+def test_on_a_terminal_it_is_a_tqdm_bar():
+    from tqdm.auto import tqdm
+
+    from evojax_merge.logs import progress_bar
+
+    bar = progress_bar(3, "x", terminal=True)
+    try:
+        assert isinstance(bar, tqdm)
+    finally:
+        bar.close()
+
+
+@pytest.mark.slow
+def test_a_search_redirected_to_a_file_writes_lines_not_bar_frames(tmp_path):
+    code = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stderr, format='%(name)s: %(message)s')\n"
+        "import jax, numpy as np\n"
+        "from evojax_merge.search.cmaes import StageSpec, init_stage, run_stage\n"
+        "from evojax_merge.search.genome import GenomeLayout\n"
+        "spec = StageSpec('stage1_denoise', GenomeLayout('alpha', 3, 0.0, 1.0), (0.5, 0.5, 0.5), 0.1, 4, 5)\n"
+        "fit = lambda p, g: ((np.asarray(p) - 0.3) ** 2).sum(axis=1)\n"
+        "run_stage(spec, fit, init_stage(spec, jax.random.key(0), fit), progress=True)\n"
+    )
+    err = tmp_path / "job.err"
+    with err.open("w") as stderr:  # as SLURM or `2> file` redirect it: not a terminal
+        proc = subprocess.run([sys.executable, "-c", code], stderr=stderr, stdout=subprocess.PIPE, text=True,
+                              timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    text = err.read_text()
+    assert proc.returncode == 0, text[-2000:]
+    assert "\r" not in text and "\x1b[" not in text  # no bar frames, no cursor movement
+    lines = [x for x in text.splitlines() if x.startswith("evojax_merge.progress: ")]
+    assert len(lines) == 1 and lines[0].startswith("evojax_merge.progress: stage1_denoise: 5/5 in ")

@@ -111,7 +111,7 @@ def _cell_result(backend, plan: CellPlan, pool_names, task: str, label: str, out
         result.setdefault("alpha", np.asarray(outcome.genome[0]).tolist())
         result.setdefault("beta", np.asarray(outcome.genome[1]).tolist())
         result.setdefault("adapters", list(pool_names))  # what each genome entry weighs
-    log.info("%-28s %-18s F1 %.3f (val CE %s)", label, task, s["f1"],
+    log.info("%-28s %-18s F1 %.2f (val CE %s)", label, task, 100 * s["f1"],  # x100, as in the tables
              "n/a" if outcome.val_ce is None else f"{outcome.val_ce:.4f}")
     return result
 
@@ -129,7 +129,7 @@ def run_cells(
     predictions_dir=None,
 ) -> dict:
     """Every method on every cell of ``setting``; ``{"methods": {label: {precision, recall, f1, per_task}}}``."""
-    from tqdm.auto import tqdm
+    from evojax_merge.logs import progress_iter
 
     if backend.remote:
         white_box = [label for label, m in methods.items() if not m.remote]
@@ -156,8 +156,7 @@ def run_cells(
                              stack=cell.stack, world=getattr(backend, "world", None), sources=cell.sources,
                              seed=seed, progress=progress, val_records=val_records)
             outcomes, labels = [], []
-            for label, method in tqdm(methods.items(), desc=f"{plan.target}: methods", leave=False,
-                                      dynamic_ncols=True, disable=not progress):
+            for label, method in progress_iter(methods.items(), f"{plan.target}: methods", progress):
                 full = label + plan.suffix
                 task.runner = runner_for(f"{plan.target}/{full}") if (runner_for and method.searches) else None
                 before = {k: c.examples for k, c in counters.items()}

@@ -110,7 +110,8 @@ class CheckpointRunner:
       preemption: a :class:`~evojax_merge.search.preemption.PreemptionGuard` (anything with ``requested``
         and ``signum``); when set after a generation or loop step, the runner saves and raises ``Preempted``.
       on_generation: ``hook(spec, state, step)`` after every generation (logging), before the save.
-      progress: show a tqdm bar per stage and loop.
+      progress: a progress bar per stage and loop (:func:`evojax_merge.logs.progress_bar`: tqdm on a
+        terminal, one log line per stage or loop otherwise).
       async_save: write in a background thread while the next generation runs.
 
     After construction, ``resumed_from`` is the restored step (``None`` for a fresh run),
@@ -391,9 +392,9 @@ class CheckpointRunner:
         arrays = None
         bar = None
         if self.progress:
-            from tqdm.auto import tqdm
+            from evojax_merge.logs import progress_bar
 
-            bar = tqdm(total=num_steps, initial=done, desc=name, leave=False, dynamic_ncols=True)
+            bar = progress_bar(num_steps, name, initial=done)
         idle_only = when_idle and jax.process_count() == 1
         try:
             while done < num_steps:

@@ -213,9 +213,9 @@ def run_stage(
     bar = None
     start = int(state.generation)
     if progress:
-        from tqdm.auto import tqdm
+        from evojax_merge.logs import progress_bar
 
-        bar = tqdm(total=spec.generations, initial=start, desc=spec.name, leave=False, dynamic_ncols=True)
+        bar = progress_bar(spec.generations, spec.name, initial=start)
     g = start
     while g < spec.generations:
         if isinstance(fitness, TracedFitness):

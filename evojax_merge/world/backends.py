@@ -107,12 +107,11 @@ class LocalBackend(_Scored):
     def answers(self, cell: Cell, outcomes: list[Outcome], records: list[dict], max_len: int,
                 task: str | None = None) -> list[list[str]]:
         """Greedy test answers of every outcome; the adapter ones in batched calls."""
-        from tqdm.auto import tqdm
+        from evojax_merge.logs import progress_bar
 
         world, texts, task = self.world, {}, task or cell.target
         gen_kw = world.encoding(task, "test", training=False)
-        bar = tqdm(total=len(outcomes), desc=f"{task}: test generation", leave=False, dynamic_ncols=True,
-                   disable=not self.progress)
+        bar = progress_bar(len(outcomes), f"{task}: test generation", self.progress)
         by_shape: dict[tuple, list[int]] = {}  # adapters of one rank and module set generate in one batch
         for i, o in enumerate(outcomes):
             if o.adapter is not None and o.model is None:

@@ -27,9 +27,9 @@ __all__ = ["Batch", "batch_loss", "check_compiler_options", "init_lora_stack", "
 def _progress(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    from evojax_merge.logs import progress_bar
 
-    return tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False)
+    return progress_bar(total, desc)
 
 
 def _schedule(lr: float, steps: int) -> optax.Schedule:
