@@ -15,7 +15,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 COMMANDS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "scontrol", "sinfo", "srun")
@@ -214,3 +217,22 @@ class LocalSlurm:
         m = re.search(r"Submitted batch job (\d+)", stdout)
         assert m, f"no job id in sbatch's output: {stdout!r}"
         return m.group(1)
+
+
+@contextmanager
+def venv_cluster(work: Path, root: Path, **extra_env: str) -> Iterator[LocalSlurm]:
+    """A started cluster whose jobs run this virtualenv's Python on the repo at ``root``, on CPU, with a cache
+    under ``work``; ``cluster.env`` is the job environment (plus ``extra_env``) and ``cluster.work`` is ``work``."""
+    if sys.prefix == sys.base_prefix:
+        raise AssertionError(f"the tests must run in a virtualenv (the templates activate one): {sys.executable}")
+    env = clean_environ()
+    env.pop("VENV", None)
+    env.pop("XLA_FLAGS", None)
+    env.update(VIRTUAL_ENV=sys.prefix, PATH=f"{Path(sys.prefix) / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+               PYTHONPATH=str(root), EVOJAX_MERGE_CACHE=str(work / "cache"), WANDB_MODE="offline",
+               JAX_PLATFORMS="cpu", **extra_env)
+    ensure_installed()
+    with LocalSlurm(work / "cluster") as c:
+        c.env = {**env, "SLURM_CONF": str(c.conf), "PROFILE": "cpu"}
+        c.work = work
+        yield c

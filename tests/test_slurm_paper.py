@@ -5,14 +5,12 @@ finishes once with its own run contract, and the tables' report covers both worl
 from __future__ import annotations
 
 import json
-import os
 import re
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from slurm_cluster import LocalSlurm, clean_environ, ensure_installed
+from slurm_cluster import venv_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -25,18 +23,7 @@ TIMEOUT = 900
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     work = tmp_path_factory.mktemp("slurm_paper")
-    if sys.prefix == sys.base_prefix:
-        raise AssertionError(f"the tests must run in a virtualenv (the templates activate one): {sys.executable}")
-    env = clean_environ()
-    env.pop("VENV", None)
-    env.pop("XLA_FLAGS", None)
-    env.update(VIRTUAL_ENV=sys.prefix, PATH=f"{Path(sys.prefix) / 'bin'}{os.pathsep}{env.get('PATH', '')}",
-               PYTHONPATH=str(ROOT), EVOJAX_MERGE_CACHE=str(work / "cache"), WANDB_MODE="offline",
-               JAX_PLATFORMS="cpu", WORLD_SEEDS="0 1", OUT=str(work / "paper"), ARRAY_PARALLEL="1")
-    ensure_installed()
-    with LocalSlurm(work / "cluster") as c:
-        c.env = {**env, "SLURM_CONF": str(c.conf), "PROFILE": "cpu"}
-        c.work = work
+    with venv_cluster(work, ROOT, WORLD_SEEDS="0 1", OUT=str(work / "paper"), ARRAY_PARALLEL="1") as c:
         yield c
 
 

@@ -6,14 +6,12 @@ template requeued the job forever.)"""
 from __future__ import annotations
 
 import json
-import os
 import re
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from slurm_cluster import LocalSlurm, clean_environ, ensure_installed
+from slurm_cluster import venv_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -27,18 +25,7 @@ TIMEOUT = 900
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     work = tmp_path_factory.mktemp("slurm_sakana")
-    if sys.prefix == sys.base_prefix:
-        raise AssertionError(f"the tests must run in a virtualenv (the templates activate one): {sys.executable}")
-    env = clean_environ()
-    env.pop("VENV", None)
-    env.pop("XLA_FLAGS", None)
-    env.update(VIRTUAL_ENV=sys.prefix, PATH=f"{Path(sys.prefix) / 'bin'}{os.pathsep}{env.get('PATH', '')}",
-               PYTHONPATH=str(ROOT), EVOJAX_MERGE_CACHE=str(work / "cache"), WANDB_MODE="offline",
-               JAX_PLATFORMS="cpu")
-    ensure_installed()
-    with LocalSlurm(work / "cluster") as c:
-        c.env = {**env, "SLURM_CONF": str(c.conf), "PROFILE": "cpu"}
-        c.work = work
+    with venv_cluster(work, ROOT) as c:
         yield c
 
 

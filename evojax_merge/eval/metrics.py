@@ -78,9 +78,9 @@ def _items(text: str, sep: str = ";") -> list[str]:
     return [c for s in text.split(sep) if (c := _clean(s))]
 
 
-def _pair(item: str) -> tuple[str, str]:
-    """``key: value`` (split at the first colon); both sides non-empty."""
-    key, sep, value = item.partition(":")
+def _pair(item: str, last: bool = False) -> tuple[str, str]:
+    """``key: value`` split at the first colon (the last with ``last``); both sides non-empty."""
+    key, sep, value = item.rpartition(":") if last else item.partition(":")
     key, value = _clean(key), _clean(value)
     if not (sep and key and value):
         raise _Malformed(item)
@@ -129,11 +129,7 @@ def _entity_pair(item: str) -> tuple[str, ...]:
 
 def _argument(text: str) -> tuple[str, str]:
     """``span: role`` split at the *last* colon (roles never hold one; a span such as a time may)."""
-    span, sep, role = text.rpartition(":")
-    span, role = _clean(span), _clean(role)
-    if not (sep and span and role):
-        raise _Malformed(text)
-    return span, role
+    return _pair(text, last=True)
 
 
 def _events(item: str) -> set[tuple[str, ...]]:

@@ -5,6 +5,13 @@
 The base parameters, the pool and the sorted magnitudes are shared by every candidate
 (``in_axes=None``); each candidate is one rank-r adapter applied in factor form. The validation
 set lives on the device, padded to one bucketed length, so a whole search compiles once.
+
+``data.validation.by_length=true`` (fixed batches only): the seeded subset is the same, but its rows
+are sorted by length before they are cut into batches, and each group of batches of one bucket runs
+at that bucket's length (:func:`batch_plan`), a few compiled shapes at most (the bucket list bounds
+them). The batches' composition changes, so the CE changes too (not only its rounding); off, every
+batch runs at the split's one length, as before. :meth:`MergeEvaluator.padding` measures the pad
+tokens either way.
 """
 
 from __future__ import annotations
@@ -20,13 +27,14 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from evojax_merge.data.batching import DEFAULT_BUCKETS, bucket_length
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.lora.adapter import LoraAdapter, LoraStack
 from evojax_merge.merge import evo_merge, stack_magnitudes
 from evojax_merge.models.delta import fold_adapter, fold_into_params
 from evojax_merge.models.llama import LlamaForCausalLM
 from evojax_merge.models.loss import answer_loss, answer_targets
-from evojax_merge.search.genome import check_population
+from evojax_merge.search.genome import check_alpha_beta
 
 
 class Evaluator(Protocol):
@@ -47,6 +55,7 @@ class ValidationConfig:
     num_batches: int = 20
     resample: bool = False  # new batches each generation, shared by its candidates (reference: per candidate)
     seed: int = 0
+    by_length: bool = False  # fixed batches: the subset sorted by length, each batch at its own bucket
 
 
 def _population_mesh() -> Mesh | None:
@@ -55,17 +64,83 @@ def _population_mesh() -> Mesh | None:
 
 
 def _mean_batch_ce(graphdef, params, adapter: LoraAdapter | None, data, index) -> jax.Array:
-    """Mean over validation batches of the answer-only CE (transformers' loss per batch)."""
+    """Mean over validation batches of the answer-only CE (transformers' loss per batch).
+
+    ``index``: ``[batches, batch size]`` row indices, every batch at the data's length; or a tuple of
+    groups ``{"rows": [batches_g, batch size], "width": [0, T_g]}`` whose batches run on the first
+    ``T_g`` positions (the empty ``width`` array carries ``T_g`` in its shape, static under jit)."""
     model = nnx.merge(graphdef, params)
+    groups = index if isinstance(index, (tuple, list)) else ({"rows": index, "width": None},)
 
-    def one_batch(_, rows):
-        # logits only where the loss is taken: the vocabulary projection of the prompt is skipped
-        logits, _ = model(data["input_ids"][rows], data["attention_mask"][rows], lora=adapter,
-                          logits_at=data["answer_pos"][rows])
-        return None, answer_loss(logits, data["answer_tgt"][rows], data["answer_mask"][rows])
+    def group_losses(rows, width: int | None) -> jax.Array:
+        def one_batch(_, r):
+            ids, mask = data["input_ids"][r], data["attention_mask"][r]
+            if width is not None:
+                ids, mask = ids[:, :width], mask[:, :width]
+            # logits only where the loss is taken: the vocabulary projection of the prompt is skipped
+            logits, _ = model(ids, mask, lora=adapter, logits_at=data["answer_pos"][r])
+            return None, answer_loss(logits, data["answer_tgt"][r], data["answer_mask"][r])
 
-    _, losses = jax.lax.scan(one_batch, None, index)
-    return losses.mean()
+        return jax.lax.scan(one_batch, None, rows)[1]
+
+    losses = [group_losses(g["rows"], None if g["width"] is None else g["width"].shape[-1]) for g in groups]
+    return (losses[0] if len(losses) == 1 else jnp.concatenate(losses)).mean()
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchPlan:
+    """The fixed validation batches and the length each runs at.
+
+    ``index [batches, batch size]``: row indices (the seeded subset; sorted by length with ``by_length``);
+    ``widths [batches]``: each batch's length (the split's length without ``by_length``);
+    ``lengths [batches, batch size]``: the rows' real tokens."""
+
+    index: np.ndarray
+    widths: np.ndarray
+    lengths: np.ndarray
+
+    @property
+    def groups(self) -> list[tuple[int, int, int]]:
+        """``(width, first batch, end batch)`` of each run of batches at one width, in order."""
+        out: list[tuple[int, int, int]] = []
+        for j, w in enumerate(self.widths.tolist()):
+            if out and out[-1][0] == w:
+                out[-1] = (w, out[-1][1], j + 1)
+            else:
+                out.append((w, j, j + 1))
+        return out
+
+    def padding(self, full_width: int) -> dict:
+        """Pad tokens among all tokens the batches forward: ``waste``, and ``one_length_waste`` had every
+        batch run at ``full_width`` (the split's one length)."""
+        real = int(self.lengths.sum())
+        tokens = int((self.widths * self.index.shape[1]).sum())
+        one = int(self.index.size * full_width)
+        return {"tokens": tokens, "pad_tokens": tokens - real, "waste": 1.0 - real / max(tokens, 1),
+                "one_length_waste": 1.0 - real / max(one, 1), "widths": sorted({int(w) for w in self.widths}),
+                "batches": int(self.index.shape[0]), "batch_size": int(self.index.shape[1])}
+
+
+def batch_plan(row_lengths: np.ndarray, validation: ValidationConfig, full_width: int,
+               buckets=DEFAULT_BUCKETS) -> BatchPlan:
+    """The fixed batches of ``validation`` over rows of ``row_lengths`` real tokens, padded to ``full_width``.
+
+    Rows: a seeded subset of ``num_batches x batch_size`` (fewer when the split is smaller), as
+    before. With ``by_length`` (and without ``resample``) the subset is sorted by length (stably) before
+    it is cut into batches, and each batch runs at the bucket of its longest row (``full_width`` is the
+    last bucket)."""
+    lengths = np.asarray(row_lengths).astype(np.int64)
+    n = int(lengths.shape[0])
+    batch_size = min(validation.batch_size, n)
+    num_batches = max(1, min(validation.num_batches, n // batch_size))
+    take = num_batches * batch_size
+    index = np.random.default_rng(validation.seed).permutation(n)[:take].reshape(num_batches, batch_size)
+    widths = np.full(num_batches, int(full_width), np.int64)
+    if validation.by_length and not validation.resample:
+        flat = index.reshape(-1)
+        index = flat[np.argsort(lengths[flat], kind="stable")].reshape(num_batches, batch_size)
+        widths = np.asarray([bucket_length(int(lengths[rows].max()), buckets, int(full_width)) for rows in index])
+    return BatchPlan(index, widths, lengths[index])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +252,10 @@ class MergeEvaluator:
         self.num_examples = num_examples
         self.batch_size = min(validation.batch_size, num_examples)
         self.num_batches = max(1, min(validation.num_batches, num_examples // self.batch_size))
-        self._fixed_index = self._draw_index(np.random.default_rng(validation.seed))
+        self.width = int(examples["input_ids"].shape[1])
+        self.plan = batch_plan(np.asarray(examples["attention_mask"]).sum(1), validation, self.width)
+        self._fixed_index = self.plan.index
+        self._by_length = validation.by_length and not validation.resample
         self.mesh = _population_mesh()
         # Losses come back replicated: on a multi-host mesh a 'pop'-sharded result spans devices of other
         # processes and could not be fetched with np.asarray.
@@ -192,24 +270,39 @@ class MergeEvaluator:
         return rng.permutation(self.num_examples)[:take].reshape(self.num_batches, self.batch_size)
 
     def batch_index(self, generation: int) -> np.ndarray:
+        """``[num_batches, batch_size]``: the record indices generation ``generation`` is scored on."""
         if not self.validation.resample:
             return self._fixed_index
         return self._draw_index(np.random.default_rng((self.validation.seed, generation)))
 
+    def _grouped(self, rows: np.ndarray) -> tuple[dict, ...]:
+        """``rows [..., batches, batch size]`` as the by-length groups of :func:`_mean_batch_ce`."""
+        lead = rows.shape[:-2]
+        return tuple({"rows": rows[..., a:b, :], "width": np.zeros((*lead, 0, w), np.int32)}
+                     for w, a, b in self.plan.groups)
+
+    def traced_index(self, generation: int = 0):
+        """What the compiled CE takes as ``index`` for ``generation``: :meth:`batch_index`, grouped by
+        length with ``by_length``."""
+        rows = self.batch_index(generation)
+        return jax.tree.map(jnp.asarray, self._grouped(rows) if self._by_length else rows)
+
+    def padding(self) -> dict:
+        """Pad tokens among all the tokens the fixed batches forward (:meth:`BatchPlan.padding`)."""
+        return self.plan.padding(self.width)
+
     # -- public API --------------------------------------------------------------------------
-    def index_table(self, generations: int) -> np.ndarray:
-        """``[generations, num_batches, batch_size]``: the batches each generation sees (for a jitted loop)."""
-        return np.stack([self.batch_index(g) for g in range(max(1, generations))])
+    def index_table(self, generations: int):
+        """``[generations, num_batches, batch_size]``: the batches each generation sees (for a jitted loop);
+        with ``by_length``, those rows grouped as :meth:`traced_index` groups them."""
+        table = np.stack([self.batch_index(g) for g in range(max(1, generations))])
+        return self._grouped(table) if self._by_length else table
 
     def evaluate(self, alpha, beta, generation: int = 0) -> np.ndarray:
         """Validation CE ``[P]`` of the merged adapters ``evo_merge(pool, alpha[p], beta[p])``."""
-        n = self.num_adapters
-        alpha = check_population(alpha, n, name="alpha")
-        beta = check_population(beta, n, name="beta")
-        if alpha.shape != beta.shape:
-            raise EvoMergeInputError(f"alpha {alpha.shape} and beta {beta.shape}: population sizes differ")
+        alpha, beta = check_alpha_beta(alpha, beta, self.num_adapters)
         ce = population_ce(self.ce_fn, self.ce_args, jnp.asarray(alpha), jnp.asarray(beta),
-                           jnp.asarray(self.batch_index(generation)))
+                           self.traced_index(generation))
         return np.asarray(ce)
 
     def evaluate_adapter(self, adapter: LoraAdapter | None, generation: int = 0) -> float:
@@ -219,5 +312,5 @@ class MergeEvaluator:
     def evaluate_dense(self, delta: Mapping[str, jax.Array], adapter: LoraAdapter | None = None,
                        generation: int = 0) -> float:
         """Validation CE with ``delta[m]`` folded into the base weights (task-vector baselines)."""
-        index = jnp.asarray(self.batch_index(generation))
-        return float(params_ce(self.graphdef, self.params, dict(delta), adapter, self.data, index))
+        return float(params_ce(self.graphdef, self.params, dict(delta), adapter, self.data,
+                               self.traced_index(generation)))

@@ -26,7 +26,7 @@ import numpy as np
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.eval.evaluate import generate_for_population, score
 from evojax_merge.merge import evo_merge
-from evojax_merge.search.genome import check_population
+from evojax_merge.search.genome import check_alpha_beta
 
 
 class F1Evaluator:
@@ -71,11 +71,7 @@ class F1Evaluator:
 
     def f1(self, alpha, beta, generation: int = 0) -> np.ndarray:
         """``[P]`` F1 (in [0, 1]) of each candidate's greedy answers on this generation's records."""
-        n = self.num_adapters
-        alpha = check_population(alpha, n, name="alpha")
-        beta = check_population(beta, n, name="beta")
-        if alpha.shape != beta.shape:
-            raise EvoMergeInputError(f"alpha {alpha.shape} and beta {beta.shape}: population sizes differ")
+        alpha, beta = check_alpha_beta(alpha, beta, self.num_adapters)
         prune = self.ce.prune
         adapters = jax.vmap(lambda a, b: evo_merge(self.ce.stack, self.ce.magnitudes, a, b, prune=prune))(
             alpha, beta)

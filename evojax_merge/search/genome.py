@@ -71,3 +71,12 @@ def check_population(population, length: int, lower: float | None = None, upper:
         row = int(np.argwhere((arr < lower) | (arr > upper))[0, 0])
         raise EvoMergeInputError(f"{name}: candidate {row} is outside the bounds [{lower}, {upper}]")
     return arr.astype(np.float32)
+
+
+def check_alpha_beta(alpha, beta, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """A population's keep fractions ``alpha`` and scales ``beta``: both ``[P, length]`` and finite, equal ``P``."""
+    alpha = check_population(alpha, length, name="alpha")
+    beta = check_population(beta, length, name="beta")
+    if alpha.shape != beta.shape:
+        raise EvoMergeInputError(f"alpha {alpha.shape} and beta {beta.shape}: population sizes differ")
+    return alpha, beta
