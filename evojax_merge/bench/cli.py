@@ -7,6 +7,7 @@
     python -m evojax_merge.bench --sakana [...]          # PS / DFS: one population call vs a loop
     python -m evojax_merge.bench --dam [...]             # the DAM step against a PyTorch reference
     python -m evojax_merge.bench --stream-memory [...]   # streamed peak memory of the merge methods at 8B shapes
+    python -m evojax_merge.bench pool-train [...]        # the LoRA-pool trainer's step against torch + PEFT
 
 Without a flag it runs the population benchmark (:mod:`evojax_merge.bench.population`).
 """
@@ -18,7 +19,7 @@ import json
 import sys
 
 # A first argument naming another benchmark hands the rest of the command line to its main(argv).
-SUBCOMMANDS = ("--sakana", "--dam", "--stream-memory")
+SUBCOMMANDS = ("--sakana", "--dam", "--stream-memory", "pool-train")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -74,6 +75,10 @@ def main(argv: list[str] | None = None) -> dict:
         from evojax_merge.bench.stream_memory import main as stream_memory
 
         return stream_memory(argv[1:])
+    if argv[:1] == ["pool-train"]:
+        from evojax_merge.bench.pool_train import main as pool_train
+
+        return pool_train(argv[1:])
     args = parser().parse_args(argv)
     if args.plan:
         from evojax_merge.bench.plan import run_plan
