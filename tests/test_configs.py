@@ -115,7 +115,8 @@ def test_defaults_are_the_papers():
     assert (evo["population_size"], evo["sigma0"], evo["stage1_generations"], evo["stage2_generations"]) == (
         20, 0.05, 20, 40)
     assert evo["alpha_bounds"] == [0.0, 1.0] and evo["beta_bounds"] == [-1.5, 1.5] and evo["prune"] == "A"
-    assert cfg["data"]["validation"] == {"batch_size": 15, "num_batches": 20, "resample": False, "seed": 0}
+    assert cfg["data"]["validation"] == {"batch_size": 15, "num_batches": 20, "resample": False, "seed": 0,
+                                         "by_length": False}
     # the paper's LoraHub row is Evo's stage 2 alone with Evo's budget; the original is a row of its own
     assert m["lorahub"]["_target_"] == evo["_target_"] and m["lorahub"]["denoise"] is False
     assert m["lorahub"]["stage2_generations"] == 40 and m["lorahub"]["population_size"] == 20

@@ -100,7 +100,7 @@ class StageCE:
     def __call__(self, args, population, generation):
         layout = GenomeLayout(self.searched, population.shape[1], 0.0, 0.0)
         alpha, beta = decode(layout, population, args["fixed"])
-        index = args["index"][jnp.minimum(generation, args["index"].shape[0] - 1)]
+        index = jax.tree.map(lambda t: t[jnp.minimum(generation, t.shape[0] - 1)], args["index"])
         return self.ce(args["eval"], alpha, beta, index) + l1_penalty(population, self.l1_weight)
 
 
@@ -114,7 +114,7 @@ def stage_fitness(evaluator: Evaluator, layout: GenomeLayout, fixed: np.ndarray,
     fixed = np.asarray(fixed, np.float32)
     if isinstance(getattr(evaluator, "ce_fn", None), PopulationCE):
         args = {"eval": evaluator.ce_args, "fixed": jnp.asarray(fixed),
-                "index": jnp.asarray(evaluator.index_table(generations))}
+                "index": jax.tree.map(jnp.asarray, evaluator.index_table(generations))}
         return TracedFitness(StageCE(evaluator.ce_fn, layout.searched, float(l1_weight)), args)
 
     def fitness(population: np.ndarray, generation: int) -> np.ndarray:

@@ -115,8 +115,7 @@ def merged_params(evaluator: MergeEvaluator, deltas: Iterable[tuple[str, jax.Arr
 
 def dense_ce(evaluator: MergeEvaluator, params, generation: int = 0) -> float:
     """Validation CE of the model with parameters ``params`` (e.g. ``merged_params``)."""
-    index = jnp.asarray(evaluator.batch_index(generation))
-    return float(params_ce(evaluator.graphdef, params, {}, None, evaluator.data, index))
+    return float(params_ce(evaluator.graphdef, params, {}, None, evaluator.data, evaluator.traced_index(generation)))
 
 
 def streamed_ce(evaluator: MergeEvaluator, stack: LoraStack, module_delta: ModuleDelta) -> float:

@@ -29,7 +29,7 @@ from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.eval.evaluate import generate_for_population, score
 from evojax_merge.methods.base import Outcome, SourcesCell
 from evojax_merge.models.delta import fold_into_params
-from evojax_merge.search.fitness import MergeEvaluator, ValidationConfig
+from evojax_merge.search.fitness import MergeEvaluator, ValidationConfig, batch_plan
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,18 @@ class Cell:
     stack: object = None  # the pool's LoraStack when the weights are ours
     close: Callable[[], None] = lambda: None
     sources: SourcesCell | None = None  # full fine-tunes (a SourcesBackend's cell)
+
+
+def note_padding(stats: dict, target: str, examples: dict, validation: ValidationConfig) -> None:
+    """Log, and keep in ``stats["padding"]`` (results.json's ``prompt``), the pad tokens of the fixed
+    validation batches (:meth:`~evojax_merge.search.fitness.BatchPlan.padding`)."""
+    width = int(examples["input_ids"].shape[1])
+    pad = batch_plan(np.asarray(examples["attention_mask"]).sum(1), validation, width).padding(width)
+    stats["padding"] = pad
+    log.info("%s validation: %d batches of %d at %s tokens: padding waste %.1f%% of tokens (%.1f%% at one length "
+             "%d%s)", target, pad["batches"], pad["batch_size"], "/".join(map(str, pad["widths"])), 100 * pad["waste"],
+             100 * pad["one_length_waste"], width, "" if validation.by_length else "; data.validation.by_length=true "
+             "sorts the batches by length")
 
 
 class _Scored:
@@ -83,6 +95,7 @@ class LocalBackend(_Scored):
         enc = encode_records(val_records, self.world.tokenizer, max_len, **self.world.encoding(target, "validation"))
         self.world.note_fit(target, enc, val_records)
         examples = enc.arrays
+        note_padding(self.world.prompt_stats.setdefault(target, {}), target, examples, validation)
         evaluators: dict[str, MergeEvaluator] = {}
 
         def evaluator_for(prune: str) -> MergeEvaluator:
