@@ -138,8 +138,11 @@ def run(argv: list[str] | None = None, preemption=None) -> dict:
                          chunk_index=args.chunk_index, save_every=args.save_every, preemption=preemption,
                          progress=args.progress and sys.stderr.isatty(), log_every=args.log_every)
     summary["tasks"] = describe(tasks)
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=2))
+    if args.json:  # written only when every selected chunk is done (a stop raises before this)
+        from evojax_merge.fileio import write_text_atomic
+
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.json, json.dumps(summary, indent=2))
     return summary
 
 
