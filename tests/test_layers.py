@@ -33,6 +33,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("models",),  # the Llama, its config and HF I/O (uses lora's adapter types)
     ("merge", "eval"),  # the merge math; generation and scoring
     ("search",),  # fitness, CMA-ES, grids, DAM training
+    ("pool",),  # the LoRA-pool trainer (checkpointed through search's runner; the zoo trains with it)
     ("methods", "export", "sharding", "slurm", "setting", "zoo", "service", "report"),  # built on search or below
     ("world",),  # worlds: zoo builds, remote services, the methods they hold
     ("runner",),  # the experiment engine
