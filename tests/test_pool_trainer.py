@@ -287,3 +287,41 @@ def test_chunks_subcommand_counts_the_array(world, capsys):
     root, _, _ = world
     assert run(["chunks", "--data", str(root / "data"), "--chunk", "2"]) == {"chunks": 2, "tasks": 3}
     assert capsys.readouterr().out.strip() == "2"
+
+
+@pytest.mark.slow  # a training subprocess, killed
+def test_a_killed_run_resumes_at_its_last_step_bit_identical(world, tmp_path):
+    """SIGKILL mid-chunk (no chance to save): the rerun restores the newest checkpoint that reads back
+    (an interrupted orbax write is skipped) and ends byte-identical to an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, _, _ = world
+    args = ["--epochs", "20"]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "evojax_merge.pool", *_train_args(root, out), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            steps = [int(p.name) for p in out.glob(".checkpoints/chunk_0-*/*") if p.name.isdigit()]
+            if steps and max(steps) >= 8:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (out / "ner_a").exists()
+    resumed = run([*_train_args(root, out), *args])
+    assert resumed["timings"]["chunk_0"]["resumed_from_step"] >= 7
+    full = run([*_train_args(root, tmp_path / "full"), *args, "--save-every", "1000"])
+    assert full["timings"]["chunk_0"]["resumed_from_step"] is None
+    for task in TASKS:
+        assert (out / task / "adapter_model.safetensors").read_bytes() == \
+            (tmp_path / "full" / task / "adapter_model.safetensors").read_bytes(), task
