@@ -253,3 +253,54 @@ def with_language_model(params: Params, language: Params) -> Params:
     if extra:
         raise EvoMergeInputError(f"language model: tensor {extra[0]!r} is not in the VLM's language model")
     return join_vlm_params(VlmParts(parts.vision, parts.projector, dict(language)))
+
+
+# --- the language model with fixed image rows: what a merge of the LM alone changes --------------------
+
+
+def image_rows(features: np.ndarray, input_ids: np.ndarray, image: np.ndarray, image_token_id: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Host side, once per data set: ``(rows [B, T, H], is_image [B, T])`` with row b's image-token
+    positions filled by ``features[image[b]]`` in order (the :func:`splice_image_features` splice of
+    one image per row), zeros elsewhere. With the vision tower and projector fixed (a merge of the
+    language model alone) the features are computed once and every candidate reuses them."""
+    feats = np.asarray(features)[np.asarray(image)]  # [B, N, H]
+    is_image = np.asarray(input_ids) == image_token_id
+    if (is_image.sum(1) != feats.shape[1]).any():
+        raise EvoMergeInputError(f"input_ids: a row without exactly {feats.shape[1]} image tokens "
+                                 f"(id {image_token_id})")
+    rows = np.zeros(is_image.shape + (feats.shape[-1],), np.float32)
+    rows[is_image] = feats.reshape(-1, feats.shape[-1])
+    return rows, is_image
+
+
+def spliced_logits(text_cfg: ModelConfig, lm_params: Params, ids: jax.Array, mask: jax.Array, at: jax.Array | None,
+                   rows: jax.Array, is_image: jax.Array) -> jax.Array:
+    """The VLM's logits from its language model ``lm_params`` (Llama names) and precomputed image ``rows``:
+
+        embeds = where(is_image, rows, embed_tokens(ids));   logits = LM(inputs_embeds=embeds)
+
+    equal to :func:`vlm_logits_of` when ``rows`` came from the same vision tower and projector."""
+    from evojax_merge.models.functional import model_of
+
+    lm = model_of(text_cfg, lm_params)
+    embeds = lm.model.embed_tokens(ids)
+    embeds = jnp.where(is_image[..., None], rows.astype(embeds.dtype), embeds)
+    return lm(ids, mask, logits_at=at, inputs_embeds=embeds)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class SplicedLM:
+    """A VLM's language model (a params dict, e.g. a merge) with the fixed vision tower's image rows of one
+    data set: ``logits(ids, mask, at)`` as :class:`~evojax_merge.models.functional.ParamsModel`'s."""
+
+    config: ModelConfig
+    params: Params
+    rows: jax.Array
+    is_image: jax.Array
+
+    def logits(self, ids: jax.Array, mask: jax.Array, at: jax.Array | None = None) -> jax.Array:
+        return spliced_logits(self.config, self.params, ids, mask, at, self.rows, self.is_image)
+
+
+jax.tree_util.register_dataclass(SplicedLM, data_fields=["params", "rows", "is_image"], meta_fields=["config"])
