@@ -63,11 +63,12 @@ log = logging.getLogger(__name__)
 # export, the prompt and batching, the generation and metric of the adapter check and the gate
 CODE_MODULES = (
     "evojax_merge.zoo.ie_build", "evojax_merge.zoo.ie_world", "evojax_merge.zoo.ie_domains",
-    "evojax_merge.zoo.lexicon", "evojax_merge.zoo.gate", "evojax_merge.zoo.trainer", "evojax_merge.zoo.tokenizer",
+    "evojax_merge.zoo.lexicon", "evojax_merge.zoo.gate", "evojax_merge.zoo.trainer", "evojax_merge.pool.step",
+    "evojax_merge.zoo.tokenizer",
     "evojax_merge.zoo.flops", "evojax_merge.models.config", "evojax_merge.models.io", "evojax_merge.models.llama",
     "evojax_merge.models.loss", "evojax_merge.lora.adapter", "evojax_merge.lora.export", "evojax_merge.lora.pool",
     "evojax_merge.data.prompt", "evojax_merge.data.batching", "evojax_merge.eval.metrics",
-    "evojax_merge.eval.generate", "evojax_merge.eval.evaluate",
+    "evojax_merge.eval.generate", "evojax_merge.eval.evaluate", "evojax_merge.logs",
 )
 KIND = "ie"  # the zoo config group's ``kind`` of this world (conf/zoo/ie*.yaml); train.py dispatches on it
 

@@ -63,9 +63,9 @@ TARGET = "skill_b"
 # every module this build imports whose code changes what it writes (tests/test_sakana_world.py checks
 # the list against the build's imports)
 CODE_MODULES = (
-    "evojax_merge.zoo.sakana_world", "evojax_merge.zoo.tokenizer", "evojax_merge.zoo.trainer",
+    "evojax_merge.zoo.sakana_world", "evojax_merge.zoo.tokenizer", "evojax_merge.zoo.trainer", "evojax_merge.pool.step",
     "evojax_merge.models.config", "evojax_merge.models.io", "evojax_merge.models.llama", "evojax_merge.models.loss",
-    "evojax_merge.lora.adapter",
+    "evojax_merge.lora.adapter", "evojax_merge.logs",
 )
 
 
