@@ -38,7 +38,8 @@ PROFILES = sorted((ROOT / "slurm" / "profiles").glob("*.sh"))
 
 
 def test_all_templates_and_profiles_present():
-    assert {p.name for p in TEMPLATES} == {"single.sbatch", "array.sbatch", "multinode.sbatch"}
+    assert {p.name for p in TEMPLATES} == {"single.sbatch", "array.sbatch", "multinode.sbatch", "paper_array.sbatch",
+                                           "pool_array.sbatch"}
     assert {p.stem for p in PROFILES} >= {"cpu", "gpu"}
 
 
@@ -48,7 +49,11 @@ def test_sbatch_template_parses_and_asks_for_no_fixed_resources(template):
     assert proc.returncode == 0, proc.stderr
     text = template.read_text()
     assert text.startswith("#!/bin/bash") and "#SBATCH --signal=USR1@" in text and "#SBATCH --requeue" in text
-    assert "python -m evojax_merge.train" in text and "resume=true" in text and "slurm/common.sh" in text
+    assert "slurm/common.sh" in text
+    if template.name == "pool_array.sbatch":  # the LoRA-pool trainer resumes from its own checkpoints in --out
+        assert "python -m evojax_merge.pool train" in text
+    else:
+        assert "python -m evojax_merge.train" in text and "resume=true" in text
     header = [line for line in text.splitlines() if line.startswith("#SBATCH")]
     for resource in ("--gres", "--gpus", "--cpus-per-task", "--mem", "--ntasks-per-node"):  # the profile's job
         assert not any(resource in line for line in header), f"{template.name}: fixed {resource} in {header}"
