@@ -119,3 +119,11 @@ def test_one_line_errors_and_the_failed_gate(world):
     assert "\n" not in str(err.value)
     backend = VlmWorldSpec(build=TINY, allow_failed_gate=True).open(ctx)
     assert backend.default_targets == (TARGET,) and backend.names == ["vlm_a", "lang_b"]
+
+
+def test_code_modules_are_the_builds_imports():
+    from test_world_digest import _closure  # the closure check of the other worlds (tests/test_world_digest.py)
+
+    from evojax_merge.zoo import vlm_build
+
+    assert sorted(vlm_build.CODE_MODULES) == sorted(_closure(vlm_build.__name__))

@@ -98,6 +98,20 @@ def _method_figures(runs: Sequence[RunRecord], stats: dict[str, LabelStats], cos
                                          "quality_vs_cost.png"))
 
 
+def world_sections(runs: Sequence[RunRecord], where: Path) -> str:
+    """Markdown a world adds to the report: results.json's ``world.report`` names ``module:function``, called as
+    ``function(run_dirs, figures_dir) -> str`` (its figures go in ``figures_dir``); "" when it names none."""
+    import importlib
+    import json
+
+    world = json.loads(runs[0].results_path.read_text()).get("world")
+    target = world.get("report") if isinstance(world, dict) else None
+    if not target:
+        return ""
+    module, _, name = str(target).partition(":")
+    return "\n" + getattr(importlib.import_module(module), name)([r.path for r in runs], where)
+
+
 def _from_report(path: str | Path, out: Path) -> str:
     """``path`` relative to the report directory ``out`` (where its command is run from)."""
     return os.path.relpath(Path(path).resolve(), out.resolve())
@@ -171,6 +185,7 @@ def build_report(paths: Sequence[str | Path], out: str | Path | None = None, wan
                                              report_prov["git_dirty"], shown=shown)
         text = report_markdown(first.experiment, first.setting, analysis, figures, provenance_text,
                                metric=first.metric, gated=gated)
+        text += world_sections(runs, staging / FIGURES)
         (staging / "REPORT.md").write_text(text, encoding="utf-8")
         _install(staging, out)
     finally:

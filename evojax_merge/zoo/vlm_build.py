@@ -60,11 +60,14 @@ from evojax_merge.zoo.vlm_world import SPLITS, VlmWorldConfig, build_vlm_world, 
 TARGET = "vqa_b"
 TARGET_TASKS = ("colour", "shape", "where")  # image-reading questions: a blind model is at chance (1/4)
 SOURCES = ("vlm_a", "lang_b")
+# every module this build imports (its import closure): their code changes what it writes (the cache key)
 CODE_MODULES = (
     "evojax_merge.zoo.vlm_build", "evojax_merge.zoo.vlm_lang", "evojax_merge.zoo.vlm_world",
     "evojax_merge.zoo.vlm_gate", "evojax_merge.zoo.sakana_world", "evojax_merge.zoo.tokenizer",
     "evojax_merge.zoo.trainer", "evojax_merge.models.llava", "evojax_merge.models.llava_io",
     "evojax_merge.models.vision", "evojax_merge.models.llama", "evojax_merge.models.io", "evojax_merge.models.loss",
+    "evojax_merge.models.config", "evojax_merge.models.functional", "evojax_merge.eval.metrics", "evojax_merge.logs",
+    "evojax_merge.lora.adapter", "evojax_merge.pool.step",
 )
 
 
