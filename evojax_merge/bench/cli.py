@@ -5,6 +5,7 @@
     python -m evojax_merge.bench --plan llama-3.1-8b     # compile-time plan (evojax_merge.bench.plan), no weights
     python -m evojax_merge.bench --plan bench-tiny --check-host   # the plan against a measured run here
     python -m evojax_merge.bench --sakana [...]          # PS / DFS: one population call vs a loop
+    python -m evojax_merge.bench --vlm [...]             # PS on the VLM world: one population call vs a loop
     python -m evojax_merge.bench --dam [...]             # the DAM step against a PyTorch reference
     python -m evojax_merge.bench --stream-memory [...]   # streamed peak memory of the merge methods at 8B shapes
     python -m evojax_merge.bench pool-train [...]        # the LoRA-pool trainer's step against torch + PEFT
@@ -19,7 +20,7 @@ import json
 import sys
 
 # A first argument naming another benchmark hands the rest of the command line to its main(argv).
-SUBCOMMANDS = ("--sakana", "--dam", "--stream-memory", "pool-train")
+SUBCOMMANDS = ("--sakana", "--vlm", "--dam", "--stream-memory", "pool-train")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -67,6 +68,10 @@ def main(argv: list[str] | None = None) -> dict:
         from evojax_merge.bench.sakana import main as sakana
 
         return sakana(argv[1:])
+    if argv[:1] == ["--vlm"]:
+        from evojax_merge.bench.vlm import main as vlm
+
+        return vlm(argv[1:])
     if argv[:1] == ["--dam"]:
         from evojax_merge.bench.dam import main as dam
 
