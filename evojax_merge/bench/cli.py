@@ -8,6 +8,7 @@
     python -m evojax_merge.bench --vlm [...]             # PS on the VLM world: one population call vs a loop
     python -m evojax_merge.bench --dam [...]             # the DAM step against a PyTorch reference
     python -m evojax_merge.bench --stream-memory [...]   # streamed peak memory of the merge methods at 8B shapes
+    python -m evojax_merge.bench --memory [...]          # peak RSS of a real model's phases vs weights + pool + acts
     python -m evojax_merge.bench pool-train [...]        # the LoRA-pool trainer's step against torch + PEFT
 
 Without a flag it runs the population benchmark (:mod:`evojax_merge.bench.population`).
@@ -20,7 +21,7 @@ import json
 import sys
 
 # A first argument naming another benchmark hands the rest of the command line to its main(argv).
-SUBCOMMANDS = ("--sakana", "--vlm", "--dam", "--stream-memory", "pool-train")
+SUBCOMMANDS = ("--sakana", "--vlm", "--dam", "--stream-memory", "--memory", "pool-train")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -80,6 +81,10 @@ def main(argv: list[str] | None = None) -> dict:
         from evojax_merge.bench.stream_memory import main as stream_memory
 
         return stream_memory(argv[1:])
+    if argv[:1] == ["--memory"]:
+        from evojax_merge.bench.memory import main as memory
+
+        return memory(argv[1:])
     if argv[:1] == ["pool-train"]:
         from evojax_merge.bench.pool_train import main as pool_train
 

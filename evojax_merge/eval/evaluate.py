@@ -18,7 +18,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from evojax_merge.data.batching import DEFAULT_CAP, Encoding, encode_generation, special_ids, stop_id
+from evojax_merge.data.batching import (
+    DEFAULT_BUCKETS,
+    DEFAULT_CAP,
+    Encoding,
+    bucket_length,
+    encode_generation,
+    special_ids,
+    stop_id,
+)
 from evojax_merge.eval.generate import greedy_generate
 from evojax_merge.eval.metrics import task_scores
 from evojax_merge.lora.adapter import LoraAdapter, LoraStack
@@ -36,6 +44,48 @@ def _generate_chunk(model, adapters, prompt_ids, lengths, max_new_tokens, eos_id
         return greedy_generate(nnx.merge(graphdef, params), ids, lens, max_new_tokens, eos_id, pad_id, adapter)
 
     return jax.vmap(one)(adapters, prompt_ids, lengths)
+
+
+@partial(nnx.jit, static_argnames=("max_new_tokens", "eos_id", "pad_id"))
+def _generate_rows(model, adapter, prompt_ids, lengths, max_new_tokens, eos_id, pad_id):
+    """One candidate (``adapter`` or None) on one batch of rows, the prefill's logits at the last token only."""
+    return greedy_generate(model, prompt_ids, lengths, max_new_tokens, eos_id, pad_id, adapter, last_only=True)
+
+
+def _row_batches(lengths: np.ndarray, batch_rows: int, limit: int) -> list[tuple[np.ndarray, int]]:
+    """``(row indices, width)`` of the batches of ``batch_rows`` rows sorted by length (stably), each at the
+    bucket of its longest row (at most ``limit``): a few compiled shapes, little padding."""
+    order = np.argsort(lengths, kind="stable")
+    out = []
+    for start in range(0, len(order), batch_rows):
+        rows = order[start:start + batch_rows]
+        out.append((rows, bucket_length(int(lengths[rows].max()), DEFAULT_BUCKETS, limit)))
+    return out
+
+
+def _generate_by_rows(model, tokenizer, adapters, per_candidate, encodings, batch_rows: int, max_new_tokens: int,
+                      eos: int, pad: int) -> list[list[str]]:
+    """Each candidate alone, its prompts in batches of ``batch_rows`` by length (:func:`_row_batches`)."""
+    outputs: list[list[str]] = []
+    for p, recs in enumerate(per_candidate):
+        if not recs:
+            outputs.append([])
+            continue
+        enc = encodings[id(recs)][0].arrays
+        lengths = np.asarray(enc["lengths"])
+        adapter = None if adapters is None else _stack_take(adapters, np.asarray([p]))
+        if adapter is not None:
+            adapter = jax.tree.map(lambda x: x[0], adapter)
+        answers: list[str | None] = [None] * len(recs)
+        for rows, width in _row_batches(lengths, batch_rows, int(enc["input_ids"].shape[1])):
+            ids = np.full((len(rows), width), pad, np.int32)
+            ids[:, : min(width, enc["input_ids"].shape[1])] = np.asarray(enc["input_ids"])[rows, :width]
+            toks = _generate_rows(model, adapter, jnp.asarray(ids), jnp.asarray(lengths[rows]),
+                                  max_new_tokens=max_new_tokens, eos_id=eos, pad_id=pad)
+            for i, text in zip(rows.tolist(), decode_answers(tokenizer, np.asarray(toks), eos), strict=True):
+                answers[i] = text
+        outputs.append([str(a) for a in answers])
+    return outputs
 
 
 @partial(nnx.jit, static_argnames=("max_new_tokens", "eos_id", "pad_id"))
@@ -126,6 +176,7 @@ def generate_for_population(
     source: str = "<records>",
     overflow: str = "drop_turns",
     fit: MutableMapping | None = None,
+    batch_rows: int | None = None,
 ) -> list[list[str]]:
     """Greedy answers of every candidate: ``out[p][i]`` answers ``records[p][i]``.
 
@@ -138,6 +189,11 @@ def generate_for_population(
     ``fit``, when given, is cleared and filled with :func:`prompt_fit`'s counts over each distinct
     record list (a list shared by every candidate counts once), plus ``max_new_tokens``. A prompt
     that lost a few-shot turn is logged (one warning line per source and outcome).
+
+    ``batch_rows`` (``experiment.test_batch_size``): each candidate alone, its prompts sorted by length in
+    batches of that many rows, each padded to its own bucket, the prefill's vocabulary projection at the
+    last prompt token only. Memory then grows with ``batch_rows``, not with candidates x records x the
+    longest prompt (the same greedy answers, up to float rounding of other batch shapes). None: as before.
     """
     pad, _, _ = special_ids(tokenizer)
     eos = stop_id(tokenizer, style)
@@ -152,6 +208,19 @@ def generate_for_population(
             fit.clear()
             fit.update(stats)
 
+    if batch_rows is not None:
+        if int(batch_rows) < 1:
+            raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+        flat_lists = [list(records)] if adapters is None else (
+            records if records and not isinstance(records[0], Mapping) else [records] * int(
+                jnp.asarray(adapters.scale).shape[0]))
+        encodings: dict[int, tuple[Encoding, Sequence[Mapping]]] = {}
+        for recs in flat_lists:
+            if recs and id(recs) not in encodings:
+                encodings[id(recs)] = (encode_generation(list(recs), tokenizer, max_len, **enc_kw), recs)
+        noted(list(encodings.values()))
+        return _generate_by_rows(model, tokenizer, adapters, flat_lists, encodings, int(batch_rows),
+                                 max_new_tokens, eos, pad)
     if adapters is None:
         flat = list(records)
         enc = encode_generation(flat, tokenizer, max_len, **enc_kw)

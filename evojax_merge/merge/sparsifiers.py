@@ -95,6 +95,16 @@ class Sparsifier:
     def describe(self) -> dict:
         return {"name": self.name, **dict(self.options)}
 
+    @property
+    def rank_based(self) -> bool:
+        """Whether the mask is a function of magnitude-rank cuts alone (``rank_counts``, ``from_cuts``):
+        deterministic, so a grid can sort each task vector once (``merge/task_vectors.py``'s cuts)."""
+        return hasattr(self.fn, "rank_counts") and not self.random
+
+    def rank_counts(self, density: float, numel: int) -> tuple[int, ...]:
+        """The ranks this sparsifier's mask cuts at, for ``density`` over ``numel`` entries."""
+        return tuple(int(k) for k in self.fn.rank_counts(float(density), int(numel), **dict(self.options)))
+
     def __call__(self, t: jax.Array, density: jax.Array | float, keys: jax.Array | None) -> jax.Array:
         if self.random and keys is None:
             raise EvoMergeInputError(f"sparsifier {self.name}: needs a PRNG key")
@@ -124,15 +134,26 @@ def trim_count(density: jax.Array | float, numel: int) -> jax.Array | int:
     return k.astype(jnp.int32)
 
 
+def rank_cut(flat: jax.Array, desc: jax.Array, k: jax.Array | int) -> tuple[jax.Array, jax.Array]:
+    """``(thr [N], need [N])``: row i's k-th largest magnitude and how many entries equal to it rank
+    below k (``k - count(> thr)``). With :func:`cut_mask` this is ``[rank(j) < k]``; a cut is all a
+    magnitude-rank sparsifier needs to know of the sort, so a grid can sort once and cut per point."""
+    numel = flat.shape[1]
+    thr = desc[:, jnp.clip(k - 1, 0, numel - 1)]  # k-th largest |t| per task vector
+    return thr, k - (flat > thr[:, None]).sum(axis=-1)
+
+
+def cut_mask(flat: jax.Array, thr: jax.Array, need: jax.Array, k: jax.Array | int) -> jax.Array:
+    """``[rank(j) < k]`` per row of ``flat [N, numel]`` from its cut (:func:`rank_cut`)."""
+    above = flat > thr[:, None]
+    tied = flat == thr[:, None]
+    # count(> thr) < k <= count(>= thr): keep the first (k - count(> thr)) tied entries by index.
+    return (above | (tied & (jnp.cumsum(tied, axis=-1) <= need[:, None]))) & (k > 0)
+
+
 def _top_mask(flat: jax.Array, desc: jax.Array, k: jax.Array | int) -> jax.Array:
     """``[rank(j) < k]`` per row of ``flat`` ``[N, numel]`` (magnitudes), ``desc`` its rows sorted descending."""
-    numel = flat.shape[1]
-    thr = desc[:, jnp.clip(k - 1, 0, numel - 1)][:, None]  # k-th largest |t| per task vector
-    above = flat > thr
-    tied = flat == thr
-    # count(> thr) < k <= count(>= thr): keep the first (k - count(> thr)) tied entries by index.
-    need = k - above.sum(axis=-1, keepdims=True)
-    return (above | (tied & (jnp.cumsum(tied, axis=-1) <= need))) & (k > 0)
+    return cut_mask(flat, *rank_cut(flat, desc, k), k)
 
 
 def _sorted_magnitudes(t: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -190,6 +211,14 @@ def magnitude_prune(t: jax.Array, density: jax.Array | float, keys: jax.Array | 
     return jnp.where(keep.reshape(t.shape), t, jnp.zeros((), t.dtype))
 
 
+def _prune_ranks(density: float, numel: int) -> tuple[int, ...]:
+    return (trim_count(density, numel),)
+
+
+magnitude_prune.rank_counts = _prune_ranks  # the ranks its mask cuts at: keep = cut 0
+magnitude_prune.from_cuts = lambda masks: masks[0]
+
+
 @sparsifier(random=True)
 def random_drop(t: jax.Array, density: jax.Array | float, keys: jax.Array) -> jax.Array:
     """Drop each entry with probability ``1 - density``, rescale the survivors by ``1/density``:
@@ -215,6 +244,16 @@ def magnitude_band(t: jax.Array, density: jax.Array | float, keys: jax.Array | N
     skip = jnp.minimum(int(float(gamma) * numel), numel - k)
     keep = _top_mask(flat, desc, skip + k) & ~_top_mask(flat, desc, skip)
     return jnp.where(keep.reshape(t.shape), t, jnp.zeros((), t.dtype))
+
+
+def _band_ranks(density: float, numel: int, *, gamma: float = 0.01) -> tuple[int, ...]:
+    k = trim_count(density, numel)
+    skip = min(int(float(gamma) * numel), numel - k)
+    return (skip + k, skip)
+
+
+magnitude_band.rank_counts = _band_ranks  # keep = cut 0 and not cut 1
+magnitude_band.from_cuts = lambda masks: masks[0] & ~masks[1]
 
 
 @sparsifier(random=True)

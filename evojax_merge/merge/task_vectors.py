@@ -181,6 +181,55 @@ def merge_module(a: jax.Array, b: jax.Array, scale: jax.Array, sparsifier: Spars
     return merge_module_factors(a, b, scale, sparsifier, consensus, lam, density, key).astype(out_dtype)
 
 
+# --------------------------------------------------------------------------- streamed, sorted once
+
+
+def _tau(a: jax.Array, b: jax.Array, scale: jax.Array, i) -> jax.Array:
+    """``τ_i = s_i · B_i A_i`` of one module, as :func:`merge_module_factors` builds it."""
+    return scale[i] * jnp.matmul(b[i], a[i], precision=_HIGHEST)
+
+
+@jax.jit
+def module_cuts(a: jax.Array, b: jax.Array, scale: jax.Array, ks: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(thr [J, N], need [J, N])``: each adapter's magnitude-rank cut (``sparsifiers.rank_cut``) at each of
+    the ranks ``ks [J]``, from one sort of its task vector. A grid over densities computes these once per
+    module and cell; :func:`merge_module_cuts` then merges any grid point without sorting."""
+    from evojax_merge.merge.sparsifiers import rank_cut
+
+    dt = jnp.promote_types(jnp.promote_types(a.dtype, b.dtype), jnp.float32)
+    a, b, scale = a.astype(dt), b.astype(dt), jnp.asarray(scale).astype(dt)
+
+    def one(i):
+        flat = jnp.abs(_tau(a, b, scale, i)).reshape(1, -1)
+        desc = jnp.flip(jnp.sort(flat, axis=-1), axis=-1)
+        return jax.vmap(lambda k: tuple(x[0] for x in rank_cut(flat, desc, k)))(ks)
+
+    thr, need = jax.lax.map(one, jnp.arange(b.shape[0]))  # [N, J] each, one task vector alive at a time
+    return thr.T, need.T
+
+
+@partial(jax.jit, static_argnames=("sparsifier", "consensus", "out_dtype"))
+def merge_module_cuts(a: jax.Array, b: jax.Array, scale: jax.Array, sparsifier: Sparsifier, consensus: Consensus,
+                      lam: jax.Array, ks: jax.Array, thr: jax.Array, need: jax.Array, out_dtype) -> jax.Array:
+    """:func:`merge_module` of a rank-based sparsifier (``sparsifier.rank_based``) from its precomputed cuts
+    (:func:`module_cuts` at ``ks [J]``, the sparsifier's ``rank_counts`` at one density): the same merge,
+    without a sort, and one compile for every density (``ks`` is traced)."""
+    from evojax_merge.merge.sparsifiers import cut_mask
+
+    dt = jnp.promote_types(jnp.promote_types(a.dtype, b.dtype), jnp.float32)
+    a, b, scale = a.astype(dt), b.astype(dt), jnp.asarray(scale).astype(dt)
+    lam = jnp.asarray(lam, dt)
+
+    def item(i):
+        t = _tau(a, b, scale, i)
+        flat = jnp.abs(t).reshape(1, -1)
+        masks = [cut_mask(flat, thr[j, i][None], need[j, i][None], ks[j]) for j in range(ks.shape[0])]
+        return jnp.where(sparsifier.fn.from_cuts(masks).reshape(t.shape), t, jnp.zeros((), dt))
+
+    zero = jnp.zeros((b.shape[1], a.shape[2]), dt)
+    return consensus.stream(item, b.shape[0], lambda i: lam, zero).astype(out_dtype)
+
+
 # --------------------------------------------------------------------------- export
 
 

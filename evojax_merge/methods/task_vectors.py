@@ -19,7 +19,10 @@ calling it), the consensus a ``Consensus`` class of ``merge/consensus.py``. The 
 takes the raw mapping or what Hydra made of it (a ``functools.partial``, a ``Consensus``).
 
 The grid has a density axis only when the sparsifier reads a density. The merge is streamed module
-by module (``merge_module``): the pool's dense task vectors are never built whole. These methods
+by module (``merge_module``): the pool's dense task vectors are never built whole. A rank-based
+sparsifier (TIES's magnitude trim, Breadcrumbs' band) sorts each task vector once per cell for every
+density of the grid (``module_cuts``); each grid point then merges from those cuts
+(``merge_module_cuts``): no sort per point, one compile per module shape for every density. These methods
 need the pool's weights, so they never run against a black-box service.
 """
 
@@ -37,7 +40,13 @@ from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.lora.adapter import LoraStack
 from evojax_merge.merge.consensus import Consensus, Sum
 from evojax_merge.merge.sparsifiers import Sparsifier, keep_all
-from evojax_merge.merge.task_vectors import merge_module, merge_module_factors, module_key
+from evojax_merge.merge.task_vectors import (
+    merge_module,
+    merge_module_cuts,
+    merge_module_factors,
+    module_cuts,
+    module_key,
+)
 from evojax_merge.methods.base import LORA_POOL, POOL_WEIGHTS, MergeMethod, MergeTask, Outcome
 from evojax_merge.search.grid import ModuleDelta, grid_search, preselect, streamed_ce, streamed_delta
 
@@ -163,11 +172,38 @@ class TaskVectorMerge(MergeMethod):
         return {"merge": lambda a, b, scale: merge_module_factors(a, b, scale, self.sparsifier, self.consensus,
                                                                   jnp.float32(self.lambdas[0]), density, key)}
 
+    def cut_delta(self, stack: LoraStack) -> Callable[[Mapping[str, float]], ModuleDelta]:
+        """``point -> ModuleDelta`` of a rank-based sparsifier: every module's cuts at every density of the
+        grid from one sort per task vector (computed here, once), then each point merged from its cuts.
+        The same merge as :meth:`module_delta`."""
+        ranks = {m: {d: self.sparsifier.rank_counts(d, stack.B[m].shape[1] * stack.A[m].shape[2])
+                     for d in self.densities} for m in stack.A}
+        cuts = {}
+        for m in stack.A:
+            ks = jnp.asarray([k for d in self.densities for k in ranks[m][d]], jnp.int32)
+            cuts[m] = module_cuts(stack.A[m], stack.B[m], stack.scale, ks)
+
+        def at(point: Mapping[str, float]) -> ModuleDelta:
+            j = self.densities.index(float(point.get("density", 1.0)))
+            lam = jnp.float32(point["lambda"])
+
+            def delta(m, a, b, scale, dtype):
+                width = len(ranks[m][self.densities[j]])
+                sl = slice(j * width, (j + 1) * width)
+                ks = jnp.asarray(ranks[m][self.densities[j]], jnp.int32)
+                return merge_module_cuts(a, b, scale, self.sparsifier, self.consensus, lam, ks, cuts[m][0][sl],
+                                         cuts[m][1][sl], dtype)
+
+            return delta
+
+        return at
+
     def run(self, task: MergeTask) -> Outcome:
         sub, selected = preselected(task, self.preselect_top_k)
         evaluator = task.evaluator_for("A")
-        res = grid_search(self.axes(), lambda p: streamed_ce(evaluator, sub, self.module_delta(p)), "val_ce")
-        delta = streamed_delta(evaluator, sub, self.module_delta(res.params))
+        point_delta = self.cut_delta(sub) if self.sparsifier.rank_based else self.module_delta
+        res = grid_search(self.axes(), lambda p: streamed_ce(evaluator, sub, point_delta(p)), "val_ce")
+        delta = streamed_delta(evaluator, sub, point_delta(res.params))
         return Outcome(self.name, delta=delta, val_ce=res.score, val_fitness=res.score,
                        details={"params": res.params, "selected": [task.pool_names[i] for i in selected],
                                 "grid": res.table})

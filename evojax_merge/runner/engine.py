@@ -32,6 +32,15 @@ from evojax_merge.setting.cells import CellPlan, Setting
 log = logging.getLogger(__name__)
 
 
+def peak_rss_gb() -> float:
+    """This process's peak resident set size so far, in GB (``getrusage``'s ``ru_maxrss``, KiB on Linux)."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**30 if sys.platform == "darwin" else 2**20)
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentSpec:
     """The ``experiment`` block: its name, the replicates, and how test answers are generated."""
@@ -42,6 +51,7 @@ class ExperimentSpec:
     test_examples: int = 100
     max_len: int | None = None  # None: what the data needs, up to data.max_len_cap
     max_new_tokens: int = 48
+    test_batch_size: int | None = None  # test prompts per generation call, by length (None: all at once)
 
 
 class CountingEvaluator:
@@ -139,8 +149,13 @@ def run_cells(
     plans = setting.cells(backend, seed)
     scored = {t for p in plans for t in p.scored_tasks}
     backend.check(scored, spec.max_len, spec.test_examples)  # splits exist and fit, up front
+    if spec.test_batch_size is not None:
+        if int(spec.test_batch_size) < 1:
+            raise EvoMergeInputError(f"experiment.test_batch_size: {spec.test_batch_size} < 1")
+        backend.test_batch_size = int(spec.test_batch_size)  # read by LocalBackend.answers
     log.info("%s: %d cells x %d methods over %d targets", spec.name, len(plans), len(methods), len(scored))
     results: dict[str, dict] = {}
+    memory: dict[str, float] = {"start": round(peak_rss_gb(), 3)}  # the peak RSS (GB) after each phase, in order
     for plan in plans:
         val_records, val = setting.validation(backend, plan, validation)
         cell = backend.open_cell(plan.target, plan.pool_idx, val_records, val, spec.max_len)
@@ -177,8 +192,10 @@ def run_cells(
                     outcome.details.setdefault("backward_examples", 0)
                 outcomes.append(outcome)
                 labels.append(full)
+                memory[f"{plan.target}{plan.suffix}/{full}"] = round(peak_rss_gb(), 3)
             tests = {t: backend.records[t]["test"][: spec.test_examples] for t in plan.scored_tasks}
             texts = {t: backend.answers(cell, outcomes, test, spec.max_len, task=t) for t, test in tests.items()}
+            memory[f"{plan.target}{plan.suffix}/test generation"] = round(peak_rss_gb(), 3)
         finally:
             cell.close()
         for i, (label, outcome) in enumerate(zip(labels, outcomes, strict=True)):
@@ -191,4 +208,6 @@ def run_cells(
         cells = list(res["per_task"].values())
         for key in ("precision", "recall", "f1"):
             res[key] = float(np.mean([c[key] for c in cells]))
-    return {"methods": results}
+    log.info("peak RSS %.2f GB (after each phase: %s)", peak_rss_gb(),
+             ", ".join(f"{k} {v:.2f}" for k, v in memory.items()))
+    return {"methods": results, "memory": {"peak_rss_gb": round(peak_rss_gb(), 3), "after": memory}}

@@ -82,6 +82,7 @@ class LocalBackend(_Scored):
         self.population_chunk = population_chunk
         self.progress = progress
         self.test_fit: dict[str, dict] = {}  # task -> what fitting did to its test prompts (generate_for_population)
+        self.test_batch_size: int | None = None  # experiment.test_batch_size (engine.run_cells sets it)
 
     def own_adapter(self, task: str) -> str | None:
         return self.world.own_adapter(task)
@@ -133,7 +134,7 @@ class LocalBackend(_Scored):
             stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[outcomes[i].adapter for i in lora_idx])
             fit: dict = {}  # the test prompts' fitting, for results.json (the same for every outcome)
             outs = generate_for_population(world.model, world.tokenizer, stacked, records, max_len,
-                                           self.max_new_tokens, fit=fit, **gen_kw)
+                                           self.max_new_tokens, fit=fit, batch_rows=self.test_batch_size, **gen_kw)
             self.test_fit[task] = fit
             texts.update(zip(lora_idx, outs, strict=True))
             bar.update(len(lora_idx))
@@ -150,7 +151,7 @@ class LocalBackend(_Scored):
                 split = split or nnx.split(world.model)
                 model = nnx.merge(split[0], fold_into_params(split[1], o.delta))
             texts[i] = generate_for_population(model, world.tokenizer, None, records, max_len, self.max_new_tokens,
-                                               **gen_kw)[0]
+                                               batch_rows=self.test_batch_size, **gen_kw)[0]
             bar.update(1)
         bar.close()
         return [texts[i] for i in range(len(outcomes))]

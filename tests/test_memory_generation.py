@@ -1,0 +1,96 @@
+"""Memory-lean test generation (``experiment.test_batch_size``) and the sort-once TIES / Breadcrumbs grid.
+
+- By length: each candidate alone, prompts sorted by length in batches, each at its own bucket, the
+  prefill's logits at the last token only: the same greedy answers as every prompt at once.
+- The rank-based sparsifiers merged from cuts computed once (``module_cuts`` + ``merge_module_cuts``) equal
+  the per-point merge (``merge_module``) bit for bit, ties at the cut included.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from evojax_merge.bench.memory import _load, _records
+from evojax_merge.bench.population import random_stack
+from evojax_merge.eval.evaluate import _row_batches, generate_for_population
+from evojax_merge.lora.adapter import LoraStack
+from evojax_merge.merge.consensus import SignElection, Sum
+from evojax_merge.merge.sparsifiers import Sparsifier, magnitude_band, magnitude_prune, random_drop
+from evojax_merge.merge.task_vectors import merge_module, merge_module_cuts, module_cuts
+from evojax_merge.runner.engine import peak_rss_gb
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tok = _load("tiny")
+    stack = random_stack(model.config, 3, 4, seed=1)
+    stack = LoraStack(A=stack.A, B={m: 50 * b for m, b in stack.B.items()}, scale=stack.scale)  # adapters that matter
+    return model, tok, stack
+
+
+def test_row_batches_sort_by_length_and_bucket_each_batch():
+    lengths = np.asarray([40, 7, 33, 100, 8, 60])
+    plan = _row_batches(lengths, 2, 128)
+    assert [r.tolist() for r, _ in plan] == [[1, 4], [2, 0], [5, 3]]
+    assert [w for _, w in plan] == [32, 48, 128]
+
+
+def test_by_length_generation_gives_the_all_at_once_answers(tiny):
+    model, tok, stack = tiny
+    records = _records(7, 40)
+    kw = {"style": "plain", "max_len": None, "max_new_tokens": 6}
+    fit_old, fit_new = {}, {}
+    old = generate_for_population(model, tok, stack, records, fit=fit_old, **kw)
+    new = generate_for_population(model, tok, stack, records, fit=fit_new, batch_rows=3, **kw)
+    assert new == old and len(new) == 3 and all(len(a) == 7 for a in new)
+    assert fit_new == fit_old  # the test prompts' fitting is reported the same way
+    base_old = generate_for_population(model, tok, None, records, **kw)
+    assert generate_for_population(model, tok, None, records, batch_rows=2, **kw) == base_old
+    per_candidate = [records[:3], records[3:], records[1:6]]  # a list per candidate, of other lengths
+    assert (generate_for_population(model, tok, stack, per_candidate, batch_rows=2, **kw)
+            == generate_for_population(model, tok, stack, per_candidate, **kw))
+    with pytest.raises(ValueError, match="batch_rows"):
+        generate_for_population(model, tok, stack, records, batch_rows=0, **kw)
+
+
+def test_peak_rss_is_reported_in_gb():
+    assert 0.01 < peak_rss_gb() < 64
+
+
+def _factors(ties: bool, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    n, r, d_out, d_in = 5, 4, 24, 16
+    draw = (lambda s: rng.integers(-2, 3, s).astype(np.float32)) if ties else (lambda s: rng.normal(0, 1, s))
+    return (jnp.asarray(draw((n, r, d_in)), jnp.float32), jnp.asarray(draw((n, d_out, r)), jnp.float32),
+            jnp.asarray(rng.uniform(0.5, 2, n), jnp.float32))
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("sparsifier,consensus", [
+    (Sparsifier.of(magnitude_prune), SignElection()),
+    (Sparsifier.of(magnitude_band, gamma=0.05), Sum()),
+    (Sparsifier.of(magnitude_prune), Sum()),
+])
+def test_merge_from_cuts_equals_the_per_point_merge(sparsifier, consensus, ties):
+    a, b, scale = _factors(ties)
+    numel = b.shape[1] * a.shape[2]
+    densities = (0.2, 0.5, 0.9, 1.0)
+    ranks = [sparsifier.rank_counts(d, numel) for d in densities]
+    thr, need = module_cuts(a, b, scale, jnp.asarray([k for ks in ranks for k in ks], jnp.int32))
+    w = len(ranks[0])
+    for j, (d, ks) in enumerate(zip(densities, ranks, strict=True)):
+        for lam in (0.3, 1.0):
+            want = merge_module(a, b, scale, sparsifier, consensus, jnp.float32(lam), d, None, jnp.float32)
+            got = merge_module_cuts(a, b, scale, sparsifier, consensus, jnp.float32(lam), jnp.asarray(ks, jnp.int32),
+                                    thr[j * w:(j + 1) * w], need[j * w:(j + 1) * w], jnp.float32)
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_only_deterministic_magnitude_rank_sparsifiers_use_cuts():
+    assert Sparsifier.of(magnitude_prune).rank_based and Sparsifier.of(magnitude_band).rank_based
+    assert not Sparsifier.of(random_drop).rank_based
+    assert Sparsifier.of(magnitude_band, gamma=0.1).rank_counts(0.5, 100) == (60, 10)
+    assert Sparsifier.of(magnitude_band, gamma=0.1).rank_counts(1.0, 100) == (100, 0)
+    assert Sparsifier.of(magnitude_prune).rank_counts(0.29, 100) == (28,)  # float64, as peft's int(d * numel)
