@@ -13,16 +13,17 @@ pytestmark = pytest.mark.slow  # subprocesses
 CONF = Path(__file__).resolve().parent.parent / "conf"
 EXPERIMENTS = ["ood", "id", "distractors", "distractors_adversarial",
                "pool_size", "val_size", "ablation", "smoke", "dam", "dam_lora", "sakana",
-               "paper", "sakana_fair", "dam_fair"]
+               "paper", "sakana_fair", "dam_fair", "real_ood"]
 IE, SAKANA = "evojax_merge.world.specs.IEWorld", "evojax_merge.world.specs.SakanaWorld"
 OOD, ID = "evojax_merge.setting.cells.OOD", "evojax_merge.setting.cells.InDomain"
 CROSS = "evojax_merge.setting.cells.CrossDomain"
+FILES = "evojax_merge.world.specs.FilesWorld"
 # experiment -> (its world, its setting)
 WORLDS = {"ood": (IE, OOD), "id": (IE, ID), "distractors": (IE, ID), "distractors_adversarial": (IE, ID),
           "pool_size": (IE, OOD), "val_size": (IE, OOD),
           "ablation": (IE, OOD), "smoke": (IE, OOD), "dam_lora": (IE, OOD), "paper": (IE, OOD),
           "dam": (SAKANA, CROSS), "sakana": (SAKANA, CROSS), "sakana_fair": (SAKANA, CROSS),
-          "dam_fair": (SAKANA, CROSS)}
+          "dam_fair": (SAKANA, CROSS), "real_ood": (FILES, OOD)}
 SAKANA_TABLE = {"base", "source_lang", "source_skill", "best_single", "sakana_ta", "sakana_ties", "sakana_dare_ties",
                 "sakana_ps", "sakana_ps_acc", "sakana_dfs", "sakana_dfs_acc", "sakana_ps_dfs"}
 
@@ -30,6 +31,9 @@ SAKANA_TABLE = {"base", "source_lang", "source_skill", "best_single", "sakana_ta
 def _compose(*overrides):
     from hydra import compose, initialize_config_dir
 
+    from evojax_merge.world.registry import register_configs
+
+    register_configs()  # world/files_tasks, as the train entry registers it (world=files and world=gguf)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("config", overrides=list(overrides))
 
