@@ -94,3 +94,22 @@ def test_only_deterministic_magnitude_rank_sparsifiers_use_cuts():
     assert Sparsifier.of(magnitude_band, gamma=0.1).rank_counts(0.5, 100) == (60, 10)
     assert Sparsifier.of(magnitude_band, gamma=0.1).rank_counts(1.0, 100) == (100, 0)
     assert Sparsifier.of(magnitude_prune).rank_counts(0.29, 100) == (28,)  # float64, as peft's int(d * numel)
+
+
+def test_bucket_step_pads_each_batch_to_a_multiple_of_the_step():
+    from evojax_merge.errors import EvoMergeInputError
+    from evojax_merge.search.fitness import ValidationConfig, batch_plan
+
+    lengths = np.asarray([130, 170, 200, 210, 140, 250, 180, 199])
+    coarse = batch_plan(lengths, ValidationConfig(4, 2, by_length=True), 384)
+    fine = batch_plan(lengths, ValidationConfig(4, 2, by_length=True, bucket_step=16), 384)
+    assert coarse.widths.tolist() == [192, 256] and fine.widths.tolist() == [192, 256]
+    assert (fine.index == coarse.index).all()  # the same batches, only their widths differ
+    fine = batch_plan(lengths, ValidationConfig(2, 4, by_length=True, bucket_step=16), 384)
+    assert fine.widths.tolist() == [144, 192, 208, 256]
+    assert fine.padding(384)["waste"] < batch_plan(lengths, ValidationConfig(2, 4, by_length=True), 384).padding(
+        384)["waste"]
+    unsorted = batch_plan(lengths, ValidationConfig(2, 4, by_length=False, bucket_step=16), 384)
+    assert unsorted.widths.tolist() == [384] * 4
+    with pytest.raises(EvoMergeInputError, match="data.validation.bucket_step: 0 < 1"):
+        batch_plan(lengths, ValidationConfig(2, 4, by_length=True, bucket_step=0), 384)

@@ -152,7 +152,7 @@ def test_the_config_builds_the_rows_and_the_budget_it_states(tmp_path):
                                              "breadcrumbs", "della", "lorahub", "evo_merging"}
     assert list(world.tasks) == ["mit-movie"] and setting.targets == ("mit-movie",)
     val = build.validation_config(cfg)
-    assert (val.batch_size, val.num_batches, val.by_length) == (8, 2, True)
+    assert (val.batch_size, val.num_batches, val.by_length, val.bucket_step) == (8, 2, True, 16)
     assert cfg.data.prompt == "llamafactory" and cfg.budget.population_size == 4
     default = _compose("+experiment=real_ood")  # alone: the CoNLL04 target on the default work directory
     assert list(build.build_world(default).tasks) == ["conll04"]
@@ -173,7 +173,7 @@ def test_the_driver_end_to_end_on_a_tiny_model_resumes_and_reports(tmp_path):
     cmd = [sys.executable, str(REPO / "experiments/real/run.py"), str(work), "--data-dir", str(data), "--model",
            str(gguf), "--sets", ",".join(SMALL), "--targets", "conll04,mit-movie", "--report", str(report), "--", *tiny]
     env = {**os.environ, "WANDB_MODE": "offline"}
-    first = subprocess.run([*cmd[:4], "--only", "adapter/conll04", *cmd[4:]], capture_output=True, text=True,
+    first = subprocess.run([*cmd[:3], "--only", "adapter/conll04", *cmd[3:]], capture_output=True, text=True,
                            env=env, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     assert (work / "adapters" / "conll04" / "adapter_model.safetensors").is_file()

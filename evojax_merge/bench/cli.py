@@ -9,6 +9,7 @@
     python -m evojax_merge.bench --dam [...]             # the DAM step against a PyTorch reference
     python -m evojax_merge.bench --stream-memory [...]   # streamed peak memory of the merge methods at 8B shapes
     python -m evojax_merge.bench --memory [...]          # peak RSS of a real model's phases vs weights + pool + acts
+    python -m evojax_merge.bench --plan-real llama-3.1-8b   # the real experiment at the paper's budget: fits a GPU?
     python -m evojax_merge.bench pool-train [...]        # the LoRA-pool trainer's step against torch + PEFT
 
 Without a flag it runs the population benchmark (:mod:`evojax_merge.bench.population`).
@@ -21,7 +22,7 @@ import json
 import sys
 
 # A first argument naming another benchmark hands the rest of the command line to its main(argv).
-SUBCOMMANDS = ("--sakana", "--vlm", "--dam", "--stream-memory", "--memory", "pool-train")
+SUBCOMMANDS = ("--sakana", "--vlm", "--dam", "--stream-memory", "--memory", "--plan-real", "pool-train")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -85,6 +86,10 @@ def main(argv: list[str] | None = None) -> dict:
         from evojax_merge.bench.memory import main as memory
 
         return memory(argv[1:])
+    if argv[:1] == ["--plan-real"]:
+        from evojax_merge.bench.plan_real import main as plan_real
+
+        return plan_real(argv[1:])
     if argv[:1] == ["pool-train"]:
         from evojax_merge.bench.pool_train import main as pool_train
 

@@ -56,6 +56,8 @@ class ValidationConfig:
     resample: bool = False  # new batches each generation, shared by its candidates (reference: per candidate)
     seed: int = 0
     by_length: bool = False  # fixed batches: the subset sorted by length, each batch at its own bucket
+    bucket_step: int | None = None  # with by_length: each batch at its longest row rounded up to a multiple of this
+    #                                 (finer than the bucket list: less padding; still one shape per batch at most)
 
 
 def _population_mesh() -> Mesh | None:
@@ -128,7 +130,7 @@ def batch_plan(row_lengths: np.ndarray, validation: ValidationConfig, full_width
     Rows: a seeded subset of ``num_batches x batch_size`` (fewer when the split is smaller), as
     before. With ``by_length`` (and without ``resample``) the subset is sorted by length (stably) before
     it is cut into batches, and each batch runs at the bucket of its longest row (``full_width`` is the
-    last bucket)."""
+    last bucket), or with ``bucket_step`` at that row's length rounded up to a multiple of the step."""
     lengths = np.asarray(row_lengths).astype(np.int64)
     n = int(lengths.shape[0])
     batch_size = min(validation.batch_size, n)
@@ -139,7 +141,14 @@ def batch_plan(row_lengths: np.ndarray, validation: ValidationConfig, full_width
     if validation.by_length and not validation.resample:
         flat = index.reshape(-1)
         index = flat[np.argsort(lengths[flat], kind="stable")].reshape(num_batches, batch_size)
-        widths = np.asarray([bucket_length(int(lengths[rows].max()), buckets, int(full_width)) for rows in index])
+        if validation.bucket_step is not None:
+            if int(validation.bucket_step) < 1:
+                raise EvoMergeInputError(f"data.validation.bucket_step: {validation.bucket_step} < 1")
+            step = int(validation.bucket_step)
+            widths = np.asarray([min(int(full_width), -(-int(lengths[rows].max()) // step) * step) for rows in index])
+        else:
+            widths = np.asarray([bucket_length(int(lengths[rows].max()), buckets, int(full_width))
+                                 for rows in index])
     return BatchPlan(index, widths, lengths[index])
 
 

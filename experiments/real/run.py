@@ -194,7 +194,7 @@ class Driver:
 
     def run(self, only: str | None = None) -> int:
         for unit, cmd in self.units():
-            if only and not unit.startswith(only):
+            if only and not unit.startswith(only) and unit != "splits":  # the splits come first, always
                 continue
             if self.done(unit) and unit != "report":
                 print(f"[real] {unit}: done before, skipped", flush=True)
@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", type=Path, default=None, help="write REPORT.md here at the end")
     ap.add_argument("--targets", default=",".join(OOD_TARGETS))
     ap.add_argument("--sets", default=",".join(SETS))
-    ap.add_argument("--only", default=None, help="run the units whose name starts with this (e.g. adapter/)")
+    ap.add_argument("--only", default=None, help="run the units whose name starts with this (e.g. adapter/), "
+                    "after the splits")
     ap.add_argument("--dry-run", action="store_true", help="print the commands of the units still to run")
     args = ap.parse_args(argv)
     from evojax_merge.errors import EvoMergeInputError
