@@ -113,3 +113,21 @@ def test_bucket_step_pads_each_batch_to_a_multiple_of_the_step():
     assert unsorted.widths.tolist() == [384] * 4
     with pytest.raises(EvoMergeInputError, match="data.validation.bucket_step: 0 < 1"):
         batch_plan(lengths, ValidationConfig(2, 4, by_length=True, bucket_step=0), 384)
+
+
+def test_the_real_experiment_plan_at_tiny_shapes_says_whether_it_fits():
+    from evojax_merge.bench.plan import Workload
+    from evojax_merge.bench.plan_real import NAMED_SHAPES, plan_real
+
+    w = Workload(adapters=2, rank=4, population=2, examples=4, seq=32, batch=2, answer_tokens=4, dtype="float32",
+                 pool_dtype="float32")
+    lines: list[str] = []
+    out = plan_real("bench-tiny", w, test_rows=3, new_tokens=4, chunks=(1,), log=lines.append)
+    gen = out["generation"]
+    assert out["fits"] and gen["total_bytes"] >= gen["argument_bytes"] > 0 and gen["kv_cache_bytes"] > 0
+    assert out["peak_bytes"] == max(out["population"]["chunks"][1]["total_bytes"], gen["total_bytes"],
+                                    out["grid_point_bytes"])
+    assert lines[-1].startswith("verdict: the real experiment at the paper's budget fits one 80 GB GPU")
+    small = plan_real("bench-tiny", w, test_rows=3, new_tokens=4, chunks=(1,), device_bytes=1e3, log=lines.append)
+    assert not small["fits"] and "does NOT fit" in lines[-1]
+    assert NAMED_SHAPES["qwen2.5-7b"]["model_type"] == "qwen2"
