@@ -55,6 +55,11 @@ def gate_table(results: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def _sd(x: Sequence[float]) -> float:
+    """The sample standard deviation (n − 1), as the report's tables; 0 for one value."""
+    return float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
+
+
 def rouge_table(run_dirs: Sequence[Path], results: Sequence[dict], reference: str = "source_vlm_a") -> str:
     """EM and ROUGE-L per method (mean ± std over replicates) and the ROUGE-L gap to ``reference`` with a
     paired bootstrap over the test questions of each world (its search seeds stacked)."""
@@ -69,7 +74,8 @@ def rouge_table(run_dirs: Sequence[Path], results: Sequence[dict], reference: st
         return np.stack([np.asarray([[rouge_l(r["prediction"], r["gold"])[2], 1.0, 1.0] for r in _rows(d, label)])
                          for d in dirs])
 
-    lines = ["| method | EM | ROUGE-L | ROUGE-L − source A, per world [95% bootstrap] |", "|---|---|---|---|"]
+    lines = ["| method | EM (mean ± sd over replicates) | ROUGE-L | ROUGE-L − source A, per world [95% bootstrap] |",
+             "|---|---|---|---|"]
     for label in labels:
         cells = [res["methods"][label]["per_task"] for res in results]
         em = [c[TARGET_DIR]["exact_match"] for c in cells]
@@ -83,14 +89,14 @@ def rouge_table(run_dirs: Sequence[Path], results: Sequence[dict], reference: st
             except ValueError:
                 continue
             gaps.append(f"w{w}: {b.diff:+.1f} [{b.lo:+.1f}, {b.hi:+.1f}]")
-        lines.append(f"| {label} | {100 * np.mean(em):.1f} ± {100 * np.std(em):.1f} | "
-                     f"{100 * np.mean(rl):.1f} ± {100 * np.std(rl):.1f} | {'; '.join(gaps) or '—'} |")
+        lines.append(f"| {label} | {100 * np.mean(em):.1f} ± {100 * _sd(em):.1f} | "
+                     f"{100 * np.mean(rl):.1f} ± {100 * _sd(rl):.1f} | {'; '.join(gaps) or '—'} |")
     return "\n".join(lines)
 
 
 def examples(run_dir: Path, result: dict, figures: Path, n: int = EXAMPLES) -> str:
-    """The first ``n`` test questions of distinct images: the image (a PNG), the question (B, and in A),
-    the gold answer and every method's answer."""
+    """``n`` test questions spread over the question types (the first of each type in turn, each on an image
+    not shown yet): the image (a PNG), the question (B, and in A), the gold answer and every method's answer."""
     import matplotlib.pyplot as plt
 
     from evojax_merge.zoo.vlm_build import world_data
@@ -100,13 +106,14 @@ def examples(run_dir: Path, result: dict, figures: Path, n: int = EXAMPLES) -> s
     back = {b: a for a, b in data["cipher"].items()}
     labels = list(result["methods"])
     preds = {label: _rows(run_dir, label) for label in labels}
-    picked, images = [], set()
-    for i, rec in enumerate(test):
-        if rec["image"] not in images:
+    picked, images, kinds = [], set(), sorted({r["task"] for r in test})
+    for k in range(n):
+        kind = kinds[k % len(kinds)]
+        i = next((i for i, r in enumerate(test) if r["task"] == kind and r["image"] not in images and i not in picked),
+                 None)
+        if i is not None:
             picked.append(i)
-            images.add(rec["image"])
-        if len(picked) == n:
-            break
+            images.add(test[i]["image"])
     lines = ["| image | question (B / A) | gold (B / A) | " + " | ".join(labels) + " |",
              "|---" * (3 + len(labels)) + "|"]
     for i in picked:
@@ -158,11 +165,13 @@ def sections(run_dirs: Sequence[str | Path], figures: str | Path) -> str:
     figures.mkdir(parents=True, exist_ok=True)
     results = [_load(d) for d in dirs]
     parts = ["## The VLM world (issue 25)", "",
+             "Source A (`vlm_a`) answers image questions in language A; source B (`lang_b`) knows language B but "
+             "never saw an image; the target asks and answers in B. Merges change the language model only.", "",
              "### Pilot gate (validation report half, EM ×100; decided before any method ran)", "",
              gate_table(results), "",
              f"### Exact match and ROUGE-L on every {TARGET_DIR} test question (×100)", "",
              rouge_table(dirs, results), "",
-             f"### Example answers (replicate `{'/'.join(dirs[0].parts[-2:])}`; B, and in *A* in italics)",
+             f"### Example answers (replicate `{'/'.join(dirs[0].parts[-4:])}`; B, and in *A* in italics)",
              "", examples(dirs[0], results[0], figures), ""]
     if ps_figure(results, figures / "vlm_ps_coefficients.png"):
         parts += ["### PS coefficients per layer", "", "![PS density and weight per layer group and source]"
