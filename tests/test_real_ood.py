@@ -111,8 +111,8 @@ def test_driver_units_and_their_commands(tmp_path):
     d = real_run.Driver(tmp_path / "work", data, targets=("conll04", "mit-movie"), sets=SMALL,
                         report=tmp_path / "report")
     units = dict(d.units())
-    assert list(units) == ["splits", "adapter/conll04", "adapter/mit-movie", "adapter/wikineural", "ood/conll04",
-                           "own/conll04", "ood/mit-movie", "own/mit-movie", "own/wikineural", "report"]
+    assert list(units) == ["splits", "adapter/conll04", "own/conll04", "adapter/mit-movie", "own/mit-movie",
+                           "adapter/wikineural", "own/wikineural", "ood/conll04", "ood/mit-movie", "report"]
     assert units["adapter/mit-movie"][units["adapter/mit-movie"].index("--chunk-index") + 1] == "1"
     ood = units["ood/mit-movie"]
     assert "+experiment=real_ood" in ood and "setting.targets=[mit-movie]" in ood and "~world.tasks.conll04" in ood
@@ -154,6 +154,11 @@ def test_the_config_builds_the_rows_and_the_budget_it_states(tmp_path):
     val = build.validation_config(cfg)
     assert (val.batch_size, val.num_batches, val.by_length, val.bucket_step) == (8, 2, True, 16)
     assert cfg.data.prompt == "llamafactory" and cfg.budget.population_size == 4
+    own = dict(d.units())["own/wikineural"]
+    own_cfg = _compose(*[a for a in own[own.index("+experiment=real_ood"):] if not a.startswith("hydra.")])
+    own_setting = build.build_setting(own_cfg)
+    assert own_setting.experts == ("wikineural",) and not own_setting.multitask
+    assert set(build.build_methods(own_cfg)) == {"base", "best_single"}
     default = _compose("+experiment=real_ood")  # alone: the CoNLL04 target on the default work directory
     assert list(build.build_world(default).tasks) == ["conll04"]
 
@@ -171,7 +176,8 @@ def test_the_driver_end_to_end_on_a_tiny_model_resumes_and_reports(tmp_path):
             "budget.population_size=3", "budget.stage1_generations=1", "budget.stage2_generations=1",
             "data.validation.batch_size=2", "data.validation.num_batches=2", "budget.grid_lambdas=[1.0]"]
     cmd = [sys.executable, str(REPO / "experiments/real/run.py"), str(work), "--data-dir", str(data), "--model",
-           str(gguf), "--sets", ",".join(SMALL), "--targets", "conll04,mit-movie", "--report", str(report), "--", *tiny]
+           str(gguf), "--sets", ",".join(SMALL), "--targets", "conll04,mit-movie", "--report", str(report),
+           "--sizes", "6,4,4", "--", *tiny]
     env = {**os.environ, "WANDB_MODE": "offline"}
     first = subprocess.run([*cmd[:3], "--only", "adapter/conll04", *cmd[3:]], capture_output=True, text=True,
                            env=env, timeout=900)

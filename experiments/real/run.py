@@ -8,8 +8,9 @@ rerun of the same command resumes after a kill, and an interrupted unit resumes 
 
     splits              experiments/real/prepare.py: fixed-seed train / validation / test files per set
     adapter/<set>       python -m evojax_merge.pool train --chunk 1 --chunk-index k: one adapter per set
-    ood/<target>        python -m evojax_merge.train +experiment=real_ood: the pool minus the target's adapter
-    own/<set>           the same entry, setting=id with the set's own adapter alone: base and own adapter (ID)
+    own/<set>           python -m evojax_merge.train +experiment=real_ood setting=id with the set's own adapter
+                        alone: the base and the own adapter on the set's test split (ID reference, own-task table)
+    ood/<target>        the same entry, setting ood: the pool minus the target's adapter
     report              experiments/real/report.py: REPORT.md under --report
 
 Units share one persistent XLA compilation cache (``WORK/jax_cache``), so a shape is compiled once for all
@@ -73,7 +74,8 @@ class Driver:
 
     def __init__(self, work: Path, data_dir: Path, profile: str = "cpu", model: str = "smollm2",
                  report: Path | None = None, targets: tuple[str, ...] = OOD_TARGETS,
-                 sets: tuple[str, ...] = tuple(SETS), extra: tuple[str, ...] = (), dry_run: bool = False):
+                 sets: tuple[str, ...] = tuple(SETS), extra: tuple[str, ...] = (), dry_run: bool = False,
+                 sizes: tuple[int, int, int] | None = None):
         if profile not in PROFILES:
             raise _error(f"--profile: {profile!r} is not one of {', '.join(PROFILES)}")
         if not Path(data_dir).is_dir():
@@ -85,6 +87,7 @@ class Driver:
         self.work, self.data_dir, self.profile = Path(work).resolve(), Path(data_dir).resolve(), PROFILES[profile]
         self.profile_name, self.model, self.report = profile, model, report
         self.targets, self.sets, self.extra, self.dry_run = tuple(targets), tuple(sorted(sets)), tuple(extra), dry_run
+        self.sizes = tuple(sizes) if sizes else tuple(self.profile["sizes"])
 
     # -- the units' commands --------------------------------------------------------------------
     def data(self) -> Path:
@@ -113,7 +116,7 @@ class Driver:
     def units(self) -> list[tuple[str, list[str]]]:
         """``(unit, command)`` in order."""
         py = sys.executable
-        sizes = self.profile["sizes"]
+        sizes = self.sizes
         out = [("splits", [py, str(REPO / "experiments/real/prepare.py"), str(self.data_dir), str(self.data()),
                            "--train", str(sizes[0]), "--validation", str(sizes[1]), "--test", str(sizes[2]),
                            "--history", self.profile["history"], "--only", ",".join(self.sets),
@@ -127,19 +130,21 @@ class Driver:
                                          "--json", str(self.work / "adapters" / f".{s}.summary.json")]))
         engine = [py, "-m", "evojax_merge.train", "+experiment=real_ood", *self._world(),
                   *self.profile["engine"], "logger=none", "progress=false"]
+        # each set's own-adapter run right after its adapter: the own-task table fills in while the pool trains
+        trained = [u for u in out if u[0].startswith("adapter/")]
+        out = out[:1] + [x for u in trained for x in (u, self._own(engine, u[0].split("/", 1)[1]))]
         for t in self.targets:
             adapters = "[" + ",".join(self.adapter_dirs()) + "]"
             out.append((f"ood/{t}", [*engine, *self._task(t), f"setting.targets=[{t}]", f"world.adapters={adapters}",
                                      f"hydra.run.dir={self.work / 'runs' / 'ood' / t}", *self.extra]))
-            out.append(self._own(engine, t))
-        out += [self._own(engine, s) for s in self.sets if s not in self.targets]
         if self.report is not None:
             out.append(("report", [py, str(REPO / "experiments/real/report.py"), str(self.work), str(self.report),
                                    "--profile", self.profile_name]))
         return out
 
     def _own(self, engine: list[str], s: str) -> tuple[str, list[str]]:
-        return (f"own/{s}", [*engine, *self._task(s), "setting=id", f"setting.experts=[{s}]", "setting.multitask=false",
+        return (f"own/{s}", [*engine, *self._task(s), "setting=id", "~setting.targets", f"setting.experts=[{s}]",
+                             "setting.multitask=false",
                              "method=[base,best_single]", f"world.adapters=[{self.work / 'adapters' / s}]",
                              f"hydra.run.dir={self.work / 'runs' / 'own' / s}", *self.extra])
 
@@ -217,6 +222,15 @@ class Driver:
         return 0
 
 
+def _sizes(text: str | None) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+        raise _error(f"--sizes: {text!r} is not train,validation,test (three counts)")
+    return tuple(int(p) for p in parts)  # type: ignore[return-value]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -232,13 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=None, help="run the units whose name starts with this (e.g. adapter/), "
                     "after the splits")
     ap.add_argument("--dry-run", action="store_true", help="print the commands of the units still to run")
+    ap.add_argument("--sizes", default=None, help="train,validation,test records per set (default: the profile's)")
     args = ap.parse_args(argv)
     from evojax_merge.errors import EvoMergeInputError
 
     try:
         driver = Driver(args.work, args.data_dir or default_data_dir(), args.profile, args.model, args.report,
                         tuple(t for t in args.targets.split(",") if t), tuple(s for s in args.sets.split(",") if s),
-                        tuple(extra), args.dry_run)
+                        tuple(extra), args.dry_run, _sizes(args.sizes))
         return driver.run(args.only)
     except EvoMergeInputError as err:
         print(f"error: {err}", file=sys.stderr)
