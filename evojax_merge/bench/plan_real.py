@@ -77,7 +77,7 @@ def generation_memory(cfg, rows: int, length: int, new_tokens: int) -> dict:
     return out
 
 
-def plan_real(model: str, workload: Workload = REAL_GPU, test_rows: int = 50, new_tokens: int = 64,
+def plan_real(model: str, workload: Workload = REAL_GPU, test_rows: int = 8, new_tokens: int = 64,
               chunks: tuple[int, ...] = (1, 4, 20), device_bytes: float = DEVICE_BYTES, log=print) -> dict:
     """The three programs' memory and the verdict (see the module docstring)."""
     cfg = resolve_model(model, dtype=workload.dtype)
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m evojax_merge.bench --plan-real", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", nargs="?", default="llama-3.1-8b")
-    ap.add_argument("--test-rows", type=int, default=50)
+    ap.add_argument("--test-rows", type=int, default=8, help="experiment.test_batch_size (the gpu profile: 8)")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--seq", type=int, default=REAL_GPU.seq)
     ap.add_argument("--examples", type=int, default=REAL_GPU.examples)

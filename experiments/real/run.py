@@ -51,7 +51,7 @@ PROFILES: dict[str, dict] = {
                        "budget.grid_lambdas=[0.1,0.3,0.5,0.7,1.0]", "budget.grid_densities=[0.5,0.7,0.9,1.0]",
                        "budget.preselect_top_k=9", "budget.lorahub_population_size=10", "budget.lorahub_generations=4",
                        "data.validation.batch_size=15", "data.validation.num_batches=20", "experiment.max_len=null",
-                       "experiment.test_batch_size=50", "population_chunk=auto", "world.dtype=bfloat16"]},
+                       "experiment.test_batch_size=8", "population_chunk=auto", "world.dtype=bfloat16"]},
 }
 
 
