@@ -27,6 +27,8 @@ class ValidationSpec(_Strict):
     num_batches: int = Field(20, ge=1, le=4096)
     resample: bool = False
     seed: int = Field(0, ge=0, le=2**32 - 1)
+    by_length: bool = False
+    bucket_step: int | None = Field(None, ge=1, le=4096)
 
 
 class CreateSessionRequest(_Strict):
