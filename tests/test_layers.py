@@ -46,6 +46,10 @@ ALLOWED: dict[tuple[str, str], str] = {
         "data/tasks.py checks each record's gold against its task type and data/prompt.py canonicalises "
         "answers with eval/metrics.py (pure text, imports only errors); the fix, moving it to data/metrics.py, "
         "changes the IE world's code digest (zoo/ie_build.py CODE_MODULES names it)",
+    ("zoo", "evojax_merge.report.bootstrap"):
+        "zoo/vlm_report.py writes the VLM world's own report section (answers beside the images) with the "
+        "report's paired bootstrap; results.json names it (world.report = 'evojax_merge.zoo.vlm_report:sections'), "
+        "so the committed evovlm runs fix its path; the fix is a world-level report hook above zoo and report",
 }
 
 
