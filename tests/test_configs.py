@@ -13,17 +13,18 @@ pytestmark = pytest.mark.slow  # subprocesses
 CONF = Path(__file__).resolve().parent.parent / "conf"
 EXPERIMENTS = ["ood", "id", "distractors", "distractors_adversarial",
                "pool_size", "val_size", "ablation", "smoke", "dam", "dam_lora", "sakana",
-               "paper", "sakana_fair", "dam_fair", "real_ood"]
+               "paper", "sakana_fair", "dam_fair", "real_ood", "evovlm"]
 IE, SAKANA = "evojax_merge.world.specs.IEWorld", "evojax_merge.world.specs.SakanaWorld"
 OOD, ID = "evojax_merge.setting.cells.OOD", "evojax_merge.setting.cells.InDomain"
 CROSS = "evojax_merge.setting.cells.CrossDomain"
 FILES = "evojax_merge.world.specs.FilesWorld"
+VLM = "evojax_merge.world.vlm.VlmWorldSpec"
 # experiment -> (its world, its setting)
 WORLDS = {"ood": (IE, OOD), "id": (IE, ID), "distractors": (IE, ID), "distractors_adversarial": (IE, ID),
           "pool_size": (IE, OOD), "val_size": (IE, OOD),
           "ablation": (IE, OOD), "smoke": (IE, OOD), "dam_lora": (IE, OOD), "paper": (IE, OOD),
           "dam": (SAKANA, CROSS), "sakana": (SAKANA, CROSS), "sakana_fair": (SAKANA, CROSS),
-          "dam_fair": (SAKANA, CROSS), "real_ood": (FILES, OOD)}
+          "dam_fair": (SAKANA, CROSS), "real_ood": (FILES, OOD), "evovlm": (VLM, CROSS)}
 SAKANA_TABLE = {"base", "source_lang", "source_skill", "best_single", "sakana_ta", "sakana_ties", "sakana_dare_ties",
                 "sakana_ps", "sakana_ps_acc", "sakana_dfs", "sakana_dfs_acc", "sakana_ps_dfs"}
 
@@ -57,7 +58,7 @@ def test_experiment_composes(experiment):
         evo = cfg["method"]["evo_merging"]
         assert evo["sigma0"] == 0.05 and evo["l1_weight"] == 0.05
     else:
-        assert experiment in ("dam", "sakana", "dam_fair", "sakana_fair")  # full fine-tunes: no LoRA search
+        assert experiment in ("dam", "sakana", "dam_fair", "sakana_fair", "evovlm")  # full models: no LoRA search
     if experiment == "ablation":
         assert set(cfg["method"]) == {"evo_merging", "evo_no_denoise", "evo_no_scale", "evo_no_sign_flip",
                                       "evo_neither", "evo_prune_B", "evo_prune_both"}
@@ -71,6 +72,9 @@ def test_experiment_composes(experiment):
     if experiment == "dam":
         assert set(cfg["method"]) == {"dam", "dam_no_cos", "dam_no_kl", "soup", "sakana_ta", "sakana_ties",
                                       "sakana_ps"}
+    if experiment == "evovlm":
+        assert set(cfg["method"]) == {"source_vlm_a", "source_lang_b", "vlm_ta", "vlm_ties", "vlm_ps"}
+        assert cfg["experiment"]["world_seeds"] == [0, 1, 2] and cfg["experiment"]["test_examples"] is None
     if experiment == "dam_lora":
         assert set(cfg["method"]) == {"dam", "dam_no_cos", "dam_no_kl", "uniform", "task_arithmetic", "ties",
                                       "evo_merging"}
