@@ -92,13 +92,32 @@ def plan_real(model: str, workload: Workload = REAL_GPU, test_rows: int = 8, new
         f"{gib(gen['total_bytes'])} (KV cache {gib(gen['kv_cache_bytes'])}); compiled in {gen['compile_s']:.1f} s")
     log(f"white-box grid point: base + merged weights + pool = {gib(out['grid_point_bytes'])} "
         "(+ one module's merge, bench --stream-memory)")
-    best = out["population"]["largest_fitting_chunk"]
-    pop_bytes = out["population"]["chunks"][best]["total_bytes"] if best else float("inf")
-    peak = max(pop_bytes, gen["total_bytes"], out["grid_point_bytes"])
+    return verdict(out, device_bytes, test_rows, log)
+
+
+def verdict(out: dict, device_bytes: float = DEVICE_BYTES, test_rows: int | None = None, log=print) -> dict:
+    """The peak of the three programs against ``device_bytes``. A CPU has no bf16 GEMM: its compiler keeps an
+    f32 copy of bf16 weights (2 x their bytes) in each program that reads them in its own loop: once in the
+    population call (``bench.plan``'s note), twice in generation (prefill, and the decode loop). A GPU computes
+    in bf16, so on a CPU with bf16 weights the GPU figure is the CPU's less those copies (``*_gpu_bytes``)."""
+    pop = out["population"]
+    widened = 2 * pop["weights_bytes"] if jax.default_backend() == "cpu" and pop["workload"]["dtype"] == "bfloat16" \
+        else 0
+    best = pop["largest_fitting_chunk"] or min(pop["chunks"])
+    gen = out["generation"]
+    out["population_gpu_bytes"] = pop["chunks"][best]["total_bytes"] - widened
+    out["generation_gpu_bytes"] = gen["total_bytes"] - 2 * widened
+    out["cpu_f32_weight_copy_bytes"] = widened
+    peak = max(out["population_gpu_bytes"], out["generation_gpu_bytes"], out["grid_point_bytes"])
     out["peak_bytes"], out["fits"] = peak, peak <= device_bytes
+    if widened:
+        log(f"less this CPU's f32 copies of the bf16 weights ({gib(widened)} each; one in the population call, two "
+            f"in generation): population {gib(out['population_gpu_bytes'])}, generation "
+            f"{gib(out['generation_gpu_bytes'])}")
+    rows = f", test_batch_size={test_rows}" if test_rows else ""
     if out["fits"]:
         log(f"verdict: the real experiment at the paper's budget fits one {device_bytes / 1e9:.0f} GB GPU: peak "
-            f"{gib(peak)} (population_chunk={best}, test_batch_size={test_rows})")
+            f"{gib(peak)} (population_chunk={best}{rows})")
     else:
         log(f"verdict: does NOT fit one {device_bytes / 1e9:.0f} GB GPU (peak {gib(peak)}): lower "
             "experiment.test_batch_size or population_chunk, or shard the base (evojax_merge.sharding)")
