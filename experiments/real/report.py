@@ -62,7 +62,7 @@ def _own(work: Path) -> dict:
         own[s] = {"base_f1": 100 * cell["base"]["f1"], "own_f1": 100 * cell["best_single"]["f1"],
                   "base_val_ce": cell["base"]["val_ce"], "own_val_ce": cell["best_single"]["val_ce"],
                   "train": {k: meta.get(k) for k in ("first_loss", "last_loss", "steps") if k in meta},
-                  "memory": res.get("memory", {}),
+                  "memory": res.get("memory", {}), "padding": cell["base"].get("prompt", {}).get("padding"),
                   "counts": {"base": _counts(run, "base", s), "own": _counts(run, "best_single", s)}}
     return own
 
@@ -100,6 +100,8 @@ def _fmt(x: float | None, nd: int = 2) -> str:
 
 
 def _table(targets: dict, done: list[str]) -> tuple[list[str], dict[str, float]]:
+    if not done:
+        return ["## OOD test F1 x100", "", "No target has finished yet.", ""], {}
     lines = ["## OOD test F1 x100 (each target: the pool minus its own adapter)", "",
              "| method | " + " | ".join(done) + " | average |", "|---|" + "---|" * (len(done) + 1)]
     avg: dict[str, float] = {}
@@ -173,15 +175,15 @@ def _own_table(own: dict) -> list[str]:
     return lines
 
 
-def _costs(units: dict, targets: dict) -> tuple[list[str], dict[str, float]]:
+def _costs(units: dict, targets: dict, own: dict) -> tuple[list[str], dict[str, float]]:
     lines = ["", "## Wall time, peak RSS and padding per unit", "",
              "| unit | wall (s) | attempts (s) | peak RSS (GB) | validation padding waste | one-length waste |",
              "|---|---|---|---|---|---|"]
     for name, u in units.items():
         pad = " | "
-        t = name[4:] if name.startswith("ood/") else None
-        if t in targets and targets[t]["padding"]:
-            p = targets[t]["padding"]
+        kind, _, t = name.partition("/")
+        p = (targets.get(t, {}) if kind == "ood" else own.get(t, {}) if kind == "own" else {}).get("padding")
+        if p:
             pad = f"{100 * p['waste']:.1f}% | {100 * p['one_length_waste']:.1f}%"
         attempts = " + ".join(f"{w:.0f}" for w in u.get("attempts_wall_s", []))
         lines.append(f"| {name} | {u['wall_s']:.0f} | {attempts} | {_fmt(u.get('peak_rss_gb'))} | {pad} |")
@@ -215,7 +217,7 @@ def build(work: Path, out: Path, profile: str = "cpu", n_boot: int = 1000) -> Pa
                 f" Not yet: {', '.join(t for t in OOD_TARGETS if t not in targets)}."), ""]
     table, avg = _table(targets, done)
     boot_lines, boots = _bootstrap(targets, done, n_boot)
-    cost_lines, phases = _costs(units, targets)
+    cost_lines, phases = _costs(units, targets, own)
     lines += table + boot_lines + _paper(avg, boots) + _own_table(own) + cost_lines
     (out / "REPORT.md").write_text("\n".join(lines) + "\n")
     summary = {"targets_finished": done, "average_f1": avg, "bootstrap_evo_minus": boots,
