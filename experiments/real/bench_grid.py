@@ -7,6 +7,8 @@ A random pool of ``--adapters`` rank-8 adapters on all seven projections, ``--ro
 lambda {0.5, 1.0}; TIES over lambda {0.5, 1.0} x density {0.5}, once per point with a sort of every task vector
 (``module_delta``, the code before) and once from cuts sorted once (``cut_delta``, the code now). Each grid runs
 twice in this process: cold (its compiles included) and warm. Prints seconds, and the chosen points' CE (equal).
+``--merge-only`` times the streamed merges of the same grids alone (the validation CE, the same for every
+method, left out).
 """
 
 from __future__ import annotations
@@ -16,13 +18,57 @@ import json
 import time
 
 
+def merge_only(args) -> dict:
+    """The grids' streamed merges alone: every module's update at every point, without the validation CE."""
+    import itertools
+
+    import jax.numpy as jnp
+
+    from evojax_merge.bench.memory import _load
+    from evojax_merge.bench.population import random_stack
+    from evojax_merge.methods.task_vectors import TaskVectorMerge
+    from evojax_merge.search.grid import stream_deltas
+
+    model, _ = _load("smollm2")
+    stack = random_stack(model.config, args.adapters, 8, seed=0)
+    ta = TaskVectorMerge(None, None, (0.5, 1.0))
+    ties = TaskVectorMerge({"_target_": "evojax_merge.merge.sparsifiers.magnitude_prune"},
+                           {"_target_": "evojax_merge.merge.consensus.SignElection"}, (0.5, 1.0), (0.5,))
+    dtypes = {m: jnp.float32 for m in stack.A}
+
+    def grid(point_delta, axes) -> None:
+        for values in itertools.product(*axes.values()):
+            for _, d in stream_deltas(stack, point_delta(dict(zip(axes, values, strict=True))), dtypes):
+                d.block_until_ready()
+
+    out = {}
+    for name, make, method in (("TA", lambda: ta.module_delta, ta),
+                               ("TIES (sort per point, before)", lambda: ties.module_delta, ties),
+                               ("TIES (cuts sorted once, now)", lambda: ties.cut_delta(stack), ties)):
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            grid(make(), method.axes())
+            times.append(time.perf_counter() - t0)
+        out[name] = {"cold_s": times[0], "warm_s": times[1]}
+        print(f"{name:>32}: merges of the 2-point grid ({len(stack.A)} modules x {args.adapters} adapters): "
+              f"cold {times[0]:.1f} s, warm {times[1]:.1f} s", flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--adapters", type=int, default=8)
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=200)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--merge-only", action="store_true", help="time the streamed merges alone (no validation CE)")
     args = ap.parse_args(argv)
+    if args.merge_only:
+        return merge_only(args)
     from evojax_merge.bench.memory import _load, _records
     from evojax_merge.bench.population import random_stack
     from evojax_merge.data.batching import encode_records

@@ -4,8 +4,9 @@
 
 Reads ``WORK/units/*.json`` (wall time, peak RSS), ``WORK/runs/ood/<target>/results.json`` and predictions,
 ``WORK/runs/own/<set>/results.json`` (base and the set's own adapter), ``WORK/adapters/<set>/evojax_merge.json``
-(first and last training loss), and writes ``OUT/REPORT.md``, ``OUT/summary.json`` and each finished target's
-``OUT/<target>/results.json``. Unfinished targets are listed as such; averages are over the finished ones.
+(first and last training loss), and writes ``OUT/REPORT.md``, ``OUT/summary.json``, each finished target's
+``OUT/<target>/results.json`` and each own-adapter run's ``OUT/own/<set>/results.json``. Unfinished targets are
+listed as such; averages are over the finished ones.
 """
 
 from __future__ import annotations
@@ -233,6 +234,9 @@ def build(work: Path, out: Path, profile: str = "cpu", n_boot: int = 1000) -> Pa
     for t in done:
         (out / t).mkdir(exist_ok=True)
         shutil.copyfile(targets[t]["results"], out / t / "results.json")
+    for s in own:  # the own-adapter runs' results.json (small: no weights, no predictions)
+        (out / "own" / s).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(work) / "runs" / "own" / s / "results.json", out / "own" / s / "results.json")
     return out / "REPORT.md"
 
 
