@@ -86,12 +86,18 @@ def model_weights(model: LlamaForCausalLM) -> dict[str, np.ndarray]:
 
 def save_model(model: LlamaForCausalLM, model_dir: str | Path) -> Path:
     """Write ``config.json`` + ``model.safetensors`` atomically (a temp dir renamed into place)."""
+    weights = {k: jnp.asarray(v) for k, v in model_weights(model).items()}
+    return write_hf_dir(model_dir, model.config.to_hf_dict(), weights)
+
+
+def write_hf_dir(model_dir: str | Path, config: dict, tensors: dict[str, jax.Array]) -> Path:
+    """``config.json`` + ``model.safetensors`` written in a temp dir beside ``model_dir``, then moved into place,
+    so a reader never sees half a model."""
     model_dir = Path(model_dir)
     model_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.", dir=model_dir.parent))
-    (tmp / "config.json").write_text(json.dumps(model.config.to_hf_dict(), indent=2))
-    weights = {k: jnp.asarray(v) for k, v in model_weights(model).items()}
-    save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     if model_dir.exists():
         for f in tmp.iterdir():
             os.replace(f, model_dir / f.name)

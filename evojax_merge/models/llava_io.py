@@ -15,22 +15,18 @@ export writes them as they are; ``LlavaForConditionalGeneration.from_pretrained`
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors.flax import save_file
 
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.fileio import read_json
 from evojax_merge.models.config import config_from_hf_dict
-from evojax_merge.models.io import _read_safetensors
+from evojax_merge.models.io import _read_safetensors, write_hf_dir
 from evojax_merge.models.llama import dtype_of
 from evojax_merge.models.llava import LlavaConfig, LlavaForConditionalGeneration, param_shapes, vlm_model_of, vlm_params
 from evojax_merge.models.vision import activation, vision_config_from_hf_dict
@@ -133,19 +129,8 @@ def save_llava_params(cfg: LlavaConfig, params: dict[str, Any], model_dir: str |
         if tuple(params[name].shape) != shape:
             raise EvoMergeInputError(f"VLM params: tensor {name!r} has shape {tuple(params[name].shape)}, "
                                      f"config needs {shape}")
-    model_dir = Path(model_dir)
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.", dir=model_dir.parent))
-    (tmp / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2))
     tensors = {n: jnp.asarray(np.asarray(params[n])) for n in shapes}
-    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    if model_dir.exists():
-        for f in tmp.iterdir():
-            os.replace(f, model_dir / f.name)
-        tmp.rmdir()
-    else:
-        os.replace(tmp, model_dir)
-    return model_dir
+    return write_hf_dir(model_dir, cfg.to_hf_dict(), tensors)
 
 
 def save_llava(model: LlavaForConditionalGeneration, model_dir: str | Path) -> Path:
