@@ -138,8 +138,9 @@ def test_every_method_config_builds_its_class():
     from evojax_merge.methods.base import MergeMethod
     from evojax_merge.runner.build import build_methods
     from evojax_merge.world.specs import FilesWorld, IEWorld, RemoteWorld, SakanaWorld
+    from evojax_merge.world.vlm import VlmWorldSpec
 
-    worlds = (IEWorld, SakanaWorld, FilesWorld, RemoteWorld)
+    worlds = (IEWorld, SakanaWorld, FilesWorld, RemoteWorld, VlmWorldSpec)
     for path in sorted((CONF / "method").glob("*.yaml")):
         methods = build_methods(_compose(f"method={path.stem}"))
         assert methods and all(isinstance(m, MergeMethod) for m in methods.values()), path.name
