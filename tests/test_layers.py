@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 # bottom to top; a unit may import only units of the layers below its own
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "logs", "perf", "provenance", "tracking", "distributed"),  # import nothing of the package
+    ("errors", "logs", "perf", "provenance", "tracking", "distributed", "hostmem"),  # import nothing of the package
     ("fileio", PACKAGE),  # the package's own __init__ runs first for every import: only the bottom layer
     ("lora", "data"),  # adapters and pools; records, tasks, prompts, batching
     ("models",),  # the Llama, its config and HF I/O (uses lora's adapter types)

@@ -15,11 +15,11 @@ import pytest
 from evojax_merge.bench.memory import _load, _records
 from evojax_merge.bench.population import random_stack
 from evojax_merge.eval.evaluate import _row_batches, generate_for_population
+from evojax_merge.hostmem import peak_rss_gb
 from evojax_merge.lora.adapter import LoraStack
 from evojax_merge.merge.consensus import SignElection, Sum
 from evojax_merge.merge.sparsifiers import Sparsifier, magnitude_band, magnitude_prune, random_drop
 from evojax_merge.merge.task_vectors import merge_module, merge_module_cuts, module_cuts
-from evojax_merge.runner.engine import peak_rss_gb
 
 
 @pytest.fixture(scope="module")

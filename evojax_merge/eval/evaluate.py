@@ -29,6 +29,7 @@ from evojax_merge.data.batching import (
 )
 from evojax_merge.eval.generate import greedy_generate
 from evojax_merge.eval.metrics import task_scores
+from evojax_merge.hostmem import release_freed_memory
 from evojax_merge.lora.adapter import LoraAdapter, LoraStack
 from evojax_merge.models.llama import LlamaForCausalLM
 
@@ -84,6 +85,8 @@ def _generate_by_rows(model, tokenizer, adapters, per_candidate, encodings, batc
                                   max_new_tokens=max_new_tokens, eos_id=eos, pad_id=pad)
             for i, text in zip(rows.tolist(), decode_answers(tokenizer, np.asarray(toks), eos), strict=True):
                 answers[i] = text
+            del toks
+            release_freed_memory()  # else glibc keeps each batch's freed buffers: 3.5 GB peak, not 2.6 (hostmem)
         outputs.append([str(a) for a in answers])
     return outputs
 

@@ -25,20 +25,12 @@ import numpy as np
 
 from evojax_merge.errors import EvoMergeInputError
 from evojax_merge.eval.predictions import write_predictions
+from evojax_merge.hostmem import peak_rss_gb, release_freed_memory
 from evojax_merge.methods.base import MergeMethod, MergeTask, Outcome
 from evojax_merge.search.fitness import ValidationConfig
 from evojax_merge.setting.cells import CellPlan, Setting
 
 log = logging.getLogger(__name__)
-
-
-def peak_rss_gb() -> float:
-    """This process's peak resident set size so far, in GB (``getrusage``'s ``ru_maxrss``, KiB on Linux)."""
-    import resource
-    import sys
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (2**30 if sys.platform == "darwin" else 2**20)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +184,7 @@ def run_cells(
                     outcome.details.setdefault("backward_examples", 0)
                 outcomes.append(outcome)
                 labels.append(full)
+                release_freed_memory()  # the search's freed XLA buffers back to the OS (evojax_merge.hostmem)
                 memory[f"{plan.target}{plan.suffix}/{full}"] = round(peak_rss_gb(), 3)
             tests = {t: backend.records[t]["test"][: spec.test_examples] for t in plan.scored_tasks}
             texts = {t: backend.answers(cell, outcomes, test, spec.max_len, task=t) for t, test in tests.items()}
