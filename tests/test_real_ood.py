@@ -152,7 +152,7 @@ def test_the_config_builds_the_rows_and_the_budget_it_states(tmp_path):
                                              "breadcrumbs", "della", "lorahub", "evo_merging"}
     assert list(world.tasks) == ["mit-movie"] and setting.targets == ("mit-movie",)
     val = build.validation_config(cfg)
-    assert (val.batch_size, val.num_batches, val.by_length, val.bucket_step) == (8, 2, True, 16)
+    assert (val.batch_size, val.num_batches, val.by_length, val.bucket_step) == (4, 4, True, 16)
     assert cfg.data.prompt == "llamafactory" and cfg.budget.population_size == 4
     own = dict(d.units())["own/wikineural"]
     own_cfg = _compose(*[a for a in own[own.index("+experiment=real_ood"):] if not a.startswith("hydra.")])
