@@ -184,6 +184,8 @@ def run_cells(
                     outcome.details.setdefault("backward_examples", 0)
                 outcomes.append(outcome)
                 labels.append(full)
+                log.info("%-28s %-18s searched in %.0f s (val CE %s)", full, plan.target, outcome.details["search_s"],
+                         "n/a" if outcome.val_ce is None else f"{outcome.val_ce:.4f}")  # one line per phase in logs
                 release_freed_memory()  # the search's freed XLA buffers back to the OS (evojax_merge.hostmem)
                 memory[f"{plan.target}{plan.suffix}/{full}"] = round(peak_rss_gb(), 3)
             tests = {t: backend.records[t]["test"][: spec.test_examples] for t in plan.scored_tasks}

@@ -86,7 +86,7 @@ def collect(work: Path) -> dict:
             if m in res["methods"]:
                 cell = res["methods"][m]["per_task"][t]
                 rows[m] = {"f1": 100 * cell["f1"], "val_ce": cell.get("val_ce"), "params": cell.get("params"),
-                           "counts": _counts(run, m, t)}
+                           "wall_s": cell.get("wall_s"), "counts": _counts(run, m, t)}
         if t in own:
             rows["own"] = {"f1": own[t]["own_f1"], "val_ce": own[t]["own_val_ce"], "counts": own[t]["counts"]["own"]}
         any_cell = next(iter(res["methods"].values()))["per_task"][t]
@@ -160,6 +160,26 @@ def _paper(avg: dict[str, float], boots: dict) -> list[str]:
     return lines
 
 
+def _method_times(targets: dict, done: list[str]) -> tuple[list[str], dict[str, float]]:
+    """Each row's search (or grid) seconds per target, before its test generation: TIES's grid against TA's."""
+    if not done:
+        return [], {}
+    lines = ["", "## Search seconds per row (validation passes and merges; test generation apart)", "",
+             "| method | " + " | ".join(done) + " | mean |", "|---|" + "---|" * (len(done) + 1)]
+    mean: dict[str, float] = {}
+    for m in ROWS[:-1]:
+        vals = [targets[t]["rows"].get(m, {}).get("wall_s") for t in done]
+        if all(v is None for v in vals):
+            continue
+        mean[m] = float(np.mean([v for v in vals if v is not None]))
+        lines.append(f"| {LABEL[m]} | " + " | ".join(_fmt(v, 0) for v in vals) + f" | {mean[m]:.0f} |")
+    if mean.get("task_arithmetic") and "ties" in mean:
+        ratio = mean["ties"] / mean["task_arithmetic"]
+        lines += ["", f"TIES's grid against TA's (the same points): {ratio:.2f}x "
+                  f"({'within' if ratio <= 2 else 'not within'} the issue's 2x)."]
+    return lines, mean
+
+
 def _own_table(own: dict) -> list[str]:
     lines = ["## The adapters on their own task (test F1 x100, validation CE)", "",
              "| set | type | base F1 | own adapter F1 | base val CE | own val CE | lowers val CE | "
@@ -192,6 +212,18 @@ def _costs(units: dict, targets: dict, own: dict) -> tuple[list[str], dict[str, 
     for name, u in units.items():
         key = name.split("/")[0]
         phases[key] = phases.get(key, 0.0) + sum(u.get("attempts_wall_s", [u["wall_s"]]))
+    merging = {n: u.get("peak_rss_gb") for n, u in units.items() if n.split("/")[0] in ("own", "ood")}
+    pads = {n: (targets.get(n.partition("/")[2], {}) if n.startswith("ood/") else own.get(n.partition("/")[2], {}))
+            .get("padding") for n in merging}
+    if merging:
+        worst = max(merging, key=lambda n: merging[n] or 0.0)
+        lines += ["", f"The issue's targets over the merging runs (own/*, ood/*): peak RSS at most "
+                  f"{_fmt(merging[worst])} GB ({worst}; target 4 GB)"]
+        known = {n: p["waste"] for n, p in pads.items() if p}
+        if known:
+            wp = max(known, key=known.get)
+            lines[-1] += f"; validation padding waste at most {100 * known[wp]:.1f}% ({wp}; target 15%)"
+        lines[-1] += "."
     lines += ["", "Wall time per phase (all attempts): "
               + ", ".join(f"{k} {v / 60:.1f} min" for k, v in phases.items())
               + f"; total {sum(phases.values()) / 3600:.2f} h.", ""]
@@ -219,7 +251,8 @@ def build(work: Path, out: Path, profile: str = "cpu", n_boot: int = 1000) -> Pa
     table, avg = _table(targets, done)
     boot_lines, boots = _bootstrap(targets, done, n_boot)
     cost_lines, phases = _costs(units, targets, own)
-    lines += table + boot_lines + _paper(avg, boots) + _own_table(own) + cost_lines
+    time_lines, method_s = _method_times(targets, done)
+    lines += table + boot_lines + _paper(avg, boots) + _own_table(own) + cost_lines + time_lines
     (out / "REPORT.md").write_text("\n".join(lines) + "\n")
     summary = {"targets_finished": done, "average_f1": avg, "bootstrap_evo_minus": boots,
                "own": {s: {k: v for k, v in o.items() if k != "counts"} for s, o in own.items()},
@@ -229,7 +262,8 @@ def build(work: Path, out: Path, profile: str = "cpu", n_boot: int = 1000) -> Pa
                                   "padding": targets[t]["padding"], "test_fit": targets[t]["test_fit"],
                                   "memory": targets[t]["memory"]} for t in done},
                "units": {n: {k: u[k] for k in ("wall_s", "attempts_wall_s", "peak_rss_gb", "returncode") if k in u}
-                         for n, u in units.items()}, "wall_s_per_phase": phases, "splits": splits}
+                         for n, u in units.items()}, "wall_s_per_phase": phases, "search_s_per_method": method_s,
+               "splits": splits}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     for t in done:
         (out / t).mkdir(exist_ok=True)
