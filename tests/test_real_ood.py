@@ -177,7 +177,7 @@ def test_the_driver_end_to_end_on_a_tiny_model_resumes_and_reports(tmp_path):
             "data.validation.batch_size=2", "data.validation.num_batches=2", "budget.grid_lambdas=[1.0]"]
     cmd = [sys.executable, str(REPO / "experiments/real/run.py"), str(work), "--data-dir", str(data), "--model",
            str(gguf), "--sets", ",".join(SMALL), "--targets", "conll04,mit-movie", "--report", str(report),
-           "--sizes", "6,4,4", "--", *tiny]
+           "--with-adapters", "--sizes", "6,4,4", "--", *tiny]
     env = {**os.environ, "WANDB_MODE": "offline"}
     first = subprocess.run([*cmd[:3], "--only", "adapter/conll04", *cmd[3:]], capture_output=True, text=True,
                            env=env, timeout=900)
@@ -195,3 +195,13 @@ def test_the_driver_end_to_end_on_a_tiny_model_resumes_and_reports(tmp_path):
     assert ood["memory"]["peak_rss_gb"] > 0 and "padding" in ood["methods"]["base"]["per_task"]["conll04"]["prompt"]
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0 and again.stdout.count("done before, skipped") == 9
+    # the report directory alone (results, predictions, unit records, adapters) resumes in an empty WORK
+    assert {p.name for p in (report / "adapters").iterdir()} == set(SMALL)
+    assert (report / "conll04" / "predictions" / "conll04" / "evo_merging.jsonl").is_file()
+    fresh = [*cmd[:2], str(tmp_path / "work2"), "--restore", str(report), *cmd[3:]]
+    moved = subprocess.run(fresh, capture_output=True, text=True, env=env, timeout=600)
+    assert moved.returncode == 0, moved.stdout[-2000:] + moved.stderr[-2000:]
+    assert moved.stdout.count("done before, skipped") == 8 and "splits: started" in moved.stdout
+    assert "restored from" in moved.stdout and "ood/conll04" in moved.stdout.splitlines()[0]
+    rebuilt = json.loads((report / "summary.json").read_text())
+    assert rebuilt["average_f1"] == summary["average_f1"]  # the same table from the restored WORK

@@ -5,8 +5,10 @@
 Reads ``WORK/units/*.json`` (wall time, peak RSS), ``WORK/runs/ood/<target>/results.json`` and predictions,
 ``WORK/runs/own/<set>/results.json`` (base and the set's own adapter), ``WORK/adapters/<set>/evojax_merge.json``
 (first and last training loss), and writes ``OUT/REPORT.md``, ``OUT/summary.json``, each finished target's
-``OUT/<target>/results.json`` and each own-adapter run's ``OUT/own/<set>/results.json``. Unfinished targets are
-listed as such; averages are over the finished ones.
+``OUT/<target>/results.json`` and each own-adapter run's ``OUT/own/<set>/results.json`` (each with its test
+predictions), the unit records (``OUT/units``) and, with ``--with-adapters``, the trained pool (``OUT/adapters``):
+what ``run.py WORK --restore OUT`` puts back to resume in an empty WORK. Unfinished targets are listed as such;
+averages are over the finished ones.
 """
 
 from __future__ import annotations
@@ -230,8 +232,9 @@ def _costs(units: dict, targets: dict, own: dict) -> tuple[list[str], dict[str, 
     return lines, phases
 
 
-def build(work: Path, out: Path, profile: str = "cpu", n_boot: int = 1000) -> Path:
-    """Write ``out/REPORT.md`` (and summary.json, per-target results.json); returns REPORT.md's path."""
+def build(work: Path, out: Path, profile: str = "cpu", n_boot: int = 1000, with_adapters: bool = False) -> Path:
+    """Write ``out/REPORT.md`` (and summary.json, per-target results.json and predictions, the unit records, and
+    with ``with_adapters`` the trained adapters); returns REPORT.md's path."""
     data = collect(Path(work))
     targets, own, units = data["targets"], data["own"], data["units"]
     out = Path(out)
@@ -265,13 +268,31 @@ def build(work: Path, out: Path, profile: str = "cpu", n_boot: int = 1000) -> Pa
                          for n, u in units.items()}, "wall_s_per_phase": phases, "search_s_per_method": method_s,
                "splits": splits}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    # what `run.py --restore OUT` needs to resume in an empty WORK: each finished run's results.json and test
+    # predictions, every unit's record and (with_adapters) the trained pool
     for t in done:
-        (out / t).mkdir(exist_ok=True)
-        shutil.copyfile(targets[t]["results"], out / t / "results.json")
-    for s in own:  # the own-adapter runs' results.json (small: no weights, no predictions)
-        (out / "own" / s).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(work) / "runs" / "own" / s / "results.json", out / "own" / s / "results.json")
+        _copy_run(Path(work) / "runs" / "ood" / t, out / t)
+    for s in own:
+        _copy_run(Path(work) / "runs" / "own" / s, out / "own" / s)
+    (out / "units").mkdir(exist_ok=True)
+    for p in sorted((Path(work) / "units").glob("*.json")):
+        shutil.copyfile(p, out / "units" / p.name)
+    if with_adapters:
+        for p in sorted((Path(work) / "adapters").glob("*/adapter_model.safetensors")):
+            dst = out / "adapters" / p.parent.name
+            dst.mkdir(parents=True, exist_ok=True)
+            for f in ("adapter_config.json", "adapter_model.safetensors", "evojax_merge.json"):
+                if (p.parent / f).is_file():
+                    shutil.copyfile(p.parent / f, dst / f)
     return out / "REPORT.md"
+
+
+def _copy_run(run: Path, dst: Path) -> None:
+    """A run's results.json and predictions (small: no weights, no checkpoints)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run / "results.json", dst / "results.json")
+    if (run / "predictions").is_dir():
+        shutil.copytree(run / "predictions", dst / "predictions", dirs_exist_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,8 +301,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", type=Path)
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--with-adapters", action="store_true",
+                    help="also copy the trained adapters (SmolLM2: 9.4 MB each), so run.py --restore OUT resumes "
+                         "without training them again")
     args = ap.parse_args(argv)
-    print(build(args.work, args.out, args.profile, args.bootstrap))
+    print(build(args.work, args.out, args.profile, args.bootstrap, args.with_adapters))
     return 0
 
 

@@ -16,7 +16,10 @@ rerun of the same command resumes after a kill, and an interrupted unit resumes 
 Units share one persistent XLA compilation cache (``WORK/jax_cache``), so a shape is compiled once for all
 of them. Each unit's wall time, peak RSS (``os.wait4``'s ``ru_maxrss``) and exit status go to
 ``WORK/units/<unit>.json``.
-Nothing is committed here. ``--data-dir`` defaults to ``real.data_dir`` of conf/experiment/real_ood.yaml, resolved
+Nothing is committed here. With ``--report OUT`` the report is rebuilt after every finished unit, so OUT can
+be committed as results complete; ``--with-adapters`` keeps the trained pool there too, and
+``--restore OUT`` puts OUT's finished units back into an empty WORK (a new machine resumes where OUT stopped).
+``--data-dir`` defaults to ``real.data_dir`` of conf/experiment/real_ood.yaml, resolved
 against the repository root; a missing directory is one line naming that key.
 """
 
@@ -26,6 +29,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -75,7 +79,7 @@ class Driver:
     def __init__(self, work: Path, data_dir: Path, profile: str = "cpu", model: str = "smollm2",
                  report: Path | None = None, targets: tuple[str, ...] = OOD_TARGETS,
                  sets: tuple[str, ...] = tuple(SETS), extra: tuple[str, ...] = (), dry_run: bool = False,
-                 sizes: tuple[int, int, int] | None = None):
+                 sizes: tuple[int, int, int] | None = None, with_adapters: bool = False):
         if profile not in PROFILES:
             raise _error(f"--profile: {profile!r} is not one of {', '.join(PROFILES)}")
         if not Path(data_dir).is_dir():
@@ -88,6 +92,7 @@ class Driver:
         self.profile_name, self.model, self.report = profile, model, report
         self.targets, self.sets, self.extra, self.dry_run = tuple(targets), tuple(sorted(sets)), tuple(extra), dry_run
         self.sizes = tuple(sizes) if sizes else tuple(self.profile["sizes"])
+        self.with_adapters = with_adapters
 
     # -- the units' commands --------------------------------------------------------------------
     def data(self) -> Path:
@@ -138,9 +143,37 @@ class Driver:
             out.append((f"ood/{t}", [*engine, *self._task(t), f"setting.targets=[{t}]", f"world.adapters={adapters}",
                                      f"hydra.run.dir={self.work / 'runs' / 'ood' / t}", *self.extra]))
         if self.report is not None:
-            out.append(("report", [py, str(REPO / "experiments/real/report.py"), str(self.work), str(self.report),
-                                   "--profile", self.profile_name]))
+            out.append(("report", self.report_command()))
         return out
+
+    def report_command(self) -> list[str]:
+        return [sys.executable, str(REPO / "experiments/real/report.py"), str(self.work), str(self.report),
+                "--profile", self.profile_name, *(["--with-adapters"] if self.with_adapters else [])]
+
+    def restore(self, source: Path) -> list[str]:
+        """Put back into WORK what a report directory (``report.py`` OUT) holds of finished units: the adapters
+        (with ``--with-adapters``), each run's results.json and predictions, and the units' records; never over
+        what WORK already has. Returns the units restored. The splits are made again (fixed seed)."""
+        source = Path(source)
+        if not (source / "units").is_dir():
+            raise _error(f"--restore: {source} holds no units/ (a report.py OUT directory of an earlier run)")
+        restored = []
+        for rec in sorted((source / "units").glob("*.json")):
+            unit = json.loads(rec.read_text()).get("unit", "")
+            kind, _, name = unit.partition("/")
+            src = {"adapter": source / "adapters" / name, "ood": source / name, "own": source / "own" / name}.get(kind)
+            dst = {"adapter": self.work / "adapters" / name, "ood": self.work / "runs" / "ood" / name,
+                   "own": self.work / "runs" / "own" / name}.get(kind)
+            if src is None or not src.is_dir() or self.done(unit):
+                continue
+            marker = "adapter_model.safetensors" if kind == "adapter" else "results.json"
+            if not (src / marker).is_file() or (dst / marker).exists():
+                continue
+            shutil.copytree(src, dst, dirs_exist_ok=True)
+            self.record(unit).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(rec, self.record(unit))
+            restored.append(unit)
+        return restored
 
     def _own(self, engine: list[str], s: str) -> tuple[str, list[str]]:
         return (f"own/{s}", [*engine, *self._task(s), "setting=id", "~setting.targets", f"setting.experts=[{s}]",
@@ -219,6 +252,9 @@ class Driver:
                 print(f"[real] {unit} failed; see {self.work / 'logs'}; rerun the same command to resume",
                       file=sys.stderr, flush=True)
                 return 1
+            if self.report is not None and unit.split("/")[0] in ("adapter", "own", "ood"):
+                # the report follows every finished unit, so what is done can be committed as it completes
+                subprocess.run(self.report_command(), cwd=REPO, stdout=subprocess.DEVNULL, check=False)
         return 0
 
 
@@ -247,13 +283,19 @@ def main(argv: list[str] | None = None) -> int:
                     "after the splits")
     ap.add_argument("--dry-run", action="store_true", help="print the commands of the units still to run")
     ap.add_argument("--sizes", default=None, help="train,validation,test records per set (default: the profile's)")
+    ap.add_argument("--with-adapters", action="store_true", help="the report also keeps the trained adapters")
+    ap.add_argument("--restore", type=Path, default=None,
+                    help="first put back the finished units a report directory holds (resume in an empty WORK)")
     args = ap.parse_args(argv)
     from evojax_merge.errors import EvoMergeInputError
 
     try:
         driver = Driver(args.work, args.data_dir or default_data_dir(), args.profile, args.model, args.report,
                         tuple(t for t in args.targets.split(",") if t), tuple(s for s in args.sets.split(",") if s),
-                        tuple(extra), args.dry_run, _sizes(args.sizes))
+                        tuple(extra), args.dry_run, _sizes(args.sizes), args.with_adapters)
+        if args.restore is not None:
+            units = driver.restore(args.restore)
+            print(f"[real] restored from {args.restore}: {', '.join(units) or 'nothing'}", flush=True)
         return driver.run(args.only)
     except EvoMergeInputError as err:
         print(f"error: {err}", file=sys.stderr)
