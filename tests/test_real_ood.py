@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -205,3 +206,18 @@ def test_the_driver_end_to_end_on_a_tiny_model_resumes_and_reports(tmp_path):
     assert "restored from" in moved.stdout and "ood/conll04" in moved.stdout.splitlines()[0]
     rebuilt = json.loads((report / "summary.json").read_text())
     assert rebuilt["average_f1"] == summary["average_f1"]  # the same table from the restored WORK
+    # without the adapters they are trained again, and must be the ones the restored results were made with
+    bare = tmp_path / "bare"
+    shutil.copytree(report, bare, ignore=shutil.ignore_patterns("adapters"))
+    retrain = [*cmd[:2], str(tmp_path / "work3"), "--restore", str(bare), *cmd[3:]]
+    again = subprocess.run(retrain, capture_output=True, text=True, env=env, timeout=900)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert again.stdout.count("done before, skipped") == 5 and "adapter/wikineural: started" in again.stdout
+    sums = json.loads((bare / "adapters.sha256.json").read_text())
+    sums["conll04"] = "0" * 64  # a pool that is not the one the results were made with
+    (bare / "adapters.sha256.json").write_text(json.dumps(sums))
+    shutil.rmtree(tmp_path / "work3" / "runs")
+    (tmp_path / "work3" / "units" / "ood__conll04.json").unlink()
+    wrong = subprocess.run(retrain, capture_output=True, text=True, env=env, timeout=600)
+    assert wrong.returncode == 2 and "differs from the adapter the restored results were made with" in wrong.stderr
+    assert wrong.stderr.strip().count("\n") == 0  # one line

@@ -6,7 +6,8 @@ Reads ``WORK/units/*.json`` (wall time, peak RSS), ``WORK/runs/ood/<target>/resu
 ``WORK/runs/own/<set>/results.json`` (base and the set's own adapter), ``WORK/adapters/<set>/evojax_merge.json``
 (first and last training loss), and writes ``OUT/REPORT.md``, ``OUT/summary.json``, each finished target's
 ``OUT/<target>/results.json`` and each own-adapter run's ``OUT/own/<set>/results.json`` (each with its test
-predictions), the unit records (``OUT/units``) and, with ``--with-adapters``, the trained pool (``OUT/adapters``):
+predictions), the unit records (``OUT/units``), the adapters' checksums (``OUT/adapters.sha256.json``) and, with
+``--with-adapters``, the trained pool (``OUT/adapters``):
 what ``run.py WORK --restore OUT`` puts back to resume in an empty WORK. Unfinished targets are listed as such;
 averages are over the finished ones.
 """
@@ -277,6 +278,8 @@ def build(work: Path, out: Path, profile: str = "cpu", n_boot: int = 1000, with_
     (out / "units").mkdir(exist_ok=True)
     for p in sorted((Path(work) / "units").glob("*.json")):
         shutil.copyfile(p, out / "units" / p.name)
+    sums = {p.parent.name: _sha256(p) for p in sorted((Path(work) / "adapters").glob("*/adapter_model.safetensors"))}
+    (out / "adapters.sha256.json").write_text(json.dumps(sums, indent=1) + "\n")  # what the results were made with
     if with_adapters:
         for p in sorted((Path(work) / "adapters").glob("*/adapter_model.safetensors")):
             dst = out / "adapters" / p.parent.name
@@ -285,6 +288,16 @@ def build(work: Path, out: Path, profile: str = "cpu", n_boot: int = 1000, with_
                 if (p.parent / f).is_file():
                     shutil.copyfile(p.parent / f, dst / f)
     return out / "REPORT.md"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _copy_run(run: Path, dst: Path) -> None:

@@ -93,6 +93,7 @@ class Driver:
         self.targets, self.sets, self.extra, self.dry_run = tuple(targets), tuple(sorted(sets)), tuple(extra), dry_run
         self.sizes = tuple(sizes) if sizes else tuple(self.profile["sizes"])
         self.with_adapters = with_adapters
+        self.expected_adapters: dict[str, str] | None = None  # set by restore(): the restored results' adapters
 
     # -- the units' commands --------------------------------------------------------------------
     def data(self) -> Path:
@@ -173,7 +174,21 @@ class Driver:
             self.record(unit).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(rec, self.record(unit))
             restored.append(unit)
+        sums = source / "adapters.sha256.json"
+        if any(u.split("/")[0] in ("ood", "own") for u in restored) and sums.is_file():
+            self.expected_adapters = json.loads(sums.read_text())
         return restored
+
+    def check_adapters(self) -> None:
+        """Restored merging results stand only on the adapters they were made with: an adapter trained again
+        here (another CPU can round differently) must have the recorded checksum."""
+        import hashlib
+
+        for name, want in (self.expected_adapters or {}).items():
+            path = self.work / "adapters" / name / "adapter_model.safetensors"
+            if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() != want:
+                raise _error(f"{path}: differs from the adapter the restored results were made with "
+                             f"(adapters.sha256.json); restore with --with-adapters' copies or start a new WORK")
 
     def _own(self, engine: list[str], s: str) -> tuple[str, list[str]]:
         return (f"own/{s}", [*engine, *self._task(s), "setting=id", "~setting.targets", f"setting.experts=[{s}]",
@@ -234,6 +249,8 @@ class Driver:
         for unit, cmd in self.units():
             if only and not unit.startswith(only) and unit != "splits":  # the splits come first, always
                 continue
+            if unit.split("/")[0] in ("own", "ood") and not self.dry_run:
+                self.check_adapters()
             if self.done(unit) and unit != "report":
                 print(f"[real] {unit}: done before, skipped", flush=True)
                 continue
