@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import zlib
 from collections.abc import Mapping, Sequence
@@ -29,6 +28,7 @@ import numpy as np
 from evojax_merge.data.batching import DEFAULT_BUCKETS, bucket_length, encode_records, special_ids
 from evojax_merge.data.records import load_records
 from evojax_merge.errors import EvoMergeInputError
+from evojax_merge.fileio import file_sha256
 from evojax_merge.models.loss import answer_targets
 
 RECORD_SUFFIXES = (".json.gz", ".jsonl", ".json")
@@ -90,14 +90,6 @@ class TaskData:
         return int((self.arrays["labels"][:, 1:] != -100).sum(1).max(initial=1))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_task(path: Path, tokenizer: object, style: str = "auto", max_len: int | None = None,
               loss_on_history: bool = False) -> TaskData:
     """Read, validate and encode one record file (an empty file or list is an error naming it)."""
@@ -106,7 +98,7 @@ def load_task(path: Path, tokenizer: object, style: str = "auto", max_len: int |
         raise EvoMergeInputError(f"{path}: no records")
     enc = encode_records(records, tokenizer, max_len, style=style, loss_on_history=loss_on_history, source=str(path))
     lengths = enc.arrays["attention_mask"].sum(1).astype(np.int32)
-    return TaskData(task_name(path), path, _sha256(path), enc.arrays, lengths, enc.records_with_dropped_turns,
+    return TaskData(task_name(path), path, file_sha256(path), enc.arrays, lengths, enc.records_with_dropped_turns,
                     enc.style)
 
 

@@ -278,7 +278,10 @@ def build(work: Path, out: Path, profile: str = "cpu", n_boot: int = 1000, with_
     (out / "units").mkdir(exist_ok=True)
     for p in sorted((Path(work) / "units").glob("*.json")):
         shutil.copyfile(p, out / "units" / p.name)
-    sums = {p.parent.name: _sha256(p) for p in sorted((Path(work) / "adapters").glob("*/adapter_model.safetensors"))}
+    from evojax_merge.fileio import file_sha256
+
+    trained = sorted((Path(work) / "adapters").glob("*/adapter_model.safetensors"))
+    sums = {p.parent.name: file_sha256(p) for p in trained}
     (out / "adapters.sha256.json").write_text(json.dumps(sums, indent=1) + "\n")  # what the results were made with
     if with_adapters:
         for p in sorted((Path(work) / "adapters").glob("*/adapter_model.safetensors")):
@@ -288,16 +291,6 @@ def build(work: Path, out: Path, profile: str = "cpu", n_boot: int = 1000, with_
                 if (p.parent / f).is_file():
                     shutil.copyfile(p.parent / f, dst / f)
     return out / "REPORT.md"
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _copy_run(run: Path, dst: Path) -> None:

@@ -182,11 +182,11 @@ class Driver:
     def check_adapters(self) -> None:
         """Restored merging results stand only on the adapters they were made with: an adapter trained again
         here (another CPU can round differently) must have the recorded checksum."""
-        import hashlib
+        from evojax_merge.fileio import file_sha256
 
         for name, want in (self.expected_adapters or {}).items():
             path = self.work / "adapters" / name / "adapter_model.safetensors"
-            if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() != want:
+            if path.is_file() and file_sha256(path) != want:
                 raise _error(f"{path}: differs from the adapter the restored results were made with "
                              f"(adapters.sha256.json); restore with --with-adapters' copies or start a new WORK")
 
