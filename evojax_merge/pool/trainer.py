@@ -36,7 +36,6 @@ import numpy as np
 from flax import nnx
 
 from evojax_merge.errors import EvoMergeInputError
-from evojax_merge.hostmem import release_freed_memory
 from evojax_merge.lora.adapter import PROJECTIONS, LoraStack
 from evojax_merge.lora.export import save_peft_adapter
 from evojax_merge.lora.pool import ADAPTER_CONFIG, ADAPTER_WEIGHTS
@@ -226,7 +225,6 @@ def train_chunk(model: LlamaForCausalLM, tasks: Sequence[TaskData], cfg: PoolCon
         curve[i] = np.asarray(losses)
         counters["tokens"] += tokens
         counters["steps"] += 1
-        release_freed_memory()  # the step's freed backward buffers back to the OS (evojax_merge.hostmem)
         return {"trainable": trainable, "opt": opt, "losses": curve}
 
     def on_step(state: dict, done: int) -> None:

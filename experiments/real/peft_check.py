@@ -11,6 +11,7 @@ For each ``WORK/adapters/<set>``: ``PeftModel.from_pretrained`` on transformers'
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -31,14 +32,15 @@ def check(work: Path, rows: int = 2) -> dict[str, dict]:
 
     model, tok = load_gguf(None)
     path = smollm2_gguf_path()
+    # transformers dequantizes the GGUF once; each adapter wraps its own copy (PEFT injects layers in place)
+    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, torch_dtype=torch.float32)
     out = {}
     for adapter in sorted(p.parent for p in (work / "adapters").glob("*/adapter_model.safetensors")):
         name = adapter.name
         recs = load_records(work / "data" / name / "validation.json")[:rows]
         enc = encode_records(recs, tok, None, style="llamafactory").arrays
         ids, mask = np.asarray(enc["input_ids"]), np.asarray(enc["attention_mask"])
-        hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, torch_dtype=torch.float32)
-        peft = PeftModel.from_pretrained(hf, str(adapter)).eval()
+        peft = PeftModel.from_pretrained(copy.deepcopy(hf), str(adapter)).eval()
         with torch.no_grad():
             ref = peft(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long()).logits
         pool = load_pool([adapter], model.config)

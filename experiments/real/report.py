@@ -284,7 +284,7 @@ def build(work: Path, out: Path, profile: str = "cpu", n_boot: int = 1000, with_
     sums = {p.parent.name: file_sha256(p) for p in trained}
     (out / "adapters.sha256.json").write_text(json.dumps(sums, indent=1) + "\n")  # what the results were made with
     if with_adapters:
-        for p in sorted((Path(work) / "adapters").glob("*/adapter_model.safetensors")):
+        for p in trained:
             dst = out / "adapters" / p.parent.name
             dst.mkdir(parents=True, exist_ok=True)
             for f in ("adapter_config.json", "adapter_model.safetensors", "evojax_merge.json"):

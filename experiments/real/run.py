@@ -184,11 +184,14 @@ class Driver:
         here (another CPU can round differently) must have the recorded checksum."""
         from evojax_merge.fileio import file_sha256
 
-        for name, want in (self.expected_adapters or {}).items():
+        for name, want in list((self.expected_adapters or {}).items()):
             path = self.work / "adapters" / name / "adapter_model.safetensors"
-            if path.is_file() and file_sha256(path) != want:
+            if not path.is_file():
+                continue  # not trained yet: checked before a later unit
+            if file_sha256(path) != want:
                 raise _error(f"{path}: differs from the adapter the restored results were made with "
                              f"(adapters.sha256.json); restore with --with-adapters' copies or start a new WORK")
+            del self.expected_adapters[name]  # verified once, not hashed again before every unit
 
     def _own(self, engine: list[str], s: str) -> tuple[str, list[str]]:
         return (f"own/{s}", [*engine, *self._task(s), "setting=id", "~setting.targets", f"setting.experts=[{s}]",
