@@ -18,8 +18,9 @@ from pathlib import Path
 _PACKAGE = Path(__file__).resolve().parents[1]
 PACKAGE_NAME = _PACKAGE.name
 # modules a build imports that do not change what it writes (error messages, the cache directory's
-# mechanics, timing measurements): left out of the worlds' CODE_MODULES
+# mechanics, timing measurements, handing freed heap pages back to the OS): left out of the worlds' CODE_MODULES
 UNHASHED_MODULES = ("evojax_merge.errors", "evojax_merge.fileio", "evojax_merge.perf", "evojax_merge.bench",
+                    "evojax_merge.hostmem",
                     "evojax_merge.zoo.common", "evojax_merge.zoo.realization")
 
 
