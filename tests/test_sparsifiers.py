@@ -105,6 +105,21 @@ def test_ranked_drop_keep_probabilities_by_hand():
     np.testing.assert_allclose(got, np.where(m, col[0] / 0.5, 0.0))
 
 
+def test_descending_positions_are_numpys_stable_ranks_with_ties():
+    """The scatter's inverse permutation equals ranking by numpy's stable argsort of -|t| (ties by index),
+    on integers drawn from 0..4 so that most rows are full of ties, and on a row of all-equal entries."""
+    from evojax_merge.merge.sparsifiers import _descending_positions
+
+    x = np.random.default_rng(9).integers(0, 5, size=(2, 7, 13)).astype(np.float32)
+    x[1, 3] = 2.0
+    order = np.argsort(-x, axis=-1, kind="stable")
+    want = np.empty_like(order)
+    np.put_along_axis(want, order, np.broadcast_to(np.arange(13), x.shape), axis=-1)
+    got = np.asarray(jax.jit(_descending_positions)(jnp.asarray(x)))
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got[1, 3], np.arange(13))
+
+
 def test_ranked_drop_with_zero_epsilon_is_the_random_drop():
     t = jnp.asarray(np.random.default_rng(4).normal(size=(3, 8, 6)), jnp.float32)
     keys = task_keys(KEY, 3)

@@ -256,6 +256,15 @@ magnitude_band.rank_counts = _band_ranks  # keep = cut 0 and not cut 1
 magnitude_band.from_cuts = lambda masks: masks[0] & ~masks[1]
 
 
+def _descending_positions(rows: jax.Array) -> jax.Array:
+    """``pos [..., L]``: each entry's position in its row's stable descending order (0 = largest, ties
+    toward the lower index). One sort, then the inverse permutation by a scatter: a second argsort gives
+    the same integers at about twice the cost, and DELLA's merge is dominated by this."""
+    order = jnp.argsort(-rows, axis=-1, stable=True)
+    iota = jax.lax.broadcasted_iota(jnp.int32, rows.shape, rows.ndim - 1)
+    return jnp.put_along_axis(jnp.zeros(rows.shape, jnp.int32), order, iota, axis=-1, inplace=False)
+
+
 @sparsifier(random=True)
 def ranked_drop(t: jax.Array, density: jax.Array | float, keys: jax.Array, *, epsilon: float = 0.1) -> jax.Array:
     """Drop with a probability that falls with the magnitude's rank in its row, rescale by the keep
@@ -275,8 +284,7 @@ def ranked_drop(t: jax.Array, density: jax.Array | float, keys: jax.Array, *, ep
         raise EvoMergeInputError(f"sparsifier.epsilon: {epsilon}, expected >= 0")
     n, length = t.shape[0], t.shape[-1] if t.ndim > 1 else 1
     rows = jnp.abs(t).reshape(n, -1, length)
-    order = jnp.argsort(-rows, axis=-1, stable=True)  # largest first, ties toward the lower index
-    pos = jnp.argsort(order, axis=-1, stable=True).astype(jnp.float32)  # the inverse permutation
+    pos = _descending_positions(rows).astype(jnp.float32)
     d = jnp.asarray(density, jnp.float32)
     slope = (1.0 - 2.0 * pos / (length - 1)) if length > 1 else jnp.zeros_like(pos)
     q = jnp.clip(d + float(epsilon) * slope, 0.0, 1.0).reshape(t.shape)
