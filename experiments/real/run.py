@@ -272,6 +272,8 @@ class Driver:
                 print(f"[real] {unit} failed; see {self.work / 'logs'}; rerun the same command to resume",
                       file=sys.stderr, flush=True)
                 return 1
+            if unit.startswith("adapter/"):
+                self.check_adapters()  # before the report: it would record this adapter's checksum as the results'
             if self.report is not None and unit.split("/")[0] in ("adapter", "own", "ood"):
                 # the report follows every finished unit, so what is done can be committed as it completes
                 subprocess.run(self.report_command(), cwd=REPO, stdout=subprocess.DEVNULL, check=False)
