@@ -55,6 +55,17 @@ def test_by_length_generation_gives_the_all_at_once_answers(tiny):
         generate_for_population(model, tok, stack, records, batch_rows=0, **kw)
 
 
+def test_each_candidate_alone_gives_its_answers_among_all(tiny):
+    """With ``batch_rows`` a candidate's answers do not depend on the others it is generated with: the engine
+    (``runner/engine.py``) then answers each outcome right after its search and frees its dense delta."""
+    model, tok, stack = tiny
+    records = _records(5, 30)
+    kw = {"style": "plain", "max_len": None, "max_new_tokens": 6, "batch_rows": 2}
+    together = generate_for_population(model, tok, stack, records, **kw)
+    alone = [generate_for_population(model, tok, stack.take([i]), records, **kw)[0] for i in range(3)]
+    assert alone == together and len(set(map(tuple, together))) > 1  # the candidates answer differently
+
+
 def test_peak_rss_is_reported_in_gb():
     assert 0.01 < peak_rss_gb() < 64
 

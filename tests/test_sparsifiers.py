@@ -105,6 +105,49 @@ def test_ranked_drop_keep_probabilities_by_hand():
     np.testing.assert_allclose(got, np.where(m, col[0] / 0.5, 0.0))
 
 
+def _numpy_cut(flat: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The cut by a sort: row i's entry at rank clip(k, 1, numel) - 1 of the descending order, and k less
+    the entries above it."""
+    desc = -np.sort(-flat, axis=-1)
+    thr = desc[:, min(max(k, 1), flat.shape[1]) - 1]
+    return thr, k - (flat > thr[:, None]).sum(-1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_radix_cut_is_the_sorted_cut_at_every_rank(dtype):
+    """``rank_cut`` finds the k-th largest magnitude without sorting: the same value and tie count as a
+    sort, at every k from below 1 to above numel, on rows with ties, zeros, the smallest normal, an infinity and
+    values that share their high bytes (so that every pass of the radix select decides)."""
+    from evojax_merge.merge.sparsifiers import rank_cut
+
+    rng = np.random.default_rng(5)
+    with jax.enable_x64(dtype == np.float64):
+        rows = np.abs(rng.normal(size=(4, 40))).astype(dtype)
+        rows[0, :10] = rows[0, 10]                      # ten ties
+        rows[1, ::3] = 0.0                              # zeros
+        rows[1, 1] = np.finfo(dtype).tiny  # the smallest normal (XLA on a CPU flushes subnormals to zero)
+        rows[2] = 1.0 + np.arange(40) * np.finfo(dtype).eps  # one exponent, the low bytes differ
+        rows[3, 7] = np.inf
+        flat = jnp.asarray(rows)
+        cut = jax.jit(rank_cut)
+        for k in (-1, 0, 1, 2, 9, 10, 11, 20, 39, 40, 41):
+            thr, need = cut(flat, k)
+            want_thr, want_need = _numpy_cut(rows, k)
+            np.testing.assert_array_equal(np.asarray(thr), want_thr)
+            np.testing.assert_array_equal(np.asarray(need), want_need)
+
+
+def test_magnitude_prune_keeps_exactly_k_with_ties_at_the_cut():
+    """Ten equal entries straddle the cut at k = 5 of row [4, 2 x 10, 1 x 5]: the 4 and the first four 2s
+    (by index) are kept, nothing else."""
+    row = np.asarray([[1.0] * 5 + [2.0] * 10 + [4.0]], np.float32)
+    got = np.asarray(magnitude_prune(jnp.asarray(row), 5 / 16))
+    want = np.zeros_like(row)
+    want[0, 15] = 4.0
+    want[0, 5:9] = 2.0
+    np.testing.assert_array_equal(got, want)
+
+
 def test_descending_positions_are_numpys_stable_ranks_with_ties():
     """The scatter's inverse permutation equals ranking by numpy's stable argsort of -|t| (ties by index),
     on integers drawn from 0..4 so that most rows are full of ties, and on a row of all-equal entries."""

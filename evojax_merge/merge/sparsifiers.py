@@ -98,7 +98,7 @@ class Sparsifier:
     @property
     def rank_based(self) -> bool:
         """Whether the mask is a function of magnitude-rank cuts alone (``rank_counts``, ``from_cuts``):
-        deterministic, so a grid can sort each task vector once (``merge/task_vectors.py``'s cuts)."""
+        deterministic, so a grid can cut each task vector once (``merge/task_vectors.py``'s cuts)."""
         return hasattr(self.fn, "rank_counts") and not self.random
 
     def rank_counts(self, density: float, numel: int) -> tuple[int, ...]:
@@ -134,12 +134,47 @@ def trim_count(density: jax.Array | float, numel: int) -> jax.Array | int:
     return k.astype(jnp.int32)
 
 
-def rank_cut(flat: jax.Array, desc: jax.Array, k: jax.Array | int) -> tuple[jax.Array, jax.Array]:
+_UINT_OF = {4: jnp.uint32, 8: jnp.uint64}
+
+
+def kth_largest(flat: jax.Array, k: jax.Array | int) -> jax.Array:
+    """``thr [N]``: the k-th largest entry (1-based, ``1 <= k <= numel``) of each row of ``flat [N, numel]``,
+    non-negative magnitudes in float32 or float64, found without sorting.
+
+    Non-negative floats order as their bit patterns do (as unsigned integers), so a radix select finds the
+    k-th largest pattern one byte at a time, most significant first: a 256-bin histogram of the byte
+    among the entries that share the bytes chosen so far, the bin where the count from the top reaches k,
+    and k reduced by the entries above that bin. Four passes over the row for float32 (eight for float64),
+    each linear, where a sort of the row is O(numel log numel).
+    """
+    uint = _UINT_OF[flat.dtype.itemsize]
+    bits = jax.lax.bitcast_convert_type(flat, uint)
+    width = flat.dtype.itemsize * 8
+
+    def one(row_bits):
+        prefix, mask, remaining = uint(0), uint(0), jnp.asarray(k, jnp.int32)
+        for shift in range(width - 8, -8, -8):
+            live = (row_bits & mask) == prefix
+            digit = ((row_bits >> shift) & uint(0xFF)).astype(jnp.int32)
+            hist = jnp.zeros(256, jnp.int32).at[digit].add(live.astype(jnp.int32))
+            from_top = jnp.cumsum(hist[::-1])  # entries whose byte is >= 255 - j
+            j = jnp.argmax(from_top >= remaining)
+            byte = 255 - j
+            remaining = remaining - (from_top[j] - hist[byte])  # less those whose byte is above
+            prefix = prefix | (byte.astype(uint) << shift)
+            mask = mask | (uint(0xFF) << shift)
+        return prefix
+
+    return jax.lax.bitcast_convert_type(jax.vmap(one)(bits), flat.dtype)
+
+
+def rank_cut(flat: jax.Array, k: jax.Array | int) -> tuple[jax.Array, jax.Array]:
     """``(thr [N], need [N])``: row i's k-th largest magnitude and how many entries equal to it rank
     below k (``k - count(> thr)``). With :func:`cut_mask` this is ``[rank(j) < k]``; a cut is all a
-    magnitude-rank sparsifier needs to know of the sort, so a grid can sort once and cut per point."""
+    magnitude-rank sparsifier needs to know of the order, so a grid can cut once per density.
+    ``k`` outside ``[1, numel]`` cuts at the largest (k <= 0) or the smallest (k > numel) entry."""
     numel = flat.shape[1]
-    thr = desc[:, jnp.clip(k - 1, 0, numel - 1)]  # k-th largest |t| per task vector
+    thr = kth_largest(flat, jnp.clip(k, 1, numel))
     return thr, k - (flat > thr[:, None]).sum(axis=-1)
 
 
@@ -151,16 +186,9 @@ def cut_mask(flat: jax.Array, thr: jax.Array, need: jax.Array, k: jax.Array | in
     return (above | (tied & (jnp.cumsum(tied, axis=-1) <= need[:, None]))) & (k > 0)
 
 
-def _top_mask(flat: jax.Array, desc: jax.Array, k: jax.Array | int) -> jax.Array:
-    """``[rank(j) < k]`` per row of ``flat`` ``[N, numel]`` (magnitudes), ``desc`` its rows sorted descending."""
-    return cut_mask(flat, *rank_cut(flat, desc, k), k)
-
-
-def _sorted_magnitudes(t: jax.Array) -> tuple[jax.Array, jax.Array]:
-    flat = jnp.abs(t).reshape(t.shape[0], -1)
-    # Value sort instead of an argsort and a scatter: no index payload, half the memory on
-    # [N, d_out·d_in] task vectors, and k may be traced.
-    return flat, jnp.flip(jnp.sort(flat, axis=-1), axis=-1)
+def _top_mask(flat: jax.Array, k: jax.Array | int) -> jax.Array:
+    """``[rank(j) < k]`` per row of ``flat`` ``[N, numel]`` (magnitudes)."""
+    return cut_mask(flat, *rank_cut(flat, k), k)
 
 
 def _bernoulli_rows(keys: jax.Array, p: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -206,8 +234,8 @@ def magnitude_prune(t: jax.Array, density: jax.Array | float, keys: jax.Array | 
 
     peft's ``magnitude_based_pruning`` per tensor, no rescale; ties at the cut go to the lower flat index.
     """
-    flat, desc = _sorted_magnitudes(t)
-    keep = _top_mask(flat, desc, trim_count(density, flat.shape[1]))
+    flat = jnp.abs(t).reshape(t.shape[0], -1)
+    keep = _top_mask(flat, trim_count(density, flat.shape[1]))
     return jnp.where(keep.reshape(t.shape), t, jnp.zeros((), t.dtype))
 
 
@@ -238,11 +266,11 @@ def magnitude_band(t: jax.Array, density: jax.Array | float, keys: jax.Array | N
     """
     if not 0.0 <= float(gamma) < 1.0:
         raise EvoMergeInputError(f"sparsifier.gamma: {gamma}, expected a fraction in [0, 1)")
-    flat, desc = _sorted_magnitudes(t)
+    flat = jnp.abs(t).reshape(t.shape[0], -1)
     numel = flat.shape[1]
     k = trim_count(density, numel)
     skip = jnp.minimum(int(float(gamma) * numel), numel - k)
-    keep = _top_mask(flat, desc, skip + k) & ~_top_mask(flat, desc, skip)
+    keep = _top_mask(flat, skip + k) & ~_top_mask(flat, skip)
     return jnp.where(keep.reshape(t.shape), t, jnp.zeros((), t.dtype))
 
 

@@ -181,7 +181,7 @@ def merge_module(a: jax.Array, b: jax.Array, scale: jax.Array, sparsifier: Spars
     return merge_module_factors(a, b, scale, sparsifier, consensus, lam, density, key).astype(out_dtype)
 
 
-# --------------------------------------------------------------------------- streamed, sorted once
+# --------------------------------------------------------------------------- streamed, cut once
 
 
 def _tau(a: jax.Array, b: jax.Array, scale: jax.Array, i) -> jax.Array:
@@ -191,9 +191,9 @@ def _tau(a: jax.Array, b: jax.Array, scale: jax.Array, i) -> jax.Array:
 
 @jax.jit
 def module_cuts(a: jax.Array, b: jax.Array, scale: jax.Array, ks: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(thr [J, N], need [J, N])``: each adapter's magnitude-rank cut (``sparsifiers.rank_cut``) at each of
-    the ranks ``ks [J]``, from one sort of its task vector. A grid over densities computes these once per
-    module and cell; :func:`merge_module_cuts` then merges any grid point without sorting."""
+    """``(thr [J, N], need [J, N])``: each adapter's magnitude-rank cut (``sparsifiers.rank_cut``, a radix
+    select: no sort) at each of the ranks ``ks [J]``. A grid over densities computes these once per module
+    and cell; :func:`merge_module_cuts` then merges any grid point from them."""
     from evojax_merge.merge.sparsifiers import rank_cut
 
     dt = jnp.promote_types(jnp.promote_types(a.dtype, b.dtype), jnp.float32)
@@ -201,8 +201,7 @@ def module_cuts(a: jax.Array, b: jax.Array, scale: jax.Array, ks: jax.Array) -> 
 
     def one(i):
         flat = jnp.abs(_tau(a, b, scale, i)).reshape(1, -1)
-        desc = jnp.flip(jnp.sort(flat, axis=-1), axis=-1)
-        return jax.vmap(lambda k: tuple(x[0] for x in rank_cut(flat, desc, k)))(ks)
+        return jax.vmap(lambda k: tuple(x[0] for x in rank_cut(flat, k)))(ks)
 
     thr, need = jax.lax.map(one, jnp.arange(b.shape[0]))  # [N, J] each, one task vector alive at a time
     return thr.T, need.T
@@ -213,7 +212,7 @@ def merge_module_cuts(a: jax.Array, b: jax.Array, scale: jax.Array, sparsifier: 
                       lam: jax.Array, ks: jax.Array, thr: jax.Array, need: jax.Array, out_dtype) -> jax.Array:
     """:func:`merge_module` of a rank-based sparsifier (``sparsifier.rank_based``) from its precomputed cuts
     (:func:`module_cuts` at ``ks [J]``, the sparsifier's ``rank_counts`` at one density): the same merge,
-    without a sort, and one compile for every density (``ks`` is traced)."""
+    no cut computed again, and one compile for every density (``ks`` is traced)."""
     from evojax_merge.merge.sparsifiers import cut_mask
 
     dt = jnp.promote_types(jnp.promote_types(a.dtype, b.dtype), jnp.float32)

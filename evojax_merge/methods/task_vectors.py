@@ -20,9 +20,9 @@ takes the raw mapping or what Hydra made of it (a ``functools.partial``, a ``Con
 
 The grid has a density axis only when the sparsifier reads a density. The merge is streamed module
 by module (``merge_module``): the pool's dense task vectors are never built whole. A rank-based
-sparsifier (TIES's magnitude trim, Breadcrumbs' band) sorts each task vector once per cell for every
-density of the grid (``module_cuts``); each grid point then merges from those cuts
-(``merge_module_cuts``): no sort per point, one compile per module shape for every density. These methods
+sparsifier (TIES's magnitude trim, Breadcrumbs' band) cuts each task vector once per cell at every
+density of the grid (``module_cuts``: a radix select of the k-th largest magnitude, no sort); each grid
+point then merges from those cuts (``merge_module_cuts``): one compile per module shape for every density. These methods
 need the pool's weights, so they never run against a black-box service.
 """
 
@@ -174,8 +174,8 @@ class TaskVectorMerge(MergeMethod):
 
     def cut_delta(self, stack: LoraStack) -> Callable[[Mapping[str, float]], ModuleDelta]:
         """``point -> ModuleDelta`` of a rank-based sparsifier: every module's cuts at every density of the
-        grid from one sort per task vector (computed here, once), then each point merged from its cuts.
-        The same merge as :meth:`module_delta`."""
+        grid, from one radix select per task vector and rank (computed here, once), then each point merged
+        from its cuts. The same merge as :meth:`module_delta`."""
         ranks = {m: {d: self.sparsifier.rank_counts(d, stack.B[m].shape[1] * stack.A[m].shape[2])
                      for d in self.densities} for m in stack.A}
         cuts = {}

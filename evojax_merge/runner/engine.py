@@ -148,6 +148,10 @@ def run_cells(
     log.info("%s: %d cells x %d methods over %d targets", spec.name, len(plans), len(methods), len(scored))
     results: dict[str, dict] = {}
     memory: dict[str, float] = {"start": round(peak_rss_gb(), 3)}  # the peak RSS (GB) after each phase, in order
+    # With test_batch_size every outcome generates alone (the same answers whenever it runs), so each one
+    # answers right after its search and a dense merge's delta (a copy of the merged weights) is then freed,
+    # instead of every row's delta waiting in memory for the test at the end.
+    answer_each = spec.test_batch_size is not None
     for plan in plans:
         val_records, val = setting.validation(backend, plan, validation)
         cell = backend.open_cell(plan.target, plan.pool_idx, val_records, val, spec.max_len)
@@ -163,6 +167,8 @@ def run_cells(
                              stack=cell.stack, world=getattr(backend, "world", None), sources=cell.sources,
                              seed=seed, progress=progress, val_records=val_records)
             outcomes, labels = [], []
+            tests = {t: backend.records[t]["test"][: spec.test_examples] for t in plan.scored_tasks}
+            texts: dict[str, list] = {t: [] for t in tests}
             for label, method in progress_iter(methods.items(), f"{plan.target}: methods", progress):
                 full = label + plan.suffix
                 task.runner = runner_for(f"{plan.target}/{full}") if (runner_for and method.searches) else None
@@ -186,11 +192,15 @@ def run_cells(
                 labels.append(full)
                 log.info("%-28s %-18s searched in %.0f s (val CE %s)", full, plan.target, outcome.details["search_s"],
                          "n/a" if outcome.val_ce is None else f"{outcome.val_ce:.4f}")  # one line per phase in logs
+                if answer_each:
+                    for t, test in tests.items():
+                        texts[t] += backend.answers(cell, [outcome], test, spec.max_len, task=t)
+                    outcome.delta = None
                 release_freed_memory()  # the search's freed XLA buffers back to the OS (evojax_merge.hostmem)
                 memory[f"{plan.target}{plan.suffix}/{full}"] = round(peak_rss_gb(), 3)
-            tests = {t: backend.records[t]["test"][: spec.test_examples] for t in plan.scored_tasks}
-            texts = {t: backend.answers(cell, outcomes, test, spec.max_len, task=t) for t, test in tests.items()}
-            memory[f"{plan.target}{plan.suffix}/test generation"] = round(peak_rss_gb(), 3)
+            if not answer_each:
+                texts = {t: backend.answers(cell, outcomes, test, spec.max_len, task=t) for t, test in tests.items()}
+                memory[f"{plan.target}{plan.suffix}/test generation"] = round(peak_rss_gb(), 3)
         finally:
             cell.close()
         for i, (label, outcome) in enumerate(zip(labels, outcomes, strict=True)):
