@@ -243,7 +243,8 @@ def build(work: Path, out: Path, profile: str = "cpu", n_boot: int = 1000, with_
     done = [t for t in OOD_TARGETS if t in targets]
     splits = _json(Path(work) / "data" / "splits.json") or {}
     lines = ["# The paper's OOD table on SmolLM2-135M-Instruct with the authors' IE sets", "",
-             f"Made by `python experiments/real/run.py WORK --profile {profile} --report {out}` "
+             f"Made by `python experiments/real/run.py WORK --profile {profile} --report {out}"
+             f"{' --with-adapters' if with_adapters else ''}` "
              "(`experiments/real/README.md`); re-made from WORK by `python experiments/real/report.py WORK OUT`.", "",
              "## Set-up", "",
              f"- Splits per set (seed {splits.get('seed')}): {splits.get('sizes')}; few-shot history: "
