@@ -29,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from evojax_merge.data.batching import DEFAULT_BUCKETS, bucket_length
 from evojax_merge.errors import EvoMergeInputError
+from evojax_merge.hostmem import release_freed_memory
 from evojax_merge.lora.adapter import LoraAdapter, LoraStack
 from evojax_merge.merge import evo_merge, stack_magnitudes
 from evojax_merge.models.delta import fold_adapter, fold_into_params
@@ -310,9 +311,11 @@ class MergeEvaluator:
     def evaluate(self, alpha, beta, generation: int = 0) -> np.ndarray:
         """Validation CE ``[P]`` of the merged adapters ``evo_merge(pool, alpha[p], beta[p])``."""
         alpha, beta = check_alpha_beta(alpha, beta, self.num_adapters)
-        ce = population_ce(self.ce_fn, self.ce_args, jnp.asarray(alpha), jnp.asarray(beta),
-                           self.traced_index(generation))
-        return np.asarray(ce)
+        ce = np.asarray(population_ce(self.ce_fn, self.ce_args, jnp.asarray(alpha), jnp.asarray(beta),
+                                      self.traced_index(generation)))
+        if self.ce_fn.fold:  # a CPU: the call's freed buffers (a folded copy of the weights) back to the OS
+            release_freed_memory()
+        return ce
 
     def evaluate_adapter(self, adapter: LoraAdapter | None, generation: int = 0) -> float:
         """Validation CE of one adapter (None: the base model alone)."""
