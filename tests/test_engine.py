@@ -59,8 +59,8 @@ def test_a_method_the_world_cannot_serve_is_refused_before_any_build(tmp_path, o
     ("+method.evo_merging.bogus=1",
      "error: method.evo_merging.bogus: unknown key for evojax_merge.methods.evo_merging.EvoMerging"),
     ("+setting.bogus=1", "error: setting.bogus: unknown key for evojax_merge.setting.cells.OOD"),
-    ("+experiment.bogus=1", "error: experiment.bogus: unknown key (known: clear_compiled, max_len, max_new_tokens, name, seeds, "
-                            "test_batch_size, test_examples, world_seeds)"),
+    ("+experiment.bogus=1", "error: experiment.bogus: unknown key (known: clear_compiled, max_len, max_new_tokens, "
+                            "name, seeds, test_batch_size, test_examples, world_seeds)"),
     ("+world.bogus=1", "error: world.bogus: unknown key for evojax_merge.world.specs.IEWorld"),
     ("+world.build.bogus=1", "error: world.build.bogus: unknown key"),
 ], ids=["method", "setting", "experiment", "world", "world.build"])
