@@ -113,7 +113,7 @@ def _numpy_cut(flat: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return thr, k - (flat > thr[:, None]).sum(-1)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, jnp.bfloat16])
 def test_radix_cut_is_the_sorted_cut_at_every_rank(dtype):
     """``rank_cut`` finds the k-th largest magnitude without sorting: the same value and tie count as a
     sort, at every k from below 1 to above numel, on rows with ties, zeros, the smallest normal, an infinity and
@@ -125,8 +125,8 @@ def test_radix_cut_is_the_sorted_cut_at_every_rank(dtype):
         rows = np.abs(rng.normal(size=(4, 40))).astype(dtype)
         rows[0, :10] = rows[0, 10]                      # ten ties
         rows[1, ::3] = 0.0                              # zeros
-        rows[1, 1] = np.finfo(dtype).tiny  # the smallest normal (XLA on a CPU flushes subnormals to zero)
-        rows[2] = 1.0 + np.arange(40) * np.finfo(dtype).eps  # one exponent, the low bytes differ
+        rows[1, 1] = jnp.finfo(dtype).tiny  # the smallest normal (XLA on a CPU flushes subnormals to zero)
+        rows[2] = (1.0 + np.arange(40) * jnp.finfo(dtype).eps).astype(dtype)  # one exponent, the low bits differ
         rows[3, 7] = np.inf
         flat = jnp.asarray(rows)
         cut = jax.jit(rank_cut)

@@ -139,7 +139,7 @@ _UINT_OF = {4: jnp.uint32, 8: jnp.uint64}
 
 def kth_largest(flat: jax.Array, k: jax.Array | int) -> jax.Array:
     """``thr [N]``: the k-th largest entry (1-based, ``1 <= k <= numel``) of each row of ``flat [N, numel]``,
-    non-negative magnitudes in float32 or float64, found without sorting.
+    non-negative magnitudes, found without sorting (16-bit floats are widened to float32, exactly).
 
     Non-negative floats order as their bit patterns do (as unsigned integers), so a radix select finds the
     k-th largest pattern 16 bits at a time, most significant first: a 65536-bin histogram of those bits
@@ -147,6 +147,8 @@ def kth_largest(flat: jax.Array, k: jax.Array | int) -> jax.Array:
     and k reduced by the entries above that bin. Two linear passes over the row for float32 (four for
     float64), where a sort of the row is O(numel log numel).
     """
+    if flat.dtype.itemsize < 4:  # bfloat16 / float16: the same order in float32, and the value comes back exact
+        return kth_largest(flat.astype(jnp.float32), k).astype(flat.dtype)
     uint = _UINT_OF[flat.dtype.itemsize]
     bits = jax.lax.bitcast_convert_type(flat, uint)
     width, digit_bits = flat.dtype.itemsize * 8, 16
